@@ -1,0 +1,290 @@
+"""The embedding encoder, the three-branch merge model and the online-loss model.
+
+The encoder maps raw RGB images with values in 0..255, shape (B, H, W, 3), to L2-normalised
+float32 embeddings (B, embedding_dim). Everything an image needs (casting, resizing to the
+backbone's input size, the backbone's own preprocessing) happens inside the model, so a saved
+encoder is all that is needed to embed new images.
+"""
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import keras
+import numpy as np
+from keras import layers, ops
+from tqdm.auto import tqdm
+
+from triplet_keras import losses  # noqa: F401  (registers the losses for load_model)
+
+BACKBONES = ("resnet50", "small_cnn")
+MIN_RESNET_SIZE = 32
+IMAGENET_HOST = ("storage.googleapis.com", 443)
+RESNET50_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+@keras.saving.register_keras_serializable(package="triplet_keras")
+class ImagePreprocessing(layers.Layer):
+    """Raw 0..255 RGB in, backbone input out.
+
+    ``mode="caffe"`` (ResNet50's ImageNet convention): RGB -> BGR, minus the ImageNet channel means.
+    ``mode="unit"``: x / 255.
+    """
+
+    IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+    def __init__(self, mode="unit", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "unit"):
+            raise ValueError(f"mode must be 'caffe' or 'unit', got {mode!r}")
+        self.mode = mode
+
+    def call(self, images):
+        x = ops.cast(images, self.compute_dtype)
+        if self.mode == "unit":
+            return x / 255.0
+        return ops.flip(x, axis=-1) - ops.convert_to_tensor(self.IMAGENET_BGR_MEAN, dtype=self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="triplet_keras")
+class L2Normalize(layers.Layer):
+    """x / max(|x|, 1e-12) along the last axis, computed in float32."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        return x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@keras.saving.register_keras_serializable(package="triplet_keras")
+class ConcatBatch(layers.Layer):
+    """Stacks k same-shaped batches along the batch axis: k x (B, ...) -> (k * B, ...)."""
+
+    def call(self, inputs):
+        return ops.concatenate(inputs, axis=0)
+
+    def compute_output_shape(self, input_shapes):
+        return (None,) + tuple(input_shapes[0][1:])
+
+
+@keras.saving.register_keras_serializable(package="triplet_keras")
+class SplitTriplet(layers.Layer):
+    """Undoes ConcatBatch for three batches of embeddings: (3 * B, D) -> (B, 3, D)."""
+
+    def call(self, x):
+        return ops.transpose(ops.reshape(x, (3, -1, ops.shape(x)[-1])), (1, 0, 2))
+
+    def compute_output_shape(self, input_shape):
+        return (None, 3, input_shape[-1])
+
+
+def _small_cnn(input_shape):
+    """A small VGG-style network (3 conv blocks, GAP) for tiny images and fast tests; no pretrained weights."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for filters in (32, 64, 128):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        if x.shape[1] > 2:
+            x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, x, name="small_cnn")
+
+
+def _keras_cache_file(name):
+    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    return os.path.join(keras_home, "models", name)
+
+
+def _host_reachable(host, timeout=3.0):
+    try:
+        socket.create_connection(host, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_imagenet_weights(timeout=3.0):
+    """Fail fast, with what to do offline, when ResNet50 ImageNet weights are neither cached nor reachable."""
+    if os.path.exists(_keras_cache_file(RESNET50_NOTOP_FILE)) or _host_reachable(IMAGENET_HOST, timeout):
+        return
+    raise WeightsUnavailableError(
+        "ImageNet weights for ResNet50 are not cached and cannot be downloaded (no network). Offline, "
+        f"either copy {RESNET50_NOTOP_FILE} into {os.path.dirname(_keras_cache_file(''))}, pass "
+        "weights='/path/to/that.h5', or train from scratch with weights=None "
+        "(in init.py: --weights none)."
+    )
+
+
+def _resolve_weights(backbone, weights):
+    """Return the ``weights`` argument for keras.applications, or raise a clear error."""
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        return None
+    if weights == "imagenet":
+        if backbone != "resnet50":
+            raise ValueError(f"backbone {backbone!r} has no ImageNet weights; pass weights=None or a file")
+        check_imagenet_weights()
+        return "imagenet"
+    weights = os.fspath(weights)
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"weights file not found: {weights!r} (expected 'imagenet', None or a file)")
+    return weights
+
+
+def build_backbone(backbone, input_shape, weights):
+    """The feature extractor with global average pooling, and its preprocessing mode."""
+    if backbone == "resnet50":
+        model = keras.applications.ResNet50(
+            include_top=False, weights=None if weights != "imagenet" else "imagenet",
+            input_shape=input_shape, pooling="avg",
+        )
+        mode = "caffe"
+    elif backbone == "small_cnn":
+        model, mode = _small_cnn(input_shape), "unit"
+    else:
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+    if weights not in (None, "imagenet"):
+        model.load_weights(weights)
+    return model, mode
+
+
+def freeze(backbone, freeze_layers, freeze_batchnorm):
+    """Freeze the first ``freeze_layers`` layers, and every BatchNorm layer when ``freeze_batchnorm``."""
+    for index, layer in enumerate(backbone.layers):
+        if index < freeze_layers or (freeze_batchnorm and isinstance(layer, layers.BatchNormalization)):
+            layer.trainable = False
+
+
+def build_encoder(
+    backbone="resnet50",
+    weights="imagenet",
+    input_shape=(224, 224, 3),
+    embedding_dim=128,
+    freeze_layers=15,
+    backbone_size=None,
+    name="encoder",
+):
+    """Encoder: raw 0..255 RGB (B, H, W, 3) -> preprocess -> backbone -> GAP -> Dense -> L2 normalise.
+
+    ``weights`` is "imagenet" (ResNet50 only; fails within seconds offline with what to do instead),
+    None (random initialisation) or a path to a backbone weights file. The first ``freeze_layers``
+    backbone layers are frozen; with pretrained weights every BatchNorm layer is frozen too.
+    ``backbone_size`` (H, W) resizes inside the model; by default images are fed at their own size,
+    raised to 32 x 32 for ResNet50, which needs at least that.
+    """
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (height, width, 3), got {input_shape!r}")
+    if embedding_dim < 1 or freeze_layers < 0:
+        raise ValueError("embedding_dim must be >= 1 and freeze_layers >= 0")
+    weights = _resolve_weights(backbone, weights)
+    height, width = input_shape[:2]
+    if backbone_size is None and backbone == "resnet50":
+        backbone_size = (max(height, MIN_RESNET_SIZE), max(width, MIN_RESNET_SIZE))
+    size = tuple(backbone_size or (height, width))
+    features, mode = build_backbone(backbone, size + (3,), weights)
+    freeze(features, freeze_layers, freeze_batchnorm=weights is not None)
+
+    images = keras.Input(tuple(input_shape), name="images")
+    x = images
+    if size != (height, width):
+        x = layers.Resizing(*size, name="resize")(x)
+    x = ImagePreprocessing(mode, name="preprocess")(x)
+    x = features(x)
+    x = layers.Dense(embedding_dim, name="embedding")(x)
+    return keras.Model(images, L2Normalize(name="l2_normalize")(x), name=name)
+
+
+def build_augmentation(image_shape, flip=False, crop_padding=0, name="augmentation"):
+    """Training-only augmentation layers (identity at inference): horizontal flip, pad-and-random-crop."""
+    height, width = image_shape[:2]
+    steps = [layers.Rescaling(1.0, name=f"{name}_cast")]
+    if flip:
+        steps.append(layers.RandomFlip("horizontal", name=f"{name}_flip"))
+    if crop_padding:
+        # A random shift of up to crop_padding pixels with zero fill is a zero-pad + random crop.
+        steps.append(layers.RandomTranslation(
+            crop_padding / height, crop_padding / width, fill_mode="constant",
+            interpolation="nearest", name=f"{name}_crop",
+        ))
+    return keras.Sequential(steps, name=name)
+
+
+def build_merge_model(encoder, augmentation=None, name="merge_model"):
+    """Three inputs (anchor, positive, negative) through ONE shared encoder -> (B, 3, D).
+
+    The three batches are concatenated into one batch of 3B images, so the encoder runs once per
+    step; train the output with :class:`triplet_keras.losses.TripletMarginLoss`.
+    """
+    shape = encoder.input_shape[1:]
+    inputs = [keras.Input(shape, name=role) for role in ("anchor", "positive", "negative")]
+    x = ConcatBatch(name="concat_batch")(inputs)
+    if augmentation is not None:
+        x = augmentation(x)
+    return keras.Model(inputs, SplitTriplet(name="split_triplet")(encoder(x)), name=name)
+
+
+def build_online_model(encoder, augmentation=None, name="online_model"):
+    """Images -> (optional augmentation) -> encoder, for the online losses over (labels, embeddings)."""
+    images = keras.Input(encoder.input_shape[1:], name="images")
+    x = augmentation(images) if augmentation is not None else images
+    return keras.Model(images, encoder(x), name=name)
+
+
+def save_model(model, path):
+    """Save a .keras file atomically: write a temporary file beside it, then rename over the target."""
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"model files end in .keras, got {path!r}")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def load_model(path, compile=False):
+    """Load a .keras file in safe mode (no arbitrary code); the triplet_keras layers and losses are registered."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path!r}")
+    return keras.saving.load_model(path, compile=compile, safe_mode=True)
+
+
+def embed_images(encoder, images, batch_size=256, progress=True, description="embedding"):
+    """Embeddings (N, D) float32 of ``images``: an array (N, H, W, 3) or an object with ``__len__``
+    and ``load(indices)``. Batches are loaded one ahead on a worker thread, and the last batch is
+    padded to ``batch_size`` so a compiled predict function is reused.
+    """
+    count = len(images)
+    load = images.load if hasattr(images, "load") else (lambda indices: np.asarray(images[indices]))
+    starts = range(0, count, batch_size)
+    out = np.empty((count, encoder.output_shape[-1]), dtype=np.float32)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, np.arange(0, min(batch_size, count))) if count else None
+        for start in tqdm(starts, desc=description, unit="batch", disable=not progress, leave=False):
+            batch = np.asarray(pending.result(), dtype=np.float32)
+            stop = min(start + batch_size, count)
+            if stop < count:
+                pending = pool.submit(load, np.arange(stop, min(stop + batch_size, count)))
+            size = len(batch)
+            if size < batch_size and count > batch_size:
+                batch = np.concatenate([batch, np.zeros((batch_size - size,) + batch.shape[1:], batch.dtype)])
+            out[start:stop] = encoder.predict_on_batch(batch)[:size]
+    return out
