@@ -1,0 +1,200 @@
+"""Transfer modes and the nearest-mean estimator on synthetic Gaussian clusters with known structure."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_estimator
+
+from triplet_keras.transfer import (NearestMeanClassifier, TransferClassifier, classifier_from_state,
+                                    fit_transfer)
+
+DIM, N_CLASSES = 16, 6
+
+
+def clusters(rng, centers, n_per_class, offset=0.0, noise=0.9):
+    labels = np.repeat(np.arange(len(centers)), n_per_class)
+    return centers[labels] + offset + noise * rng.normal(size=(len(labels), centers.shape[1])), labels
+
+
+@pytest.fixture
+def domains():
+    """Source clusters and the same clusters in a target domain moved by one global offset."""
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(N_CLASSES, DIM))
+    source = clusters(rng, centers, 60)
+    target = clusters(rng, centers, 40, offset=1.5 * rng.normal(size=DIM))
+    return source, target
+
+
+def episodes_accuracy(source, target, k_shot, n_episodes=30, **transfer):
+    """Mean accuracy of fit_transfer over K-shot episodes drawn with a fixed seed."""
+    rng = np.random.default_rng(7)
+    (xs, ys), (xt, yt) = source, target
+    scores = []
+    for _ in range(n_episodes):
+        support = np.concatenate([rng.choice(np.flatnonzero(yt == c), k_shot, replace=False) for c in np.unique(yt)])
+        query = np.setdiff1d(np.arange(len(yt)), support)
+        model = fit_transfer(xs, ys, xt[support], yt[support], **transfer)
+        scores.append(model.score(xt[query], yt[query]))
+    return float(np.mean(scores))
+
+
+def test_nearest_mean_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 5)), rng.integers(0, 3, 30)
+    queries = rng.normal(size=(8, 5))
+    for metric in ("cosine", "euclidean"):
+        model = NearestMeanClassifier(metric=metric, temperature=0.5).fit(x, y)
+        means = np.stack([x[y == c].mean(axis=0) for c in range(3)])
+        np.testing.assert_allclose(model.means_, means)
+        if metric == "cosine":
+            d = 1 - (queries @ means.T) / np.outer(np.linalg.norm(queries, axis=1), np.linalg.norm(means, axis=1))
+        else:
+            d = np.sqrt(((queries[:, None] - means[None]) ** 2).sum(-1))
+        np.testing.assert_allclose(model.decision_function(queries), -d, atol=1e-12)
+        np.testing.assert_allclose(model.predict_proba(queries), softmax(-d / 0.5, axis=1), atol=1e-12)
+        np.testing.assert_array_equal(model.predict(queries), d.argmin(axis=1))
+
+
+def test_nearest_mean_is_a_scikit_learn_classifier():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_estimator(NearestMeanClassifier())
+        check_estimator(TransferClassifier())
+
+
+def test_nearest_mean_string_labels_clone_pipeline_and_unfitted():
+    rng = np.random.default_rng(0)
+    centers = np.array([[5.0, 0.0], [0.0, 5.0], [-5.0, -5.0]])
+    x, y = clusters(rng, centers, 20, noise=0.5)
+    names = np.array(["cat", "dog", "eel"])[y]
+    with pytest.raises(NotFittedError):
+        NearestMeanClassifier().predict(x)
+    pipeline = make_pipeline(StandardScaler(), clone(NearestMeanClassifier(metric="euclidean"))).fit(x, names)
+    assert pipeline.score(x, names) == 1.0
+    assert list(pipeline.classes_) == ["cat", "dog", "eel"]
+    assert clone(NearestMeanClassifier(temperature=0.3)).get_params()["temperature"] == 0.3
+    binary = NearestMeanClassifier().fit(x[y < 2], names[y < 2])
+    assert binary.decision_function(x).shape == (len(x),)
+    with pytest.raises(ValueError, match="metric"):
+        NearestMeanClassifier(metric="manhattan").fit(x, y)
+
+
+@pytest.mark.parametrize("transfer", [dict(mode="none"), dict(mode="center"), dict(mode="calibrate"),
+                                      dict(mode="translate", knn=5), dict(mode="calibrate", transductive=True)])
+def test_state_round_trips_through_json_and_npz(domains, transfer, tmp_path):
+    (xs, ys), (xt, yt) = domains
+    names = np.array([f"class {c}" for c in range(N_CLASSES)])
+    model = fit_transfer(xs, ys, xt[::10], names[yt[::10]], class_mapping={f"class {c}": c for c in range(N_CLASSES)},
+                         unlabeled=xt, **transfer)
+    config, arrays = model.get_state()
+    np.savez(tmp_path / "state.npz", **arrays)
+    with np.load(tmp_path / "state.npz", allow_pickle=False) as stored:
+        restored = classifier_from_state(json.loads(json.dumps(config)), dict(stored))
+    np.testing.assert_array_equal(restored.predict(xt), model.predict(xt))
+    np.testing.assert_allclose(restored.predict_proba(xt), model.predict_proba(xt))
+    assert restored.mode_ == model.mode_ == transfer["mode"]
+    assert set(model.predict(xt)) <= set(names)
+
+
+def test_state_rejects_other_types():
+    config, arrays = NearestMeanClassifier().fit([[0.0], [1.0]], [0, 1]).get_state()
+    with pytest.raises(ValueError, match="NearestMeanClassifier"):
+        TransferClassifier.from_state(config, arrays)
+    with pytest.raises(ValueError, match="unknown classifier"):
+        classifier_from_state({**config, "type": "Pickle"}, arrays)
+    with pytest.raises(ValueError, match="means_"):
+        NearestMeanClassifier.from_state(config, {"classes_": arrays["classes_"]})
+
+
+def test_domain_shift_calibrate_and_center_beat_none(domains):
+    source, target = domains
+    none = episodes_accuracy(source, target, 1, mode="none")
+    assert episodes_accuracy(source, target, 1, mode="calibrate") > none + 0.05
+    assert episodes_accuracy(source, target, 1, mode="center") > none + 0.05
+    assert episodes_accuracy(source, target, 1, mode="auto") > none + 0.05
+    assert episodes_accuracy(source, target, 1, mode="translate", knn=5) > 0.5
+
+
+def test_translate_nearest_mean_equals_none_and_knn_uses_translated_points(domains):
+    (xs, ys), (xt, yt) = domains
+    support = np.arange(0, len(yt), 20)
+    none = fit_transfer(xs, ys, xt[support], yt[support], mode="none")
+    translate = fit_transfer(xs, ys, xt[support], yt[support], mode="translate")
+    np.testing.assert_allclose(translate.means_, none.means_)
+    knn = fit_transfer(xs, ys, xt[support], yt[support], mode="translate", knn=3)
+    assert len(knn.reference_points_) == len(xs) + len(support)
+    for c in range(N_CLASSES):
+        moved = knn.reference_points_[len(support):][knn.reference_index_[len(support):] == c]
+        np.testing.assert_allclose(moved.mean(axis=0), none.means_[c])
+    np.testing.assert_allclose(knn.predict_proba(xt).sum(axis=1), 1.0)
+
+
+def test_calibrate_is_the_shrinkage_formula(domains):
+    (xs, ys), (xt, yt) = domains
+    support = np.concatenate([np.flatnonzero(yt == c)[:2] for c in range(N_CLASSES)])
+    model = fit_transfer(xs, ys, xt[support], yt[support], mode="calibrate", kappa=3.0)
+    mu_s = np.stack([xs[ys == c].mean(axis=0) for c in range(N_CLASSES)])
+    mu_t = np.stack([xt[support][yt[support] == c].mean(axis=0) for c in range(N_CLASSES)])
+    delta = (mu_t - mu_s).mean(axis=0)
+    np.testing.assert_allclose(model.means_, (2 * mu_t + 3.0 * (mu_s + delta)) / 5.0)
+    plain = fit_transfer(xs, ys, xt[support], yt[support], mode="calibrate", kappa=0.0)
+    np.testing.assert_allclose(plain.means_, mu_t)
+
+
+def test_new_classes_borrow_from_nearest_source_class():
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(4, DIM)) * 3
+    xs, ys = clusters(rng, centers, 30, noise=0.3)
+    support = centers[[2]] + 0.5
+    model = fit_transfer(xs, ys, support, ["new"], mode="calibrate", kappa_new=1.0, n_borrow=1)
+    np.testing.assert_allclose(model.means_[0], (support[0] + xs[ys == 2].mean(axis=0)) / 2)
+    assert fit_transfer(xs, ys, support, ["new"], mode="auto").mode_ == "none"
+
+
+def test_new_classes_with_a_class_mapping(domains):
+    (xs, ys), (xt, yt) = domains
+    letters = np.array(list("abcdef"))
+    mapping = {letters[c]: c for c in range(N_CLASSES)}
+    mapped = episodes_accuracy((xs, ys), (xt, letters[yt]), 1, mode="calibrate", class_mapping=mapping)
+    unmapped = episodes_accuracy((xs, ys), (xt, letters[yt]), 1, mode="calibrate")
+    none = episodes_accuracy((xs, ys), (xt, letters[yt]), 1, mode="none")
+    assert mapped > none + 0.05
+    assert unmapped >= none - 0.05
+    with pytest.raises(ValueError, match="absent from the support"):
+        fit_transfer(xs, ys, xt[:6], letters[yt[:6]], class_mapping={"z": 0})
+    with pytest.raises(ValueError, match="absent from the source"):
+        fit_transfer(xs, ys, xt[:6], letters[yt[:6]], class_mapping={"a": 99})
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_transductive_refinement_helps_on_balanced_and_unbalanced_pools(balanced):
+    """Without a source: a 1-shot support and a pool that is balanced or 80% one class."""
+    rng = np.random.default_rng(5)
+    centers = rng.normal(size=(N_CLASSES, DIM)) * 0.8
+    x, y = clusters(rng, centers, 100, noise=0.8)
+    gains = []
+    for _ in range(20):
+        support = np.array([rng.choice(np.flatnonzero(y == c)) for c in range(N_CLASSES)])
+        pool = np.setdiff1d(np.arange(len(y)), support)
+        if not balanced:
+            few = [rng.choice(pool[y[pool] == c], 5, replace=False) for c in range(1, N_CLASSES)]
+            pool = np.concatenate([pool[y[pool] == 0][:100]] + few)
+        inductive = fit_transfer(None, None, x[support], y[support], unlabeled=x[pool])
+        refined = fit_transfer(None, None, x[support], y[support], unlabeled=x[pool], transductive=True)
+        gains.append(refined.score(x[pool], y[pool]) - inductive.score(x[pool], y[pool]))
+    assert np.mean(gains) > 0.05
+
+
+def test_bad_parameters_are_refused(domains):
+    (xs, ys), (xt, yt) = domains
+    for params in (dict(mode="shift"), dict(mode="center", knn=3), dict(mode="translate", knn=0),
+                   dict(mode="calibrate", kappa=-1.0), dict(temperature=0.0)):
+        with pytest.raises(ValueError):
+            fit_transfer(xs, ys, xt[:6], yt[:6], **params)

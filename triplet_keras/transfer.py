@@ -1,0 +1,351 @@
+"""Few-shot transfer: class prototypes for target data from a few labelled examples and the source.
+
+Notation: source embeddings x with labels y and class means mu_s(j); a labelled target support with
+K_c examples of class c and class means mu_t(c); an optional unlabelled target pool u. Each target
+class c is *mapped* to a source class j = map(c) (same classes in a new domain, or a given
+``class_mapping``) or is *new*. Every mode ends in a nearest-prototype classifier, possibly after a
+query transform T (subtract an offset, L2-normalise):
+
+* ``none``: p_c = mu_t(c), the support alone; the baseline.
+* ``translate``: the source cluster map(c) moved by mu_t(c) - mu_s(map(c)) (a new class borrows its
+  nearest source class). The translated mean is mu_t(c) itself, so with nearest means this equals
+  ``none``; the method acts through ``knn``: k nearest neighbours among the translated source points
+  and the support.
+* ``center``: each domain centred on its own mean m and L2-normalised, T(x) = (x - m) / |x - m|
+  (m_s: the mean of the source class means; m_t: the pool mean, or the mean of the support class
+  means). p_c = (K_c a_t(c) + kappa a_s(map(c))) / (K_c + kappa) with a_t, a_s the class means in
+  the centred spaces; a new class uses a_t(c) alone.
+* ``calibrate``: p_c = (K_c mu_t(c) + kappa prior_c) / (K_c + kappa) with prior_c = mu_s(map(c)) +
+  delta and delta the mean of mu_t(c) - mu_s(map(c)) over the mapped classes (0 when none is mapped).
+  A new class borrows prior_c = sum_j w_j (mu_s(j) + delta), w a softmax of -d(mu_t(c) - delta,
+  mu_s(j)) / temperature over its ``n_borrow`` nearest source classes, weighted by ``kappa_new``.
+* ``auto``: ``calibrate`` when some target class is mapped to a source class, ``none`` otherwise
+  (chosen from benchmarks/bench_accuracy.py, see the README).
+
+Transductive refinement (``transductive=True`` with a pool): soft k-means with the support fixed,
+p_c <- (n_c p0_c + sum_i r_ic T(u_i)) / (n_c + sum_i r_ic), r_i = softmax(-d(T(u_i), p) / temperature),
+p0 and n_c = K_c (+ kappa where a prior was used) the inductive prototypes and their weights, so the
+prototypes stay anchored to the support and prior. Pool points whose largest r_ic is below
+``confidence`` are left out of each step: on an unbalanced pool the plain soft k-means lets the
+dominant class drag its neighbours' prototypes (tests/test_transfer.py measures both pools).
+"""
+import numpy as np
+from scipy.special import softmax
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import pairwise_distances
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+
+METRICS = ("cosine", "euclidean")
+MODES = ("none", "translate", "center", "calibrate")
+STATE_VERSION = 1
+
+
+def distances(queries, prototypes, metric="cosine"):
+    """Matrix D[i, c] = d(queries[i], prototypes[c]); cosine is 1 - cos, euclidean is |q - p|."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return pairwise_distances(queries, prototypes, metric=metric)
+
+
+def l2_normalize(x):
+    """Rows of x divided by their L2 norm (zero rows stay zero)."""
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def class_means(x, label_index, n_classes):
+    """Mean of the rows of x per class index 0..n_classes-1 (every class must occur)."""
+    counts = np.bincount(label_index, minlength=n_classes)
+    sums = np.zeros((n_classes, x.shape[1]), dtype=np.float64)
+    np.add.at(sums, label_index, x)
+    return sums / counts[:, None]
+
+
+class NearestMeanClassifier(ClassifierMixin, BaseEstimator):
+    """Nearest class mean. decision_function = -d(x, mean_c); predict_proba = softmax(-d / temperature).
+
+    For two classes decision_function follows scikit-learn and returns the score of classes_[1] minus
+    that of classes_[0].
+    """
+
+    def __init__(self, metric="cosine", temperature=0.1):
+        self.metric = metric
+        self.temperature = temperature
+
+    def fit(self, X, y):
+        X, y = check_X_y(X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self._check_params()
+        self.classes_, index = np.unique(y, return_inverse=True)
+        self.means_ = class_means(X, index, len(self.classes_))
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _check_params(self):
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+
+    def _queries(self, X):
+        """Validated queries in the space of the prototypes (the identity here)."""
+        check_is_fitted(self, ["classes_", "means_"])
+        X = check_array(X, dtype=np.float64)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} "
+                             f"is expecting {self.n_features_in_} features as input")
+        return X
+
+    def _scores(self, X):
+        """(n, n_classes) scores, larger is better."""
+        return -distances(self._queries(X), self.means_, self.metric)
+
+    def decision_function(self, X):
+        scores = self._scores(X)
+        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
+
+    def predict_proba(self, X):
+        return self._proba(self._scores(X))
+
+    def _proba(self, scores):
+        return softmax(scores / self.temperature, axis=1)
+
+    def predict(self, X):
+        best = np.argmax(self._scores(X), axis=1)
+        return self.classes_[best]
+
+    def get_state(self):
+        """(config, arrays): a JSON-able dict and a dict of numpy arrays that rebuild the fitted model."""
+        check_is_fitted(self, ["classes_", "means_"])
+        config = {"type": type(self).__name__, "version": STATE_VERSION, "params": self.get_params()}
+        arrays = {name: np.asarray(getattr(self, name)) for name in self._state_arrays()}
+        return config, arrays
+
+    def _state_arrays(self):
+        return ["classes_", "means_"]
+
+    @classmethod
+    def from_state(cls, config, arrays):
+        """Inverse of get_state (no pickle anywhere: labels are numbers or strings)."""
+        if config.get("type") != cls.__name__:
+            raise ValueError(f"state is for {config.get('type')!r}, not {cls.__name__}")
+        model = cls(**config["params"])
+        model._check_params()
+        for name in model._state_arrays():
+            if name not in arrays:
+                raise ValueError(f"state of {cls.__name__} lacks the array {name!r}")
+            setattr(model, name, np.asarray(arrays[name]))
+        if model.classes_.dtype == object:
+            raise ValueError("class labels must be numbers or strings")
+        model.n_features_in_ = model.means_.shape[1]
+        return model
+
+
+class TransferClassifier(NearestMeanClassifier):
+    """Nearest prototype over target classes, with prototypes built from the support and the source.
+
+    The modes and their math are in the module docstring. ``fit(support, labels, source_emb=...,
+    source_labels=..., unlabeled=..., class_mapping=...)``; without a source every mode is ``none``.
+    Fitted: classes_, means_ (the prototypes), mode_, offset_ and normalize_ (the query transform),
+    and for kNN reference_points_ with reference_index_ (indices into classes_).
+    """
+
+    def __init__(self, mode="auto", kappa=5.0, kappa_new=1.0, n_borrow=3, knn=None,
+                 transductive=False, refine_steps=10, confidence=0.9, metric="cosine", temperature=0.1):
+        self.mode = mode
+        self.kappa = kappa
+        self.kappa_new = kappa_new
+        self.n_borrow = n_borrow
+        self.knn = knn
+        self.transductive = transductive
+        self.refine_steps = refine_steps
+        self.confidence = confidence
+        self.metric = metric
+        self.temperature = temperature
+
+    def _check_params(self):
+        super()._check_params()
+        if self.mode not in MODES + ("auto",):
+            raise ValueError(f"mode must be 'auto' or one of {MODES}, got {self.mode!r}")
+        if self.knn is not None and (self.mode != "translate" or self.transductive):
+            raise ValueError("knn is only used by mode='translate' without transductive refinement")
+        if self.knn is not None and not int(self.knn) >= 1:
+            raise ValueError(f"knn must be a positive integer, got {self.knn!r}")
+        if self.kappa < 0 or self.kappa_new < 0:
+            raise ValueError("kappa and kappa_new must be >= 0")
+
+    def fit(self, X, y, source_emb=None, source_labels=None, unlabeled=None, class_mapping=None):
+        X, y = check_X_y(X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self._check_params()
+        self.classes_, index = np.unique(y, return_inverse=True)
+        self.n_features_in_ = X.shape[1]
+        counts = np.bincount(index).astype(np.float64)
+        support_means = class_means(X, index, len(self.classes_))
+        if unlabeled is not None:
+            unlabeled = check_array(unlabeled, dtype=np.float64)
+        if source_emb is None:
+            source = None
+            mapped = np.full(len(self.classes_), -1)
+        else:
+            source_emb, source_labels = check_X_y(source_emb, source_labels, dtype=np.float64)
+            source_classes, source_index = np.unique(source_labels, return_inverse=True)
+            source = (source_emb, source_index, class_means(source_emb, source_index, len(source_classes)))
+            mapped = self._mapped_source_classes(source_classes, class_mapping)
+        mode = self.mode
+        if mode == "auto":
+            mode = "calibrate" if (mapped >= 0).any() else "none"
+        self.mode_ = mode if source is not None else "none"
+        self.offset_ = np.zeros(X.shape[1])
+        self.normalize_ = False
+        self.reference_points_ = np.zeros((0, X.shape[1]))
+        self.reference_index_ = np.zeros(0, dtype=np.int64)
+        weights = counts
+        if self.mode_ in ("none", "translate"):
+            self.means_ = support_means
+            if self.mode_ == "translate" and self.knn is not None:
+                self._translate_points(X, index, support_means, source, mapped)
+        elif self.mode_ == "center":
+            self.means_, weights = self._center(X, index, counts, source, mapped, unlabeled)
+        else:
+            self.means_, weights = self._calibrate(support_means, counts, source, mapped)
+        if self.transductive and unlabeled is not None:
+            self._refine(unlabeled, weights)
+        return self
+
+    def _mapped_source_classes(self, source_classes, class_mapping):
+        """Index of the source class each target class maps to, or -1 for a new class."""
+        position = {label: i for i, label in enumerate(source_classes.tolist())}
+        if class_mapping is None:
+            return np.array([position.get(label, -1) for label in self.classes_.tolist()])
+        targets = set(self.classes_.tolist())
+        for target, source in class_mapping.items():
+            if target not in targets:
+                raise ValueError(f"class_mapping names target class {target!r}, absent from the support")
+            if source not in position:
+                raise ValueError(f"class_mapping maps to source class {source!r}, absent from the source")
+        return np.array([position[class_mapping[label]] if label in class_mapping else -1
+                         for label in self.classes_.tolist()])
+
+    def _borrow_weights(self, support_means, source_means, mapped, delta, n_borrow):
+        """(n_target, n_source) weights of each target class on source classes (one-hot when mapped)."""
+        weights = np.zeros((len(support_means), len(source_means)))
+        new = mapped < 0
+        weights[~new, mapped[~new]] = 1.0
+        if new.any():
+            scores = -distances(support_means[new] - delta, source_means, self.metric) / self.temperature
+            keep = np.argsort(-scores, axis=1)[:, :n_borrow]
+            masked = np.full_like(scores, -np.inf)
+            np.put_along_axis(masked, keep, np.take_along_axis(scores, keep, axis=1), axis=1)
+            weights[new] = softmax(masked, axis=1)
+        return weights
+
+    def _translate_points(self, X, index, support_means, source, mapped):
+        """Reference points for kNN: each source cluster moved onto its target class, plus the support."""
+        source_emb, source_index, source_means = source
+        nearest = self._borrow_weights(support_means, source_means, mapped, 0.0, 1).argmax(axis=1)
+        points, owners = [X], [index]
+        for c, j in enumerate(nearest):
+            members = source_emb[source_index == j]
+            points.append(members + (support_means[c] - source_means[j]))
+            owners.append(np.full(len(members), c))
+        self.reference_points_ = np.concatenate(points)
+        self.reference_index_ = np.concatenate(owners)
+
+    def _center(self, X, index, counts, source, mapped, unlabeled):
+        """Prototypes in the per-domain centred, L2-normalised space; sets the query transform."""
+        n_classes = len(self.classes_)
+        target_center = unlabeled.mean(axis=0) if unlabeled is not None else class_means(X, index, n_classes).mean(axis=0)
+        self.offset_, self.normalize_ = target_center, True
+        prototypes = class_means(l2_normalize(X - target_center), index, n_classes)
+        weights = counts.copy()
+        source_emb, source_index, source_means = source
+        centred_source = class_means(l2_normalize(source_emb - source_means.mean(axis=0)), source_index,
+                                     len(source_means))
+        has = mapped >= 0
+        prior = centred_source[mapped[has]]
+        prototypes[has] = (counts[has, None] * prototypes[has] + self.kappa * prior) / (counts[has, None] + self.kappa)
+        weights[has] += self.kappa
+        return prototypes, weights
+
+    def _calibrate(self, support_means, counts, source, mapped):
+        """Support means shrunk toward aligned (mapped) or borrowed (new) source means."""
+        source_means = source[2]
+        has = mapped >= 0
+        delta = (support_means[has] - source_means[mapped[has]]).mean(axis=0) if has.any() else 0.0
+        priors = self._borrow_weights(support_means, source_means, mapped, delta, self.n_borrow) @ (source_means + delta)
+        kappa = np.where(has, self.kappa, self.kappa_new)[:, None]
+        prototypes = (counts[:, None] * support_means + kappa * priors) / (counts[:, None] + kappa)
+        return prototypes, counts + kappa[:, 0]
+
+    def _refine(self, unlabeled, weights):
+        """Soft k-means over the pool with the support (and prior) held as weighted fixed points."""
+        pool = self._transform(unlabeled)
+        anchored = weights[:, None] * self.means_
+        for _ in range(self.refine_steps):
+            r = softmax(-distances(pool, self.means_, self.metric) / self.temperature, axis=1)
+            r *= r.max(axis=1, keepdims=True) >= self.confidence
+            self.means_ = (anchored + r.T @ pool) / (weights + r.sum(axis=0))[:, None]
+
+    def _transform(self, X):
+        X = X - self.offset_
+        return l2_normalize(X) if self.normalize_ else X
+
+    def _queries(self, X):
+        return self._transform(super()._queries(X))
+
+    def _scores(self, X):
+        """Nearest-prototype scores -d, or with knn the softmax(-d / temperature) weight of each
+        class among the k nearest reference points."""
+        queries = self._queries(X)
+        if not len(self.reference_index_):
+            return -distances(queries, self.means_, self.metric)
+        d = distances(queries, self.reference_points_, self.metric)
+        nearest = np.argsort(d, axis=1, kind="stable")[:, : int(self.knn)]
+        votes = softmax(-np.take_along_axis(d, nearest, axis=1) / self.temperature, axis=1)
+        scores = np.zeros((len(queries), len(self.classes_)))
+        np.add.at(scores, (np.arange(len(queries))[:, None], self.reference_index_[nearest]), votes)
+        return scores
+
+    def _proba(self, scores):
+        return scores if len(self.reference_index_) else super()._proba(scores)
+
+    def _state_arrays(self):
+        return ["classes_", "means_", "offset_", "reference_points_", "reference_index_"]
+
+    def get_state(self):
+        config, arrays = super().get_state()
+        config.update(mode_=self.mode_, normalize_=bool(self.normalize_))
+        return config, arrays
+
+    @classmethod
+    def from_state(cls, config, arrays):
+        model = super().from_state(config, arrays)
+        model.mode_ = str(config["mode_"])
+        model.normalize_ = bool(config["normalize_"])
+        return model
+
+
+CLASSIFIERS = {cls.__name__: cls for cls in (NearestMeanClassifier, TransferClassifier)}
+
+
+def classifier_from_state(config, arrays):
+    """Rebuild a NearestMeanClassifier or TransferClassifier from get_state() output."""
+    kind = config.get("type")
+    if kind not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier type {kind!r}; expected one of {sorted(CLASSIFIERS)}")
+    return CLASSIFIERS[kind].from_state(config, arrays)
+
+
+def fit_transfer(source_emb, source_labels, support_emb, support_labels, mode="auto", class_mapping=None,
+                 unlabeled=None, knn=None, kappa=5.0, transductive=False, **params):
+    """Fit a TransferClassifier for the target classes of the support (see the module docstring).
+
+    ``class_mapping`` maps target labels to source labels; without it, support labels that are also
+    source labels are mapped to themselves and the rest are new classes. Other keyword arguments
+    (kappa_new, n_borrow, refine_steps, confidence, metric, temperature) go to TransferClassifier.
+    """
+    model = TransferClassifier(mode=mode, knn=knn, kappa=kappa, transductive=transductive, **params)
+    return model.fit(support_emb, support_labels, source_emb=source_emb, source_labels=source_labels,
+                     unlabeled=unlabeled, class_mapping=class_mapping)
