@@ -93,10 +93,10 @@ def _small_cnn(input_shape):
     x = inputs
     for filters in (32, 64, 128):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.Activation("relu")(x)
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.Activation("relu")(x)
         if x.shape[1] > 2:
             x = layers.MaxPooling2D()(x)
@@ -207,18 +207,39 @@ def build_encoder(
     return keras.Model(images, L2Normalize(name="l2_normalize")(x), name=name)
 
 
-def build_augmentation(image_shape, flip=False, crop_padding=0, name="augmentation"):
+@keras.saving.register_keras_serializable(package="triplet_keras")
+class RandomPadCrop(layers.Layer):
+    """Training only: zero-pad each image by ``padding`` pixels, then crop a random H x W window of it."""
+
+    def __init__(self, padding, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = int(padding)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training or not self.padding:
+            return images
+        p = self.padding
+        batch, height, width = ops.shape(images)[0], ops.shape(images)[1], ops.shape(images)[2]
+        padded = ops.pad(images, [[0, 0], [p, p], [p, p], [0, 0]])
+        offsets = keras.random.randint((batch, 2), 0, 2 * p + 1, seed=self.seed_generator)
+        rows = offsets[:, :1] + ops.arange(height)[None, :]
+        cols = offsets[:, 1:] + ops.arange(width)[None, :]
+        x = ops.take_along_axis(padded, rows[:, :, None, None], axis=1)
+        return ops.take_along_axis(x, cols[:, None, :, None], axis=2)
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding, "seed": self.seed}
+
+
+def build_augmentation(flip=False, crop_padding=0, seed=None, name="augmentation"):
     """Training-only augmentation layers (identity at inference): horizontal flip, pad-and-random-crop."""
-    height, width = image_shape[:2]
     steps = [layers.Rescaling(1.0, name=f"{name}_cast")]
     if flip:
-        steps.append(layers.RandomFlip("horizontal", name=f"{name}_flip"))
+        steps.append(layers.RandomFlip("horizontal", seed=seed, name=f"{name}_flip"))
     if crop_padding:
-        # A random shift of up to crop_padding pixels with zero fill is a zero-pad + random crop.
-        steps.append(layers.RandomTranslation(
-            crop_padding / height, crop_padding / width, fill_mode="constant",
-            interpolation="nearest", name=f"{name}_crop",
-        ))
+        steps.append(RandomPadCrop(crop_padding, seed=seed, name=f"{name}_crop"))
     return keras.Sequential(steps, name=name)
 
 

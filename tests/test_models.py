@@ -1,0 +1,176 @@
+"""Encoder, merge model and online model: shapes, freezing, weight sharing, save/load, a real fit."""
+import os
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from triplet_keras import models
+from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss, triplet_margin_loss
+from triplet_keras.models import (
+    WeightsUnavailableError,
+    build_augmentation,
+    build_encoder,
+    build_merge_model,
+    build_online_model,
+    embed_images,
+    load_model,
+    save_model,
+)
+
+SHAPE = (8, 8, 3)
+
+
+@pytest.fixture
+def encoder():
+    return build_encoder("small_cnn", weights=None, input_shape=SHAPE, embedding_dim=16, freeze_layers=2)
+
+
+def images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n,) + SHAPE).astype(np.uint8)
+
+
+def test_encoder_outputs_unit_vectors_from_raw_pixels(encoder):
+    emb = encoder.predict(images(5), verbose=0)
+    assert emb.shape == (5, 16) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+def test_first_layers_frozen(encoder):
+    backbone = encoder.get_layer("small_cnn")
+    assert [layer.trainable for layer in backbone.layers[:2]] == [False, False]
+    assert all(layer.trainable for layer in backbone.layers[2:])
+
+
+def test_pretrained_weights_freeze_batchnorm(tmp_path, encoder):
+    path = str(tmp_path / "backbone.weights.h5")
+    encoder.get_layer("small_cnn").save_weights(path)
+    pretrained = build_encoder("small_cnn", weights=path, input_shape=SHAPE, embedding_dim=16, freeze_layers=0)
+    batchnorms = [layer for layer in pretrained.get_layer("small_cnn").layers
+                  if isinstance(layer, keras.layers.BatchNormalization)]
+    assert batchnorms and not any(layer.trainable for layer in batchnorms)
+    for got, want in zip(pretrained.get_layer("small_cnn").weights, encoder.get_layer("small_cnn").weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want))
+
+
+def test_bad_arguments_raise_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        build_encoder("vgg", weights=None)
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        build_encoder("small_cnn", weights=str(tmp_path / "missing.h5"), input_shape=SHAPE)
+    with pytest.raises(ValueError, match="input_shape"):
+        build_encoder("small_cnn", weights=None, input_shape=(8, 8))
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        build_encoder("small_cnn", weights="imagenet", input_shape=SHAPE)
+
+
+def test_imagenet_offline_fails_fast_with_instructions(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(models, "IMAGENET_HOST", ("192.0.2.1", 9))  # TEST-NET-1: never routed
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="weights=None"):
+        build_encoder("resnet50", weights="imagenet", input_shape=(32, 32, 3))
+    assert time.monotonic() - start < 10
+
+
+def test_resnet50_smoke_small_input():
+    # One ResNet50 build: 8x8 digits are resized inside the model to the 32x32 minimum.
+    encoder = build_encoder("resnet50", weights=None, input_shape=SHAPE, embedding_dim=8)
+    assert encoder.get_layer("resize").get_config()["height"] == 32
+    emb = encoder.predict(images(2), verbose=0)
+    assert emb.shape == (2, 8) and np.all(np.isfinite(emb))
+    frozen = [layer.trainable for layer in encoder.get_layer("resnet50").layers[:16]]
+    assert frozen == [False] * 15 + [True]
+
+
+def test_merge_model_shares_one_encoder(encoder):
+    merge = build_merge_model(encoder)
+    assert len(merge.trainable_weights) == len(encoder.trainable_weights)
+    assert len(merge.weights) == len(encoder.weights)
+    a, p, n = images(4, 1), images(4, 2), images(4, 3)
+    out = merge.predict([a, p, n], verbose=0)
+    assert out.shape == (4, 3, 16)
+    for branch, x in enumerate((a, p, n)):
+        np.testing.assert_allclose(out[:, branch], encoder.predict(x, verbose=0), atol=1e-5)
+
+
+def test_merge_model_fit_lowers_the_triplet_loss(encoder):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 16)
+    base = rng.integers(0, 256, size=(4,) + SHAPE)
+    data = np.clip(base[labels] + rng.normal(0, 40, size=(64,) + SHAPE), 0, 255).astype(np.uint8)
+    positive = np.array([rng.choice(np.flatnonzero(labels == y)) for y in labels])
+    negative = np.array([rng.choice(np.flatnonzero(labels != y)) for y in labels])
+    merge = build_merge_model(encoder)
+    merge.compile(optimizer=keras.optimizers.Adam(3e-3), loss=TripletMarginLoss(margin=0.2))
+    x = [data, data[positive], data[negative]]
+
+    def mean_loss():
+        out = merge.predict(x, verbose=0)
+        return float(np.mean(keras.ops.convert_to_numpy(triplet_margin_loss(out[:, 0], out[:, 1], out[:, 2]))))
+
+    before = mean_loss()
+    merge.fit(x, np.zeros(64), batch_size=16, epochs=8, verbose=0)
+    assert mean_loss() < 0.8 * before
+
+
+def test_online_model_with_augmentation_trains(encoder):
+    labels = np.repeat(np.arange(4), 8)
+    model = build_online_model(encoder, build_augmentation(flip=True, crop_padding=1))
+    model.compile(optimizer="adam", loss=OnlineTripletLoss("batch_hard"))
+    history = model.fit(images(32), labels, batch_size=16, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    # Augmentation is inactive at inference: the online model embeds exactly like the encoder.
+    np.testing.assert_allclose(model.predict(images(3), verbose=0), encoder.predict(images(3), verbose=0), atol=1e-5)
+
+
+def test_save_load_round_trip_gives_identical_embeddings(tmp_path, encoder):
+    path = tmp_path / "encoder.keras"
+    save_model(encoder, path)
+    assert sorted(os.listdir(tmp_path)) == ["encoder.keras"]  # no temporary file left behind
+    restored = load_model(path)
+    x = images(6)
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), encoder.predict(x, verbose=0))
+    merge_path = tmp_path / "merge.keras"
+    merge = build_merge_model(encoder)
+    merge.compile(optimizer="adam", loss=TripletMarginLoss(margin=0.3))
+    save_model(merge, merge_path)
+    reloaded = load_model(merge_path, compile=True)
+    assert reloaded.loss.get_config()["margin"] == 0.3
+    np.testing.assert_allclose(reloaded.predict([x, x, x], verbose=0), merge.predict([x, x, x], verbose=0))
+
+
+def test_save_and_load_reject_bad_paths(tmp_path, encoder):
+    with pytest.raises(ValueError, match=".keras"):
+        save_model(encoder, tmp_path / "encoder.h5")
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        load_model(tmp_path / "missing.keras")
+
+
+def test_embed_images_matches_predict_for_arrays_and_loaders(encoder):
+    x = images(10)
+
+    class Loader:
+        def __len__(self):
+            return len(x)
+
+        def load(self, indices):
+            return x[indices]
+
+    expected = encoder.predict(x, verbose=0)
+    np.testing.assert_allclose(embed_images(encoder, x, batch_size=4, progress=False), expected, atol=1e-5)
+    np.testing.assert_allclose(embed_images(encoder, Loader(), batch_size=3, progress=False), expected, atol=1e-5)
+    assert embed_images(encoder, x[:0], progress=False).shape == (0, 16)
+
+
+def test_random_pad_crop_takes_windows_of_the_padded_image():
+    crop = models.RandomPadCrop(2, seed=3)
+    x = np.arange(4 * 6 * 5 * 1, dtype=np.float32).reshape(4, 6, 5, 1) + 1
+    out = keras.ops.convert_to_numpy(crop(x, training=True))
+    padded = np.pad(x, [(0, 0), (2, 2), (2, 2), (0, 0)])
+    for image, source in zip(out, padded):
+        windows = [source[dy:dy + 6, dx:dx + 5] for dy in range(5) for dx in range(5)]
+        assert any(np.array_equal(image, window) for window in windows)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(crop(x)), x)
+    assert models.RandomPadCrop.from_config(crop.get_config()).padding == 2
