@@ -1,0 +1,70 @@
+"""params.json loading, command-line overrides and validation."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from triplet_keras.params import SCHEMA, ParamsError, check_value, load_params
+
+
+def write(folder, params):
+    (folder / "params.json").write_text(json.dumps(params), encoding="utf-8")
+
+
+def test_defaults_file_and_overrides_stack(tmp_path):
+    write(tmp_path, {"epochs": 3, "margin": 1})
+    params = load_params(str(tmp_path), {"epochs": 5})
+    assert params["epochs"] == 5 and params["margin"] == 1.0 and isinstance(params["margin"], float)
+    assert params["dataset"] == SCHEMA["dataset"][0]
+    assert set(params) == set(SCHEMA)
+
+
+def test_missing_file_gives_defaults(tmp_path):
+    assert load_params(str(tmp_path))["backbone"] == "resnet50"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("epochs", "ten", "epochs must be of type int"),
+    ("epochs", True, "epochs must be of type int"),
+    ("squared", 1, "squared must be of type bool"),
+    ("strategy", "hardest", "strategy must be one of"),
+    ("backbone", "vgg16", "backbone must be one of"),
+    ("epochs", None, "epochs must be of type int"),
+])
+def test_wrong_types_are_errors(tmp_path, key, value, message):
+    write(tmp_path, {key: value})
+    with pytest.raises(ParamsError, match=message):
+        load_params(str(tmp_path))
+
+
+def test_unknown_key_lists_the_valid_keys(tmp_path):
+    write(tmp_path, {"epoch": 3})
+    with pytest.raises(ParamsError, match="unknown parameter 'epoch'.*valid keys: .*epochs"):
+        load_params(str(tmp_path))
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "\xff\xfe"])
+def test_malformed_file_is_an_error(tmp_path, text):
+    (tmp_path / "params.json").write_text(text, encoding="latin-1")
+    with pytest.raises(ParamsError, match="params.json"):
+        load_params(str(tmp_path))
+
+
+def test_nullable_keys_accept_null():
+    assert check_value("source_classes", None) is None
+    assert check_value("image_size", None) is None
+
+
+def test_init_help_lists_every_parameter():
+    out = subprocess.run([sys.executable, "init.py", "--help"], capture_output=True, text=True, check=True).stdout
+    for key in SCHEMA:
+        assert f"--{key}" in out
+    assert "--model_dir" in out and "--restart" in out and "--data_dir" in out
+
+
+def test_init_rejects_bad_flag_value_before_training(tmp_path):
+    result = subprocess.run([sys.executable, "init.py", "--model_dir", str(tmp_path), "--epochs", "many"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "epochs must be of type int" in result.stderr
+    assert not (tmp_path / "state.json").exists()

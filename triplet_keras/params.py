@@ -1,0 +1,106 @@
+"""Experiment parameters: ``<model_dir>/params.json`` plus command-line overrides, validated.
+
+Every key has a default and a type below; an unknown key or a value of the wrong type is an error
+that lists the valid keys. ``null`` is allowed where the default is ``None`` or where noted.
+"""
+import argparse
+import json
+import os
+
+OFFLINE_STRATEGIES = ("random", "semi_hard", "hard")
+ONLINE_STRATEGIES = ("batch_all", "batch_hard", "batch_semi_hard")
+
+# name: (default, type or tuple of allowed values, help)
+SCHEMA = {
+    "dataset": ("digits", str, '"digits", "cifar10" or a folder of class subfolders'),
+    "archive": (None, str, "local cifar-10-python.tar.gz (CIFAR-10 offline)"),
+    "image_size": (None, list, "[height, width] images are resized to on load (folders: 224 x 224)"),
+    "validation_fraction": (0.1, float, "share of each class held out for validation"),
+    "test_fraction": (0.2, float, "share of each class held out for testing"),
+    "seed": (0, int, "seed for splits, mining, episodes and weights"),
+    "backbone": ("resnet50", ("resnet50", "small_cnn"), "the CNN under the embedding"),
+    "weights": ("imagenet", str, '"imagenet", "none" or a backbone weights file'),
+    "backbone_size": (None, list, "[height, width] the model resizes images to (ResNet50: at least 32)"),
+    "embedding_dim": (128, int, "size of the L2-normalised embedding"),
+    "freeze_layers": (15, int, "number of leading backbone layers kept frozen"),
+    "strategy": ("semi_hard", OFFLINE_STRATEGIES + ONLINE_STRATEGIES,
+                 "offline-mined triplets (random, semi_hard, hard) or an online loss"),
+    "margin": (0.2, float, "triplet margin"),
+    "squared": (True, bool, "squared L2 distance in the losses"),
+    "triplets_per_anchor": (1, int, "offline mining: triplets mined per anchor"),
+    "remine_every": (1, int, "offline mining: re-mine with the current encoder every N epochs"),
+    "batch_size": (32, int, "triplets per batch (offline) or images per batch (online)"),
+    "samples_per_class": (4, int, "online losses: K images per class in a P x K batch"),
+    "epochs": (10, int, "training epochs"),
+    "learning_rate": (1e-3, float, "Adam learning rate"),
+    "augment_flip": (False, bool, "random horizontal flips while training"),
+    "augment_crop": (0, int, "random pad-and-crop by this many pixels while training"),
+    "precision": ("float32", ("float32", "mixed_bfloat16", "mixed_float16"), "Keras dtype policy"),
+    "source_classes": (None, list, "classes the encoder trains on; the others are the transfer target"),
+    "target_dataset": (None, str, "folder of the target domain with the same class names"),
+    "target_transform": (None, ("style",), "a synthetic target domain made from the test split"),
+    "transfer_mode": ("auto", ("auto", "translate", "center", "calibrate", "none"), "transfer mode"),
+    "shots": ([1, 5], list, "K of the K-shot transfer episodes"),
+    "episodes": (100, int, "few-shot episodes per K"),
+    "plot_method": ("tsne", ("tsne", "pca"), "2-D map of the embeddings"),
+}
+
+
+class ParamsError(ValueError):
+    """A parameter file or flag is invalid; the message lists the valid keys."""
+
+
+def _valid_keys():
+    return "valid keys: " + ", ".join(sorted(SCHEMA))
+
+
+def check_value(key, value):
+    """Return ``value`` converted to the key's type, or raise ParamsError."""
+    if key not in SCHEMA:
+        raise ParamsError(f"unknown parameter {key!r}; {_valid_keys()}")
+    default, kind, _ = SCHEMA[key]
+    if value is None and (default is None or kind is list):
+        return None
+    if isinstance(kind, tuple):
+        if value not in kind:
+            raise ParamsError(f"{key} must be one of {list(kind)}, got {value!r}")
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ParamsError(f"{key} must be of type {kind.__name__}, got {value!r}; {_valid_keys()}")
+    return value
+
+
+def load_params(model_dir, overrides=None):
+    """Defaults, updated by ``model_dir/params.json`` (if present), updated by ``overrides``."""
+    params = {key: spec[0] for key, spec in SCHEMA.items()}
+    path = os.path.join(model_dir, "params.json")
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                loaded = json.load(handle)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ParamsError(f"{path} is not valid JSON: {error}") from None
+        if not isinstance(loaded, dict):
+            raise ParamsError(f"{path} must hold a JSON object of parameters; {_valid_keys()}")
+        params.update({key: check_value(key, value) for key, value in loaded.items()})
+    params.update({key: check_value(key, value) for key, value in (overrides or {}).items()})
+    return params
+
+
+def _parse_flag(text):
+    """A command-line value: JSON when it parses (numbers, lists, true/false, null), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def add_param_flags(parser):
+    """One ``--key`` flag per parameter; values are parsed as JSON, falling back to a string."""
+    group = parser.add_argument_group("parameters (override params.json)")
+    for key, (default, kind, text) in SCHEMA.items():
+        choices = f" One of {', '.join(kind)}." if isinstance(kind, tuple) else ""
+        group.add_argument(f"--{key}", type=_parse_flag, default=argparse.SUPPRESS, metavar="VALUE",
+                           help=f"{text}.{choices} Default: {json.dumps(default)}.")
