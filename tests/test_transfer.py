@@ -122,6 +122,14 @@ def test_domain_shift_calibrate_and_center_beat_none(domains):
     assert episodes_accuracy(source, target, 1, mode="translate", knn=5) > 0.5
 
 
+def test_transform_is_the_query_map(domains):
+    (xs, ys), (xt, yt) = domains
+    center = fit_transfer(xs, ys, xt[::10], yt[::10], mode="center", unlabeled=xt)
+    moved = (xt - xt.mean(axis=0)) / np.linalg.norm(xt - xt.mean(axis=0), axis=1, keepdims=True)
+    np.testing.assert_allclose(center.transform(xt), moved)
+    np.testing.assert_allclose(fit_transfer(xs, ys, xt[::10], yt[::10], mode="calibrate").transform(xt), xt)
+
+
 def test_translate_nearest_mean_equals_none_and_knn_uses_translated_points(domains):
     (xs, ys), (xt, yt) = domains
     support = np.arange(0, len(yt), 20)

@@ -281,19 +281,21 @@ class TransferClassifier(NearestMeanClassifier):
 
     def _refine(self, unlabeled, weights):
         """Soft k-means over the pool with the support (and prior) held as weighted fixed points."""
-        pool = self._transform(unlabeled)
+        pool = self.transform(unlabeled)
         anchored = weights[:, None] * self.means_
         for _ in range(self.refine_steps):
             r = softmax(-distances(pool, self.means_, self.metric) / self.temperature, axis=1)
             r *= r.max(axis=1, keepdims=True) >= self.confidence
             self.means_ = (anchored + r.T @ pool) / (weights + r.sum(axis=0))[:, None]
 
-    def _transform(self, X):
-        X = X - self.offset_
+    def transform(self, X):
+        """The query transform T into the space of the prototypes: X - offset_, L2-normalised when
+        normalize_ (mode ``center``), the identity otherwise."""
+        X = super()._queries(X) - self.offset_
         return l2_normalize(X) if self.normalize_ else X
 
     def _queries(self, X):
-        return self._transform(super()._queries(X))
+        return self.transform(X)
 
     def _scores(self, X):
         """Nearest-prototype scores -d, or with knn the softmax(-d / temperature) weight of each
