@@ -31,7 +31,7 @@ dominant class drag its neighbours' prototypes (tests/test_transfer.py measures 
 """
 import numpy as np
 from scipy.special import softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.metrics import pairwise_distances
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
@@ -142,13 +142,14 @@ class NearestMeanClassifier(ClassifierMixin, BaseEstimator):
         return model
 
 
-class TransferClassifier(NearestMeanClassifier):
+class TransferClassifier(TransformerMixin, NearestMeanClassifier):
     """Nearest prototype over target classes, with prototypes built from the support and the source.
 
     The modes and their math are in the module docstring. ``fit(support, labels, source_emb=...,
     source_labels=..., unlabeled=..., class_mapping=...)``; without a source every mode is ``none``.
     Fitted: classes_, means_ (the prototypes), mode_, offset_ and normalize_ (the query transform),
-    and for kNN reference_points_ with reference_index_ (indices into classes_).
+    and for kNN reference_points_ with reference_index_ (indices into classes_). Like scikit-learn's
+    LinearDiscriminantAnalysis it is also a transformer: ``transform`` is the query map T.
     """
 
     def __init__(self, mode="auto", kappa=5.0, kappa_new=1.0, n_borrow=3, knn=None,
