@@ -13,7 +13,6 @@ import hashlib
 import io
 import os
 import pickle
-import socket
 import tarfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -336,6 +335,8 @@ def _load_cifar10(archive, cache_dir, image_size, validation_fraction, seed):
 def _keras_cifar10(cache_dir):
     import keras
 
+    from triplet_keras.models import _host_reachable  # a 3 s socket connect
+
     keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
     keras_cached = os.path.isdir(os.path.join(keras_home, "datasets", "cifar-10-batches-py-target"))
     if not keras_cached and not _host_reachable(CIFAR10_HOST):
@@ -345,14 +346,6 @@ def _keras_cifar10(cache_dir):
         )
     (train_images, train_labels), (test_images, test_labels) = keras.datasets.cifar10.load_data()
     return train_images, train_labels.reshape(-1), test_images, test_labels.reshape(-1)
-
-
-def _host_reachable(host, timeout=3.0):
-    try:
-        socket.create_connection(host, timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def verify_checksums(path, expected):
