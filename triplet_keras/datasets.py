@@ -179,6 +179,7 @@ def load_dataset(
       ``test/`` each holding class subfolders (see :func:`load_folder`).
 
     Splits not given by the source are cut per class with ``seed`` (:func:`stratified_split`).
+    ``strict``, ``workers`` and ``verify`` concern folders only (see :func:`load_folder`).
     ``image_size`` (H, W) resizes images as they are loaded; folders default to 224 x 224.
     """
     if str(source).lower() == "digits":
