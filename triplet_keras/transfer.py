@@ -32,7 +32,6 @@ dominant class drag its neighbours' prototypes (tests/test_transfer.py measures 
 import numpy as np
 from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
-from sklearn.metrics import pairwise_distances
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
@@ -41,25 +40,26 @@ MODES = ("none", "translate", "center", "calibrate")
 STATE_VERSION = 1
 
 
-def distances(queries, prototypes, metric="cosine"):
-    """Matrix D[i, c] = d(queries[i], prototypes[c]); cosine is 1 - cos, euclidean is |q - p|."""
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    return pairwise_distances(queries, prototypes, metric=metric)
-
-
 def l2_normalize(x):
     """Rows of x divided by their L2 norm (zero rows stay zero)."""
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norm, 1e-12)
 
 
+def distances(queries, prototypes, metric="cosine"):
+    """Matrix D[i, c] = d(queries[i], prototypes[c]): cosine is 1 - cos (0 for a zero vector's cosine),
+    euclidean is sqrt(max(|q|^2 - 2 q.p + |p|^2, 0))."""
+    if metric == "cosine":
+        return 1.0 - l2_normalize(queries) @ l2_normalize(prototypes).T
+    if metric == "euclidean":
+        squared = (queries ** 2).sum(axis=1)[:, None] - 2.0 * queries @ prototypes.T + (prototypes ** 2).sum(axis=1)
+        return np.sqrt(np.maximum(squared, 0.0))
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+
+
 def class_means(x, label_index, n_classes):
     """Mean of the rows of x per class index 0..n_classes-1 (every class must occur)."""
-    counts = np.bincount(label_index, minlength=n_classes)
-    sums = np.zeros((n_classes, x.shape[1]), dtype=np.float64)
-    np.add.at(sums, label_index, x)
-    return sums / counts[:, None]
+    return np.stack([x[label_index == c].mean(axis=0) for c in range(n_classes)])
 
 
 class NearestMeanClassifier(ClassifierMixin, BaseEstimator):
@@ -305,7 +305,8 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         if not len(self.reference_index_):
             return -distances(queries, self.means_, self.metric)
         d = distances(queries, self.reference_points_, self.metric)
-        nearest = np.argsort(d, axis=1, kind="stable")[:, : int(self.knn)]
+        k = min(int(self.knn), d.shape[1])
+        nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
         votes = softmax(-np.take_along_axis(d, nearest, axis=1) / self.temperature, axis=1)
         scores = np.zeros((len(queries), len(self.classes_)))
         np.add.at(scores, (np.arange(len(queries))[:, None], self.reference_index_[nearest]), votes)
