@@ -18,6 +18,7 @@ setup(
         "scikit-learn>=1.3,<2",
         "opencv-python-headless>=4.8",
         "tqdm>=4.60",
+        "tensorboard>=2.15",
         "matplotlib>=3.7",
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6.80"]},

@@ -1,0 +1,124 @@
+"""init.py end to end on a tiny digits configuration: files, metrics, predictors, resume and restart."""
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import init
+from triplet_keras.predict import Predictor
+
+TINY = {
+    "dataset": "digits", "backbone": "small_cnn", "weights": "none", "embedding_dim": 16, "freeze_layers": 0,
+    "strategy": "semi_hard", "batch_size": 64, "epochs": 2, "learning_rate": 0.003,
+    "source_classes": ["0", "1", "2", "3", "4"], "shots": [1, 5], "episodes": 5, "plot_method": "pca",
+}
+
+
+def run_init(model_dir, *flags):
+    """init.py's main() in this process (no second interpreter start-up): (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            init.main(["--model_dir", str(model_dir), *flags])
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+            print(exit.code, file=sys.stderr)
+    return subprocess.CompletedProcess(flags, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """One full run through the real command line (a separate interpreter), reused by the tests below."""
+    model_dir = tmp_path_factory.mktemp("digits")
+    (model_dir / "params.json").write_text(json.dumps(TINY))
+    result = subprocess.run([sys.executable, "init.py", "--model_dir", str(model_dir)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return model_dir, result
+
+
+def test_run_leaves_every_artefact(experiment):
+    model_dir, _ = experiment
+    for name in ("best.keras", "last.keras", "state.json", "history.csv", "metrics.json",
+                 "embeddings/vectors.tsv", "embeddings/metadata.tsv", "embeddings/embeddings.npz",
+                 "logs/projector_config.pbtxt", "plots/loss_curves.png", "plots/confusion_matrix.png",
+                 "plots/transfer_map.png", "predictor/predictor.json", "predictor_transfer/predictor.json"):
+        assert (model_dir / name).is_file(), name
+    assert any(name.startswith("train") for name in os.listdir(model_dir / "logs"))
+    assert not [name for name in os.listdir(model_dir) if name.startswith(".tmp")]
+    history = (model_dir / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,") and len(history) == 3
+
+
+def test_metrics_are_useful_and_complete(experiment):
+    model_dir, result = experiment
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    scores = metrics["scores"]
+    assert scores["test_accuracy"] > 0.6  # 5 classes: chance is 0.2
+    for key in ("test_precision_at_1", "test_map_at_r", "test_r_precision", "test_nmi", "test_ami",
+                "transfer_accuracy"):
+        assert 0.0 <= scores[key] <= 1.0, key
+    for shots in ("1-shot", "5-shot"):
+        assert {"none", "ceiling"} <= set(metrics["transfer"][shots])
+    assert metrics["epochs_trained"] == 2
+    assert "| test_accuracy |" in result.stdout and "==> summary" in result.stdout
+
+
+def test_saved_predictors_classify_new_images(experiment):
+    model_dir, _ = experiment
+    from triplet_keras.datasets import load_dataset
+
+    data = load_dataset("digits")
+    target = np.isin(data.test.labels, [5, 6, 7, 8, 9])
+    images, labels = data.test.load(np.flatnonzero(target)), data.test.labels[target]
+    predictor = Predictor.load(str(model_dir / "predictor_transfer"))
+    assert predictor.class_names == ["5", "6", "7", "8", "9"]
+    predicted = predictor.predict(images)
+    assert np.mean(np.array(predicted) == labels.astype(str)) > 0.5
+    source = Predictor.load(str(model_dir / "predictor"))
+    assert source.class_names == ["0", "1", "2", "3", "4"]
+
+
+def test_rerun_resumes_and_restart_starts_over(experiment):
+    model_dir, _ = experiment
+    resumed = run_init(model_dir, "--epochs", "3", "--episodes", "2", "--shots", "[1]")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "epochs 3..3" in resumed.stdout
+    assert json.loads((model_dir / "state.json").read_text())["epoch"] == 2
+    changed = run_init(model_dir, "--embedding_dim", "8")
+    assert changed.returncode != 0 and "--restart" in changed.stderr
+    restarted = run_init(model_dir, "--restart", "--epochs", "1", "--episodes", "2", "--shots", "[1]")
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "resuming" not in restarted.stdout
+    assert json.loads((model_dir / "metrics.json").read_text())["epochs_trained"] == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--data_dir", "no/such/folder"], "no/such/folder"),
+    (["--source_classes", '["0", "zebra"]'], "zebra"),
+    (["--margin", "wide"], "margin must be of type float"),
+    (["--source_classes", '["0"]'], "triplets need at least two such classes"),
+    (["--source_classes", json.dumps([str(d) for d in range(10)])], "leave some for the transfer target"),
+])
+def test_bad_configuration_fails_before_training(tmp_path, flags, message):
+    (tmp_path / "params.json").write_text(json.dumps(TINY))
+    result = run_init(tmp_path, *flags)
+    assert result.returncode != 0 and message in result.stderr
+    assert not (tmp_path / "last.keras").exists()
+
+
+def test_too_few_images_per_class_is_a_clear_error(tmp_path):
+    import cv2
+
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "data" / name / "only.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "params.json").write_text(json.dumps({**TINY, "source_classes": None}))
+    result = run_init(tmp_path, "--data_dir", str(tmp_path / "data"))
+    assert result.returncode != 0 and "single image" in result.stderr and "data/a" in result.stderr

@@ -1,0 +1,377 @@
+"""What init.py runs: data -> train -> evaluate -> transfer -> predictors -> report, in one model folder.
+
+Files left in ``model_dir`` (each written atomically, so a kill leaves no corrupt file):
+``best.keras`` and ``last.keras`` (the training model with its optimizer), ``state.json`` (epoch,
+best validation loss, history, the parameters it was trained with), ``history.csv``, ``logs/``
+(TensorBoard), ``embeddings/`` (vectors, metadata.tsv, npz; shown by TensorBoard's projector),
+``plots/`` (2-D maps before/after the transfer, loss curves, confusion matrix), ``predictor/``
+(source classes) and ``predictor_transfer/`` (target classes), and ``metrics.json``.
+Re-running into the same folder resumes from ``last.keras`` unless ``restart`` is set.
+"""
+import copy
+import csv
+import io
+import json
+import os
+
+import keras
+import numpy as np
+
+from triplet_keras import domain_shift, metrics, plots
+from triplet_keras.datasets import DatasetError, load_dataset
+from triplet_keras.evaluation import evaluate_few_shot
+from triplet_keras.export import export_embeddings, write_json, write_text
+from triplet_keras.generators import PKBatchGenerator, RemineCallback, TripletGenerator
+from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss
+from triplet_keras.mining import mine_triplets
+from triplet_keras.models import (
+    build_augmentation,
+    build_encoder,
+    build_merge_model,
+    build_online_model,
+    embed_images,
+    load_model,
+    save_model,
+)
+from triplet_keras.params import ONLINE_STRATEGIES
+from triplet_keras.predict import Predictor
+from triplet_keras.transfer import NearestMeanClassifier, fit_transfer
+
+# Parameters that change the trained model: resuming with other values needs --restart.
+MODEL_KEYS = ("dataset", "backbone", "weights", "backbone_size", "embedding_dim", "freeze_layers", "strategy",
+              "image_size", "source_classes", "seed", "precision")
+
+
+class PipelineError(ValueError):
+    """The run cannot start as configured; raised before any training."""
+
+
+def stage(text):
+    print(f"==> {text}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- data
+def class_indices(class_names, chosen):
+    """Indices of ``chosen`` classes given by name or by index; PipelineError for unknown ones."""
+    indices = []
+    for item in chosen:
+        if str(item) in class_names:
+            indices.append(class_names.index(str(item)))
+        elif isinstance(item, int) and 0 <= item < len(class_names):
+            indices.append(item)
+        else:
+            raise PipelineError(f"source class {item!r} is not one of {class_names}")
+    return sorted(set(indices))
+
+
+def select_classes(split, classes):
+    """The rows of ``split`` whose label is in ``classes``."""
+    return split.subset(np.flatnonzero(np.isin(split.labels, classes)))
+
+
+def relabel(split, labels):
+    """A shallow copy of ``split`` with other labels (same images)."""
+    relabelled = copy.copy(split)
+    relabelled.labels = np.asarray(labels, np.int64)
+    return relabelled
+
+
+def check_trainable(split, name):
+    """Triplets need two classes with at least two images each."""
+    counts = np.bincount(split.labels) if len(split) else np.zeros(0, int)
+    if np.sum(counts >= 2) < 2:
+        raise PipelineError(f"the {name} split has {np.sum(counts >= 2)} classes with two or more images; "
+                            "triplets need at least two such classes")
+
+
+def prepare_data(params):
+    """Source splits, class names, and the transfer target (or None), all checked before training."""
+    try:
+        data = load_dataset(params["dataset"], image_size=params["image_size"],
+                            validation_fraction=params["validation_fraction"],
+                            test_fraction=params["test_fraction"], seed=params["seed"], archive=params["archive"])
+    except (DatasetError, FileNotFoundError) as error:
+        raise PipelineError(str(error)) from error
+    names = list(data.class_names)
+    source_classes = list(range(len(names)))
+    target = None
+    if params["source_classes"] is not None:
+        source_classes = class_indices(names, params["source_classes"])
+        target_classes = [c for c in range(len(names)) if c not in source_classes]
+        if not target_classes:
+            raise PipelineError("source_classes lists every class; leave some for the transfer target")
+        splits = [select_classes(s, target_classes) for s in (data.train, data.validation, data.test)]
+        target = {"regime": "new classes", "splits": [s for s in splits if len(s)], "mapping": None}
+    elif params["target_dataset"] is not None:
+        try:
+            other = load_dataset(params["target_dataset"], image_size=data.train.image_shape[:2],
+                                 validation_fraction=0.0, test_fraction=0.0, seed=params["seed"])
+        except (DatasetError, FileNotFoundError) as error:
+            raise PipelineError(f"target dataset: {error}") from error
+        unknown = sorted(set(other.class_names) - set(names))
+        if unknown:
+            raise PipelineError(f"target dataset classes {unknown} are not source classes {names}")
+        remap = np.array([names.index(n) for n in other.class_names])
+        splits = [relabel(s, remap[s.labels]) for s in (other.train, other.validation, other.test) if len(s)]
+        target = {"regime": "new domain", "splits": splits, "mapping": None}
+    elif params["target_transform"] is not None:
+        styled = domain_shift.apply_to_split(params["target_transform"], data.test, seed=params["seed"])
+        target = {"regime": f"new domain ({params['target_transform']})", "splits": [styled], "mapping": None}
+    train, validation, test = (select_classes(s, source_classes) for s in (data.train, data.validation, data.test))
+    check_trainable(train, "training")
+    return {"names": names, "source_classes": source_classes, "train": train, "validation": validation,
+            "test": test, "target": target}
+
+
+# ------------------------------------------------------------------------------------------- training
+class TrainingState(keras.callbacks.Callback):
+    """Each epoch: last.keras, best.keras (lowest monitored loss), state.json and history.csv, atomically."""
+
+    def __init__(self, model_dir, params, monitor, state=None):
+        super().__init__()
+        self.model_dir = model_dir
+        self.model_params = {key: params[key] for key in MODEL_KEYS}
+        self.monitor = monitor
+        self.state = state or {"epoch": -1, "best": None, "history": {}}
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {key: float(value) for key, value in (logs or {}).items()}
+        history = self.state["history"]
+        for key, value in logs.items():
+            history.setdefault(key, []).append(value)
+        value = logs.get(self.monitor, logs.get("loss"))
+        improved = self.state["best"] is None or (value is not None and value < self.state["best"])
+        save_model(self.model, os.path.join(self.model_dir, "last.keras"))
+        if improved:
+            save_model(self.model, os.path.join(self.model_dir, "best.keras"))
+            self.state["best"] = value
+        self.state.update(epoch=epoch, params=self.model_params)
+        write_text(os.path.join(self.model_dir, "history.csv"), history_csv(history))
+        write_json(os.path.join(self.model_dir, "state.json"), self.state)
+
+
+def history_csv(history):
+    """Per-epoch rows of a keras-style history dict, as CSV text."""
+    keys = sorted(history)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["epoch"] + keys)
+    for epoch in range(max((len(v) for v in history.values()), default=0)):
+        writer.writerow([epoch] + [history[k][epoch] if epoch < len(history[k]) else "" for k in keys])
+    return out.getvalue()
+
+
+class ValidationRetrieval(keras.callbacks.Callback):
+    """Adds val_precision_at_1 (leave-one-out nearest neighbour on the validation split) to the logs."""
+
+    def __init__(self, encoder, split):
+        super().__init__()
+        self.encoder = encoder
+        self.split = split
+
+    def on_epoch_end(self, epoch, logs=None):
+        embeddings = embed_images(self.encoder, self.split, progress=False)
+        logs["val_precision_at_1"] = metrics.precision_at_1(embeddings, self.split.labels)
+
+
+def read_state(model_dir, params, restart):
+    """The saved training state to resume from, or None; PipelineError when it does not fit ``params``."""
+    path = os.path.join(model_dir, "state.json")
+    if restart or not (os.path.exists(path) and os.path.exists(os.path.join(model_dir, "last.keras"))):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        state = json.load(handle)
+    changed = [key for key in MODEL_KEYS if state.get("params", {}).get(key) != params[key]]
+    if changed:
+        raise PipelineError(f"{model_dir} holds a model trained with other {', '.join(changed)}; "
+                            "pass --restart to train a new one there")
+    return state
+
+
+def build_training_model(params, image_shape):
+    """(training model, encoder), compiled for the configured strategy."""
+    weights = None if str(params["weights"]).lower() == "none" else params["weights"]
+    encoder = build_encoder(params["backbone"], weights, image_shape, params["embedding_dim"],
+                            params["freeze_layers"], params["backbone_size"])
+    augmentation = None
+    if params["augment_flip"] or params["augment_crop"]:
+        augmentation = build_augmentation(params["augment_flip"], params["augment_crop"], seed=params["seed"])
+    optimizer = keras.optimizers.Adam(params["learning_rate"])
+    if params["strategy"] in ONLINE_STRATEGIES:
+        model = build_online_model(encoder, augmentation)
+        loss = OnlineTripletLoss(params["strategy"].replace("batch_semi_hard", "semi_hard"),
+                                 params["margin"], params["squared"])
+    else:
+        model = build_merge_model(encoder, augmentation)
+        loss = TripletMarginLoss(params["margin"], params["squared"])
+    model.compile(optimizer=optimizer, loss=loss)
+    return model, encoder
+
+
+def training_data(params, data, encoder):
+    """(train PyDataset, validation PyDataset or None, extra callbacks) for the strategy."""
+    train, validation = data["train"], data["validation"]
+    if params["strategy"] in ONLINE_STRATEGIES:
+        k = params["samples_per_class"]
+        p = max(2, params["batch_size"] // k)
+        make = lambda split, seed: PKBatchGenerator(split, p, k, seed=seed)  # noqa: E731
+        return make(train, params["seed"]), make(validation, 0) if has_pairs(validation) else None, []
+    mine = lambda split, strategy: mine_triplets(  # noqa: E731
+        embed_images(encoder, split, description=f"embedding {len(split)} images"), split.labels, strategy,
+        params["margin"], params["triplets_per_anchor"], seed=params["seed"], squared=params["squared"])
+    generator = TripletGenerator(train, mine(train, params["strategy"]), params["batch_size"], seed=params["seed"])
+    remine = RemineCallback(generator, encoder, params["remine_every"], params["strategy"], params["margin"],
+                            seed=params["seed"], triplets_per_anchor=params["triplets_per_anchor"],
+                            squared=params["squared"])
+    validation_data = None
+    if has_pairs(validation):
+        validation_data = TripletGenerator(validation, mine(validation, "random"), params["batch_size"],
+                                           shuffle=False)
+    return generator, validation_data, [remine]
+
+
+def has_pairs(split):
+    return len(split) > 0 and np.sum(np.bincount(split.labels) >= 2) >= 2
+
+
+def train(params, data, model_dir, restart):
+    """Train (or resume) and return (best encoder, history dict)."""
+    state = read_state(model_dir, params, restart)
+    keras.utils.set_random_seed(params["seed"])
+    if state is None:
+        model, encoder = build_training_model(params, data["train"].image_shape)
+    else:
+        stage(f"resuming from {os.path.join(model_dir, 'last.keras')} after epoch {state['epoch'] + 1}")
+        model = load_model(os.path.join(model_dir, "last.keras"), compile=True)
+        encoder = model.get_layer("encoder")
+    initial_epoch = 0 if state is None else state["epoch"] + 1
+    if initial_epoch < params["epochs"]:
+        stage(f"training {params['backbone']} with {params['strategy']} triplets, epochs "
+              f"{initial_epoch + 1}..{params['epochs']}")
+        train_data, validation_data, callbacks = training_data(params, data, encoder)
+        monitor = "val_loss" if validation_data is not None else "loss"
+        if has_pairs(data["validation"]):
+            callbacks.append(ValidationRetrieval(encoder, data["validation"]))
+        callbacks += [
+            keras.callbacks.TerminateOnNaN(),
+            TrainingState(model_dir, params, monitor, state),
+            keras.callbacks.TensorBoard(os.path.join(model_dir, "logs")),
+        ]
+        model.fit(train_data, validation_data=validation_data, epochs=params["epochs"],
+                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)
+    with open(os.path.join(model_dir, "state.json"), encoding="utf-8") as handle:
+        history = json.load(handle)["history"]
+    best = load_model(os.path.join(model_dir, "best.keras"))
+    return best.get_layer("encoder"), history
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+def embed_splits(encoder, splits):
+    """Concatenated embeddings and labels of several splits."""
+    embeddings = [embed_images(encoder, s, description=f"embedding {len(s)} images") for s in splits]
+    return np.concatenate(embeddings), np.concatenate([s.labels for s in splits])
+
+
+def evaluate_source(encoder, data):
+    """Nearest-mean classification of the test split and retrieval/clustering scores."""
+    train_emb = embed_images(encoder, data["train"], description="embedding train")
+    test_emb = embed_images(encoder, data["test"], description="embedding test")
+    classifier = NearestMeanClassifier().fit(train_emb, data["train"].labels)
+    predicted = classifier.predict(test_emb)
+    scores = {"test_accuracy": metrics.accuracy(data["test"].labels, predicted)}
+    scores.update({f"test_{k}": v for k, v in metrics.retrieval_scores(test_emb, data["test"].labels).items()})
+    scores.update({f"test_{k}": v for k, v in metrics.clustering_scores(test_emb, data["test"].labels).items()})
+    return scores, classifier, train_emb, test_emb, predicted
+
+
+def evaluate_transfer(params, source_emb, source_labels, target_emb, target_labels):
+    """Few-shot episodes for each K, every mode on the same episodes, plus the ceiling."""
+    results = {}
+    n_way = len(np.unique(target_labels))
+    smallest = int(np.min(np.bincount(target_labels)[np.unique(target_labels)]))
+    for k in params["shots"]:
+        n_query = min(15, smallest - k)
+        if n_query < 1:
+            print(f"skipping {k}-shot: a target class has only {smallest} images")
+            continue
+        results[f"{k}-shot"] = evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_way, k,
+                                                 n_episodes=params["episodes"], n_query=n_query, seed=params["seed"])
+    return results
+
+
+def fit_saved_transfer(params, source_emb, source_labels, target_emb, target_labels):
+    """The transfer classifier saved with the predictor: K = max(shots) labelled images per target
+    class, the rest held out to score it. Returns (classifier, held-out accuracy, support, held out)."""
+    rng = np.random.default_rng(params["seed"])
+    k = max(params["shots"])
+    support = np.concatenate([rng.permutation(np.flatnonzero(target_labels == c))[:k]
+                              for c in np.unique(target_labels)])
+    held_out = np.setdiff1d(np.arange(len(target_labels)), support)
+    classifier = fit_transfer(source_emb, source_labels, target_emb[support], target_labels[support],
+                              mode=params["transfer_mode"])
+    accuracy = classifier.score(target_emb[held_out], target_labels[held_out]) if len(held_out) else float("nan")
+    return classifier, accuracy, support
+
+
+# --------------------------------------------------------------------------------------------- report
+def summary_table(scores, transfer):
+    """Markdown table of the headline figures."""
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [f"| {key} | {value:.4f} |" for key, value in scores.items() if isinstance(value, float)]
+    for shots, modes in transfer.items():
+        for mode, result in modes.items():
+            lines.append(f"| transfer {shots} {mode} | {result['mean']:.4f} ± {result['ci95']:.4f} |")
+    return "\n".join(lines)
+
+
+def run(model_dir, params, restart=False):
+    """The whole run; returns the metrics dict also written to ``model_dir/metrics.json``."""
+    os.makedirs(model_dir, exist_ok=True)
+    keras.config.set_dtype_policy(params["precision"])
+    stage(f"loading {params['dataset']}")
+    data = prepare_data(params)
+    names = data["names"]
+    stage(f"{len(data['source_classes'])} source classes of {len(names)}; train {len(data['train'])}, "
+          f"validation {len(data['validation'])}, test {len(data['test'])} images")
+    encoder, history = train(params, data, model_dir, restart)
+
+    stage("evaluating on the test split (nearest class mean)")
+    scores, classifier, train_emb, test_emb, predicted = evaluate_source(encoder, data)
+    source_names = [names[c] for c in classifier.classes_]
+    Predictor(encoder, source_names, classifier).save(os.path.join(model_dir, "predictor"))
+    plot_dir = os.path.join(model_dir, "plots")
+    plots.plot_loss_curves(os.path.join(plot_dir, "loss_curves.png"), history)
+    plots.plot_confusion_matrix(os.path.join(plot_dir, "confusion_matrix.png"),
+                                [names[c] for c in data["test"].labels], [names[c] for c in predicted], source_names)
+    export = {"label": [names[c] for c in data["test"].labels], "split": ["test"] * len(test_emb),
+              "domain": ["source"] * len(test_emb)}
+    vectors = [test_emb]
+
+    transfer = {}
+    target = data["target"]
+    if target is not None:
+        stage(f"transfer to the target ({target['regime']})")
+        target_emb, target_labels = embed_splits(encoder, target["splits"])
+        transfer = evaluate_transfer(params, train_emb, data["train"].labels, target_emb, target_labels)
+        transfer_classifier, scores["transfer_accuracy"], support = fit_saved_transfer(
+            params, train_emb, data["train"].labels, target_emb, target_labels)
+        target_names = [names[c] for c in transfer_classifier.classes_]
+        Predictor(encoder, target_names, transfer_classifier).save(os.path.join(model_dir, "predictor_transfer"))
+        moved = transfer_classifier.transform(target_emb)
+        plots.plot_embedding_transfer(
+            os.path.join(plot_dir, "transfer_map.png"), (train_emb, [names[c] for c in data["train"].labels]),
+            (target_emb, [names[c] for c in target_labels]), (moved, [names[c] for c in target_labels]),
+            seed=params["seed"], method=params["plot_method"], max_points=1000)
+        vectors.append(target_emb)
+        export["label"] += [names[c] for c in target_labels]
+        export["split"] += ["support" if i in set(support) else "target" for i in range(len(target_labels))]
+        export["domain"] += ["target"] * len(target_emb)
+    export_embeddings(os.path.join(model_dir, "embeddings"), np.concatenate(vectors), export,
+                      log_dir=os.path.join(model_dir, "logs"))
+
+    result = {"params": params, "scores": scores, "transfer": transfer,
+              "epochs_trained": len(history.get("loss", []))}
+    write_json(os.path.join(model_dir, "metrics.json"), result)
+    stage("summary")
+    print(summary_table(scores, transfer))
+    return result
