@@ -336,11 +336,11 @@ def _load_cifar10(archive, cache_dir, image_size, validation_fraction, seed):
 def _keras_cifar10(cache_dir):
     import keras
 
-    from triplet_keras.models import _host_reachable  # a 3 s socket connect
+    from triplet_keras.models import host_reachable  # a 3 s socket connect
 
     keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
     keras_cached = os.path.isdir(os.path.join(keras_home, "datasets", "cifar-10-batches-py-target"))
-    if not keras_cached and not _host_reachable(CIFAR10_HOST):
+    if not keras_cached and not host_reachable(CIFAR10_HOST):
         raise DatasetError(
             f"CIFAR-10 is not cached and {CIFAR10_HOST[0]} cannot be reached. Download {CIFAR10_ARCHIVE} "
             f"and put it in {cache_dir!r}, or pass archive='/path/to/{CIFAR10_ARCHIVE}'."

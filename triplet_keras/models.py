@@ -15,6 +15,7 @@ from keras import layers, ops
 from tqdm.auto import tqdm
 
 from triplet_keras import losses  # noqa: F401  (registers the losses for load_model)
+from triplet_keras.export import atomic_write
 
 BACKBONES = ("resnet50", "small_cnn")
 MIN_RESNET_SIZE = 32
@@ -109,7 +110,8 @@ def _keras_cache_file(name):
     return os.path.join(keras_home, "models", name)
 
 
-def _host_reachable(host, timeout=3.0):
+def host_reachable(host, timeout=3.0):
+    """Whether a TCP connection to (name, port) opens within ``timeout`` seconds."""
     try:
         socket.create_connection(host, timeout=timeout).close()
         return True
@@ -119,7 +121,7 @@ def _host_reachable(host, timeout=3.0):
 
 def check_imagenet_weights(timeout=3.0):
     """Fail fast, with what to do offline, when ResNet50 ImageNet weights are neither cached nor reachable."""
-    if os.path.exists(_keras_cache_file(RESNET50_NOTOP_FILE)) or _host_reachable(IMAGENET_HOST, timeout):
+    if os.path.exists(_keras_cache_file(RESNET50_NOTOP_FILE)) or host_reachable(IMAGENET_HOST, timeout):
         return
     raise WeightsUnavailableError(
         "ImageNet weights for ResNet50 are not cached and cannot be downloaded (no network). Offline, "
@@ -265,19 +267,11 @@ def build_online_model(encoder, augmentation=None, name="online_model"):
 
 
 def save_model(model, path):
-    """Save a .keras file atomically: write a temporary file beside it, then rename over the target."""
+    """Save a .keras file atomically (temporary file beside it, then a rename over the target)."""
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"model files end in .keras, got {path!r}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        model.save(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    atomic_write(path, model.save)
 
 
 def load_model(path, compile=False):
