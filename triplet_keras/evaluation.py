@@ -14,7 +14,7 @@ from .transfer import NearestMeanClassifier, fit_transfer
 
 METHODS = {
     "none": {"mode": "none"},
-    "translate": {"mode": "translate", "knn": 10},
+    "translate": {"mode": "translate", "knn": 5},
     "center": {"mode": "center"},
     "calibrate": {"mode": "calibrate"},
     "auto": {"mode": "auto"},
