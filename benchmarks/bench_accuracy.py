@@ -41,7 +41,7 @@ def with_pseudo_classes(images, labels):
 
 
 def train_encoder(images, labels, args):
-    """small_cnn trained with the online batch-hard triplet loss on shuffled batches."""
+    """small_cnn trained with an online triplet loss (semi-hard by default) on shuffled batches."""
     keras.utils.set_random_seed(args.seed)
     encoder = build_encoder("small_cnn", weights=None, input_shape=images.shape[1:], embedding_dim=64,
                             freeze_layers=0, backbone_size=(16, 16))
@@ -85,11 +85,11 @@ def table(results, methods):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--pseudo_classes", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--strategy", default="batch_hard", choices=["batch_hard", "semi_hard", "batch_all"])
+    parser.add_argument("--strategy", default="semi_hard", choices=["batch_hard", "semi_hard", "batch_all"])
     parser.add_argument("--margin", type=float, default=0.2)
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)

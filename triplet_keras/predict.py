@@ -77,7 +77,10 @@ class Predictor:
         self.class_names = [str(c) for c in classes] if class_names is None else [str(n) for n in class_names]
         if len(self.class_names) != len(classes):
             raise ValueError(f"{len(self.class_names)} class names for {len(classes)} classifier classes")
-        self.image_size = tuple(int(s) for s in (image_size or encoder.input_shape[1:3]))
+        image_size = image_size or encoder.input_shape[1:3]
+        if None in image_size:
+            raise ValueError("the encoder takes any image size: pass image_size=(height, width)")
+        self.image_size = tuple(int(s) for s in image_size)
         self.batch_size = batch_size
 
     def embed(self, images, batch_size=None):
