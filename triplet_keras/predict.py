@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from .export import atomic_write, write_text
 from .images import read_image, resize_image
 from .transfer import classifier_from_state
 
@@ -53,18 +54,6 @@ class ImageBatches:
         return np.stack([self._image(self.images[i]) for i in indices]).astype(np.float32)
 
 
-def _write_atomically(path, write):
-    """Call write(file) on a temporary file beside ``path``, then rename it over ``path``."""
-    temporary = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 class Predictor:
     """Class names for images: encoder -> embeddings -> classifier (NearestMeanClassifier or
     TransferClassifier). ``class_names[i]`` names ``classifier.classes_[i]`` (default: str of each).
@@ -106,11 +95,10 @@ class Predictor:
         os.makedirs(directory, exist_ok=True)
         save_model(self.encoder, os.path.join(directory, ENCODER_FILE))
         state, arrays = self.classifier.get_state()
-        _write_atomically(os.path.join(directory, ARRAYS_FILE), lambda file: np.savez(file, **arrays))
+        atomic_write(os.path.join(directory, ARRAYS_FILE), lambda temporary: np.savez(temporary, **arrays))
         config = {"format": FORMAT, "version": VERSION, "class_names": self.class_names,
                   "image_size": list(self.image_size), "classifier": state}
-        text = json.dumps(config, indent=2).encode("utf-8")
-        _write_atomically(os.path.join(directory, CONFIG_FILE), lambda file: file.write(text))
+        write_text(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2))
 
     @classmethod
     def load(cls, directory, batch_size=64):
