@@ -122,3 +122,14 @@ def test_too_few_images_per_class_is_a_clear_error(tmp_path):
     (tmp_path / "params.json").write_text(json.dumps({**TINY, "source_classes": None}))
     result = run_init(tmp_path, "--data_dir", str(tmp_path / "data"))
     assert result.returncode != 0 and "single image" in result.stderr and "data/a" in result.stderr
+
+
+def test_imagenet_weights_offline_is_a_clear_error(tmp_path, monkeypatch):
+    from triplet_keras import models
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setattr(models, "IMAGENET_HOST", ("192.0.2.1", 9))  # TEST-NET-1: never answers
+    (tmp_path / "params.json").write_text(json.dumps({**TINY, "backbone": "resnet50", "weights": "imagenet"}))
+    result = run_init(tmp_path)
+    assert result.returncode != 0 and "--weights none" in result.stderr
+    assert not (tmp_path / "last.keras").exists()
