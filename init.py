@@ -8,6 +8,7 @@ Parameters come from <model_dir>/params.json; any --key VALUE flag overrides one
 JSON: --epochs 5, --weights none, --source_classes '["cat", "dog"]').
 """
 import argparse
+import errno
 import sys
 
 
@@ -36,12 +37,17 @@ def main(argv=None):
         sys.exit(f"error: {error}")
 
     from triplet_keras.models import WeightsUnavailableError
+    from triplet_keras.monitoring import TrainingDivergedError
     from triplet_keras.pipeline import PipelineError, run
 
     try:
         run(args.model_dir, params, restart=args.restart)
-    except (PipelineError, WeightsUnavailableError, FileNotFoundError) as error:
+    except (PipelineError, WeightsUnavailableError, FileNotFoundError, TrainingDivergedError) as error:
         sys.exit(f"error: {error}")
+    except OSError as error:  # disk full, read-only or no permission: the files already there are intact
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        sys.exit(f"error: cannot write to the model folder {args.model_dir!r}: {error}")
 
 
 if __name__ == "__main__":

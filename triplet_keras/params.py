@@ -36,6 +36,9 @@ SCHEMA = {
     "augment_flip": (False, bool, "random horizontal flips while training"),
     "augment_crop": (0, int, "random pad-and-crop by this many pixels while training"),
     "precision": ("float32", ("float32", "mixed_bfloat16", "mixed_float16"), "Keras dtype policy"),
+    "distribute": (False, bool, "data-parallel training over every device (JAX: keras.distribution; "
+                   "TensorFlow: MirroredStrategy)"),
+    "collapse_patience": (3, int, "warn of embedding collapse after this many bad epochs in a row"),
     "source_classes": (None, list, "classes the encoder trains on; the others are the transfer target"),
     "target_dataset": (None, str, "folder of the target domain with the same class names"),
     "target_transform": (None, ("style",), "a synthetic target domain made from the test split"),

@@ -8,6 +8,7 @@ best validation loss, history, the parameters it was trained with), ``history.cs
 (source classes) and ``predictor_transfer/`` (target classes), and ``metrics.json``.
 Re-running into the same folder resumes from ``last.keras`` unless ``restart`` is set.
 """
+import contextlib
 import copy
 import csv
 import io
@@ -19,11 +20,13 @@ import numpy as np
 
 from triplet_keras import domain_shift, metrics, plots
 from triplet_keras.datasets import DatasetError, load_dataset
+from triplet_keras.distribution import GlobalBatchLoss, data_parallel
 from triplet_keras.evaluation import evaluate_few_shot
 from triplet_keras.export import export_embeddings, write_json, write_text
 from triplet_keras.generators import PKBatchGenerator, RemineCallback, TripletGenerator
 from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss
 from triplet_keras.mining import mine_triplets
+from triplet_keras.monitoring import CollapseMonitor, NaNGuard
 from triplet_keras.models import (
     build_augmentation,
     build_encoder,
@@ -201,6 +204,8 @@ def build_training_model(params, image_shape):
         model = build_online_model(encoder, augmentation)
         loss = OnlineTripletLoss(params["strategy"].replace("batch_semi_hard", "semi_hard"),
                                  params["margin"], params["squared"])
+        if params["distribute"]:
+            loss = GlobalBatchLoss(loss)  # mines over the global batch under tf.distribute too
     else:
         model = build_merge_model(encoder, augmentation)
         loss = TripletMarginLoss(params["margin"], params["squared"])
@@ -230,6 +235,14 @@ def training_data(params, data, encoder):
     return generator, validation_data, [remine]
 
 
+def remove_temporary_files(folder):
+    """Delete hidden ``.*.tmp*`` files (see export.atomic_write) that a killed run left under ``folder``."""
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            if name.startswith(".") and ".tmp" in name:
+                os.remove(os.path.join(directory, name))
+
+
 def has_pairs(split):
     return len(split) > 0 and np.sum(np.bincount(split.labels) >= 2) >= 2
 
@@ -238,12 +251,13 @@ def train(params, data, model_dir, restart):
     """Train (or resume) and return (best encoder, history dict)."""
     state = read_state(model_dir, params, restart)
     keras.utils.set_random_seed(params["seed"])
-    if state is None:
-        model, encoder = build_training_model(params, data["train"].image_shape)
-    else:
-        stage(f"resuming from {os.path.join(model_dir, 'last.keras')} after epoch {state['epoch'] + 1}")
-        model = load_model(os.path.join(model_dir, "last.keras"), compile=True)
-        encoder = model.get_layer("encoder")
+    with data_parallel() if params["distribute"] else contextlib.nullcontext():
+        if state is None:
+            model, encoder = build_training_model(params, data["train"].image_shape)
+        else:
+            stage(f"resuming from {os.path.join(model_dir, 'last.keras')} after epoch {state['epoch'] + 1}")
+            model = load_model(os.path.join(model_dir, "last.keras"), compile=True)
+            encoder = model.get_layer("encoder")
     initial_epoch = 0 if state is None else state["epoch"] + 1
     if initial_epoch < params["epochs"]:
         stage(f"training {params['backbone']} with {params['strategy']} triplets, epochs "
@@ -253,7 +267,9 @@ def train(params, data, model_dir, restart):
         if has_pairs(data["validation"]):
             callbacks.append(ValidationRetrieval(encoder, data["validation"]))
         callbacks += [
-            keras.callbacks.TerminateOnNaN(),
+            NaNGuard(),  # before TrainingState: a diverged epoch is never saved
+            CollapseMonitor(encoder, data["train"], params["margin"], params["squared"],
+                            params["collapse_patience"], seed=params["seed"]),
             TrainingState(model_dir, params, monitor, state),
             keras.callbacks.TensorBoard(os.path.join(model_dir, "logs")),
         ]
@@ -327,6 +343,7 @@ def summary_table(scores, transfer):
 def run(model_dir, params, restart=False):
     """The whole run; returns the metrics dict also written to ``model_dir/metrics.json``."""
     os.makedirs(model_dir, exist_ok=True)
+    remove_temporary_files(model_dir)
     keras.config.set_dtype_policy(params["precision"])
     stage(f"loading {params['dataset']}")
     data = prepare_data(params)
