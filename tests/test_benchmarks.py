@@ -1,0 +1,40 @@
+"""Smoke test of benchmarks/throughput.py: its Keras and pipeline parts run with tiny sizes."""
+import importlib.util
+import os
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    not all(importlib.util.find_spec(name) for name in ("torch", "pytorch_metric_learning")),
+    reason="the benchmark needs torch and pytorch-metric-learning",
+)
+
+RUNNER = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "throughput.py")
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    spec = importlib.util.spec_from_file_location("throughput", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_keras_and_pipeline_parts_run_tiny(throughput):
+    args = throughput.parse_args([
+        "--backbone", "small_cnn", "--image_size", "8", "--batch", "6", "--embed_batch", "4",
+        "--steps", "1", "--warmup", "1", "--repeats", "1", "--jpegs", "3", "--workers", "2",
+    ])
+    rows = throughput.keras_worker(args) + throughput.pipeline_worker(args)
+    assert [row["task"] for row in rows] == [
+        "train merge", "train online", "embed", "decode+resize JPEG", "decode+resize JPEG"
+    ]
+    assert all(row["images_per_s"] > 0 and row["min"] <= row["images_per_s"] <= row["max"] for row in rows)
+    assert rows[0]["train_flops_per_image"] > 0
+    table = throughput.markdown(rows)
+    assert table.count("\n") == len(rows) + 1 and "train merge" in table
+
+
+def test_batch_must_hold_whole_triplets(throughput):
+    with pytest.raises(SystemExit):
+        throughput.parse_args(["--batch", "8"])
