@@ -15,12 +15,12 @@ from keras import layers, ops
 from tqdm.auto import tqdm
 
 from triplet_keras import losses  # noqa: F401  (registers the losses for load_model)
+from triplet_keras.export import atomic_write
 
 # XLA's XNNPACK kernels train ResNet50 faster on CPU than its default ones (benchmarks/README.md).
 # JAX reads XLA_FLAGS when it first computes, so this still applies here; a user's own setting wins.
 if keras.backend.backend() == "jax" and "xla_cpu_use_xnnpack" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_xnnpack=true".strip()
-from triplet_keras.export import atomic_write
 
 BACKBONES = ("resnet50", "small_cnn")
 MIN_RESNET_SIZE = 32
