@@ -15,6 +15,7 @@ import os
 import pickle
 import tarfile
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -390,6 +391,16 @@ def read_cifar10_archive(path):
     bytes: the 32 x 32 red plane, then green, then blue.
     """
     verify_checksums(path, CIFAR10_CHECKSUMS)
+    try:
+        return _read_cifar10_members(path)
+    except DatasetError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error, pickle.UnpicklingError, LookupError, TypeError,
+            ValueError, AttributeError) as error:  # a damaged archive (only reachable past the checksum)
+        raise DatasetError(f"{path!r} is not a readable CIFAR-10 archive: {error}") from error
+
+
+def _read_cifar10_members(path):
     batches = {}
     with tarfile.open(path, "r|gz") as tar:
         for member in tar:
