@@ -7,6 +7,7 @@ temporary file and renamed into place; the JSON goes last.
 """
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -110,7 +111,7 @@ class Predictor:
         try:
             with np.load(arrays_path, allow_pickle=False) as stored:
                 classifier = classifier_from_state(config["classifier"], dict(stored))
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
             raise PredictorFormatError(f"invalid classifier file {arrays_path!r}: {error}") from error
         encoder_path = os.path.join(directory, ENCODER_FILE)
         try:
