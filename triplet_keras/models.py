@@ -17,10 +17,23 @@ from tqdm.auto import tqdm
 from triplet_keras import losses  # noqa: F401  (registers the losses for load_model)
 from triplet_keras.export import atomic_write
 
-# XLA's XNNPACK kernels train ResNet50 faster on CPU than its default ones (benchmarks/README.md).
-# JAX reads XLA_FLAGS when it first computes, so this still applies here; a user's own setting wins.
-if keras.backend.backend() == "jax" and "xla_cpu_use_xnnpack" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_xnnpack=true".strip()
+
+
+def _use_xnnpack():
+    """XLA's XNNPACK kernels train ResNet50 faster on CPU than its default ones (benchmarks/README.md).
+
+    JAX reads XLA_FLAGS when it first computes, so setting it here still applies; a user's own
+    setting wins. Only for jaxlib 0.10+, where it was measured (XLA aborts on a flag it does not know).
+    """
+    if keras.backend.backend() != "jax" or "xla_cpu_use_xnnpack" in os.environ.get("XLA_FLAGS", ""):
+        return
+    import jaxlib
+
+    if tuple(int(part) for part in jaxlib.__version__.split(".")[:2]) >= (0, 10):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_xnnpack=true".strip()
+
+
+_use_xnnpack()
 
 BACKBONES = ("resnet50", "small_cnn")
 MIN_RESNET_SIZE = 32
