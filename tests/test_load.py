@@ -4,26 +4,11 @@ import tracemalloc
 import keras
 import numpy as np
 
+from benchmarks.bench_predict_memory import SIZE, GeneratedImages  # lazy 32 x 32 images
 from images_factory import write_image
 from triplet_keras.models import L2Normalize
 from triplet_keras.predict import Predictor
 from triplet_keras.transfer import NearestMeanClassifier
-
-SIZE = 32  # a 32 x 32 x 3 image is 12 KiB as the float32 batch the encoder takes
-
-
-class GeneratedImages:
-    """A lazy sequence of ``count`` images: each one is made when indexed, none is kept."""
-
-    def __init__(self, count):
-        self.count = count
-
-    def __len__(self):
-        return self.count
-
-    def __getitem__(self, index):
-        return np.full((SIZE, SIZE, 3), index % 256, np.uint8)
-
 
 def small_predictor():
     inputs = keras.Input((SIZE, SIZE, 3))
@@ -49,7 +34,7 @@ def test_peak_memory_per_extra_image_is_far_below_one_image():
     assert len(names) == 8_000 and set(names) <= {"a", "b", "c"}
     per_image = (large - small) / 7_000
     # The output (an 8-d embedding, 3 probabilities, a name) costs ~100 bytes per image; holding the
-    # images would cost 12 KiB each.
+    # images would cost 12 KiB each (32 x 32 x 3 float32).
     assert per_image < 1024, per_image
     predictor.batch_size = 8_000  # the measure itself would see the images held all at once
     whole, _ = peak_bytes(predictor, GeneratedImages(8_000))
