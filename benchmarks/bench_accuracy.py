@@ -2,8 +2,9 @@
 
 (a) new classes: the encoder trains on digits 0-4 (train split); 5-way K-shot episodes over digits
     5-9 (every split: the encoder never saw them), K = 1, 5. With --pseudo_classes (the default) each
-    source digit rotated by 90, 180 and 270 degrees and flipped either way is a class of its own
-    (5 -> 30 training classes): five classes alone teach an embedding too little about new ones.
+    source digit under each of the 8 rotations and reflections of the square is a class of its own
+    (5 -> 40 training classes, triplet_keras.pseudo_classes): five classes alone teach an embedding
+    too little about new ones.
 (b) new domain: the encoder trains on all ten digits (train split); 10-way K-shot episodes over the
     test split redrawn in another writing style (triplet_keras.domain_shift), K = 1, 5, 10.
 
@@ -23,21 +24,14 @@ import keras
 import numpy as np
 
 from triplet_keras import domain_shift, metrics
-from triplet_keras.datasets import load_dataset
+from triplet_keras.datasets import ArraySplit, load_dataset
 from triplet_keras.evaluation import evaluate_few_shot
 from triplet_keras.losses import OnlineTripletLoss
 from triplet_keras.models import build_encoder, build_online_model, embed_images
+from triplet_keras.pseudo_classes import with_pseudo_classes
 
 INDUCTIVE = ["none", "translate", "center", "calibrate", "auto"]
 TRANSDUCTIVE = [f"{name}+transductive" for name in INDUCTIVE]
-
-
-def with_pseudo_classes(images, labels):
-    """Images (N, H, W, 3) plus their rotations and flips, each variant of class c labelled c + i * n."""
-    variants = [images] + [np.rot90(images, turns, axes=(1, 2)) for turns in (1, 2, 3)]
-    variants += [images[:, :, ::-1], images[:, ::-1]]
-    n = labels.max() + 1
-    return np.concatenate(variants), np.concatenate([labels + i * n for i in range(len(variants))])
 
 
 def train_encoder(images, labels, args):
@@ -56,7 +50,11 @@ def train_encoder(images, labels, args):
 def run_regime(name, train, target, n_way, shots, args, pseudo_classes=False):
     """Train, embed (saved to results/embeddings_<name>.npz), and evaluate every mode for each K."""
     started = time.perf_counter()
-    encoder = train_encoder(*(with_pseudo_classes(*train) if pseudo_classes else train), args)
+    if pseudo_classes:
+        extended = with_pseudo_classes(ArraySplit(*train))
+        encoder = train_encoder(extended.images, extended.labels, args)
+    else:
+        encoder = train_encoder(*train, args)
     trained = time.perf_counter()
     source_emb = embed_images(encoder, train[0].astype(np.float32), progress=False)
     target_emb = embed_images(encoder, target[0].astype(np.float32), progress=False)

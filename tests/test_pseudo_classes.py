@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+from triplet_keras.datasets import ArraySplit
+from triplet_keras.pseudo_classes import N_VARIANTS, symmetries, with_pseudo_classes
+
+
+def test_symmetries_are_the_eight_distinct_maps_of_the_square():
+    image = np.arange(9, dtype=np.uint8).reshape(1, 3, 3, 1)
+    variants = symmetries(image)
+    assert len(variants) == N_VARIANTS
+    assert len({v.tobytes() for v in variants}) == N_VARIANTS
+    np.testing.assert_array_equal(variants[0], image)
+    np.testing.assert_array_equal(variants[4][0, :, :, 0], image[0, :, ::-1, 0])
+
+
+def test_each_symmetry_of_each_class_is_a_new_class():
+    rng = np.random.default_rng(0)
+    split = ArraySplit(rng.integers(0, 255, (6, 4, 4, 3), dtype=np.uint8), [0, 1, 2, 0, 1, 2])
+    extended = with_pseudo_classes(split)
+    assert len(extended) == 6 * N_VARIANTS
+    assert sorted(np.unique(extended.labels)) == list(range(3 * N_VARIANTS))
+    np.testing.assert_array_equal(extended.load(np.arange(6)), split.images)
+    np.testing.assert_array_equal(extended.labels[6:12], split.labels + 3)
+
+
+def test_non_square_images_are_refused():
+    with pytest.raises(ValueError, match="square"):
+        with_pseudo_classes(ArraySplit(np.zeros((2, 4, 5, 3), np.uint8), [0, 1]))
