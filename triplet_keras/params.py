@@ -35,6 +35,8 @@ SCHEMA = {
     "learning_rate": (1e-3, float, "Adam learning rate"),
     "augment_flip": (False, bool, "random horizontal flips while training"),
     "augment_crop": (0, int, "random pad-and-crop by this many pixels while training"),
+    "pseudo_classes": (False, bool, "train on each rotation / reflection of a source class as a class of "
+                       "its own (square images; triplet_keras.pseudo_classes)"),
     "precision": ("float32", ("float32", "mixed_bfloat16", "mixed_float16"), "Keras dtype policy"),
     "distribute": (False, bool, "data-parallel training over every device (JAX: keras.distribution; "
                    "TensorFlow: MirroredStrategy)"),

@@ -27,6 +27,7 @@ from triplet_keras.generators import PKBatchGenerator, RemineCallback, TripletGe
 from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss
 from triplet_keras.mining import mine_triplets
 from triplet_keras.monitoring import CollapseMonitor, NaNGuard
+from triplet_keras.pseudo_classes import with_pseudo_classes
 from triplet_keras.models import (
     build_augmentation,
     build_encoder,
@@ -216,6 +217,8 @@ def build_training_model(params, image_shape):
 def training_data(params, data, encoder):
     """(train PyDataset, validation PyDataset or None, extra callbacks) for the strategy."""
     train, validation = data["train"], data["validation"]
+    if params["pseudo_classes"]:
+        train = with_pseudo_classes(train)
     if params["strategy"] in ONLINE_STRATEGIES:
         k = params["samples_per_class"]
         p = max(2, params["batch_size"] // k)
