@@ -163,7 +163,8 @@ def test_new_classes_borrow_from_nearest_source_class():
     support = centers[[2]] + 0.5
     model = fit_transfer(xs, ys, support, ["new"], mode="calibrate", kappa_new=1.0, n_borrow=1)
     np.testing.assert_allclose(model.means_[0], (support[0] + xs[ys == 2].mean(axis=0)) / 2)
-    assert fit_transfer(xs, ys, support, ["new"], mode="auto").mode_ == "center"
+    assert fit_transfer(xs, ys, support, ["new"], mode="auto").mode_ == "none"
+    assert fit_transfer(xs, ys, support, ["new"], mode="auto", transductive=True).mode_ == "center"
 
 
 def test_new_classes_with_a_class_mapping(domains):
@@ -175,7 +176,8 @@ def test_new_classes_with_a_class_mapping(domains):
     none = episodes_accuracy((xs, ys), (xt, letters[yt]), 1, mode="none")
     assert mapped > none + 0.05
     assert unmapped >= none - 0.05
-    assert episodes_accuracy((xs, ys), (xt, letters[yt]), 1, mode="auto") > none + 0.05
+    assert episodes_accuracy((xs, ys), (xt, letters[yt]), 1, mode="center") > none + 0.05
+    assert episodes_accuracy((xs, ys), (xt, letters[yt]), 1, mode="auto") == none  # all new: none
     with pytest.raises(ValueError, match="absent from the support"):
         fit_transfer(xs, ys, xt[:6], letters[yt[:6]], class_mapping={"z": 0})
     with pytest.raises(ValueError, match="absent from the source"):
