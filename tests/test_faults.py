@@ -36,9 +36,13 @@ def temporaries(folder):
 
 
 def start(model_dir, stdout=subprocess.PIPE):
+    """init.py on ``model_dir`` in a subprocess. It runs on JAX whatever the test backend (the files are
+    written by the same Keras code), with a compilation cache shared by the runs of one test."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KERAS_BACKEND": "jax",
+           "JAX_COMPILATION_CACHE_DIR": str(model_dir.parent / "jax-cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     return subprocess.Popen([sys.executable, "init.py", "--model_dir", str(model_dir)], cwd=ROOT,
-                            stdout=stdout, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stdout=stdout, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def saved_epoch(model_dir):
@@ -83,13 +87,13 @@ def test_sigkill_during_checkpoints_and_at_random_moments_then_resume(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "params.json").write_text(json.dumps(FAST))
     log = open(tmp_path / "uninterrupted.log", "w")
-    reference = start(tmp_path / "uninterrupted", stdout=log)  # runs beside the killed runs
     tmp_path = tmp_path / "killed"
     # 1. Killed as the checkpoint that ends epoch 2 is being written: epoch 1's must survive.
     output = kill_when(start(tmp_path), lambda: saved_epoch(tmp_path) == 0 and temporaries(tmp_path))
     saved = saved_epoch(tmp_path)
     assert epochs_started(output)[-1] == 2 and saved in (0, 1)
     check_every_file_loads(tmp_path)
+    reference = start(tmp_path.parent / "uninterrupted", stdout=log)  # runs beside the killed runs from here
     # 2. Resumed from it, then killed at a random moment 0-2 s after the next checkpoint.
     moment = []
     delay = random.Random(7).uniform(0.0, 2.0)
