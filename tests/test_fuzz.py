@@ -70,7 +70,7 @@ NAME = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=
 
 
 # ------------------------------------------------------------------------------------------ folders
-@fuzz(400)
+@fuzz(300)
 @given(content=st.one_of(st.binary(max_size=300), mutated(PNG), mutated(JPEG)), name=NAME,
        extension=st.sampled_from([".png", ".jpg", ".JPEG", ".bmp", ".webp", ".tif"]))
 def test_folder_loader_takes_any_file(content, name, extension):
@@ -107,7 +107,7 @@ def read_accepted(data, monkeypatch):
         return read_cifar10_archive(file.name)
 
 
-@fuzz(500)
+@fuzz(400)
 @given(data=st.data())
 def test_mutated_cifar_archives_load_or_raise_dataset_error(cifar_bytes, monkeypatch, data):
     tally("cifar archives")
@@ -119,7 +119,7 @@ def test_mutated_cifar_archives_load_or_raise_dataset_error(cifar_bytes, monkeyp
     assert train_images.shape[1:] == (32, 32, 3)
 
 
-@fuzz(200)
+@fuzz(150)
 @given(name=st.sampled_from(["../evil", "/etc/evil", "cifar-10-batches-py/../../evil", "\\evil", "a/../../b"])
        | st.builds("cifar-10-batches-py/{}".format, NAME),
        kind=st.sampled_from([tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE]),
@@ -145,7 +145,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
 KEYS = st.sampled_from(["dataset", "epochs", "margin", "shots", "precision", "image_size", "squared", "zzz"])
 
 
-@fuzz(1000)
+@fuzz(600)
 @given(content=st.one_of(JSON.map(json.dumps), st.dictionaries(KEYS, JSON, max_size=5).map(json.dumps),
                          st.binary(max_size=60).map(lambda b: b.decode("latin-1"))))
 def test_params_json_loads_or_raises_params_error(tmp_path, content):
@@ -181,7 +181,7 @@ def copy_with(source, target, name, content):
         (target / entry).write_bytes(content if entry == name else (source / entry).read_bytes())
 
 
-@fuzz(300)
+@fuzz(200)
 @given(data=st.data(), name=st.sampled_from(["predictor.json", "classifier.npz", "encoder.keras"]))
 def test_mutated_predictor_files_load_or_raise_predictor_format_error(predictor_dir, tmp_path, data, name):
     tally("predictor files")
@@ -195,7 +195,7 @@ def test_mutated_predictor_files_load_or_raise_predictor_format_error(predictor_
 
 
 # ----------------------------------------------------------------------------------- predict command
-@fuzz(300)
+@fuzz(200)
 @given(argv=st.lists(st.one_of(st.sampled_from(["predict", "--model_dir", "--proba", "--batch_size", "-h", "0",
                                                 "-1", "MODEL", "IMAGE", "GARBAGE", "MISSING", "FOLDER", "--x"]),
                                st.text(max_size=10)), max_size=7))
