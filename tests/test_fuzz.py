@@ -25,7 +25,6 @@ from test_datasets import _add, _cifar_archive
 from triplet_keras import __main__ as cli
 from triplet_keras import datasets
 from triplet_keras.datasets import DatasetError, load_dataset, read_cifar10_archive
-from triplet_keras.images import ImageReadError
 from triplet_keras.params import ParamsError, load_params
 from triplet_keras.predict import Predictor, PredictorFormatError
 
