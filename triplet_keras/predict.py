@@ -81,8 +81,16 @@ class Predictor:
                             batch_size=batch_size or self.batch_size, progress=False)
 
     def predict_proba(self, images, batch_size=None):
-        """(N, n_classes) class probabilities, columns in the order of ``class_names``."""
-        return self.classifier.predict_proba(self.embed(images, batch_size))
+        """(N, n_classes) class probabilities, columns in the order of ``class_names``.
+
+        Classified ``batch_size`` rows at a time, so the classifier's float64 work stays one batch.
+        """
+        embeddings = self.embed(images, batch_size)
+        step = batch_size or self.batch_size
+        out = np.empty((len(embeddings), len(self.class_names)))
+        for start in range(0, len(embeddings), step):
+            out[start:start + step] = self.classifier.predict_proba(embeddings[start:start + step])
+        return out
 
     def predict(self, images, batch_size=None):
         """List of N class names."""
