@@ -114,22 +114,17 @@ def test_batch_all_matches_reference(layout, distance):
     np.testing.assert_allclose(float(fraction), expected_fraction, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("function, reference, seed", [
+    (batch_hard_triplet_loss, reference_batch_hard, 1),
+    (semi_hard_triplet_loss, reference_semi_hard, 2),
+])
 @pytest.mark.parametrize("layout", sorted(LABEL_LAYOUTS))
 @pytest.mark.parametrize("distance", DISTANCES)
-def test_batch_hard_matches_reference(layout, distance):
+def test_hardest_and_semi_hard_match_reference(function, reference, seed, layout, distance):
     labels = LABEL_LAYOUTS[layout]
-    emb = random_embeddings(len(labels), seed=1)
-    loss = batch_hard_triplet_loss(labels, emb, MARGIN, distance=distance)
-    np.testing.assert_allclose(float(loss), reference_batch_hard(labels, emb, distance), rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("layout", sorted(LABEL_LAYOUTS))
-@pytest.mark.parametrize("distance", DISTANCES)
-def test_semi_hard_matches_reference(layout, distance):
-    labels = LABEL_LAYOUTS[layout]
-    emb = random_embeddings(len(labels), seed=2)
-    loss = semi_hard_triplet_loss(labels, emb, MARGIN, distance=distance)
-    np.testing.assert_allclose(float(loss), reference_semi_hard(labels, emb, distance), rtol=1e-4, atol=1e-5)
+    emb = random_embeddings(len(labels), seed=seed)
+    loss = function(labels, emb, MARGIN, distance=distance)
+    np.testing.assert_allclose(float(loss), reference(labels, emb, distance), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(
