@@ -104,6 +104,7 @@ def test_rerun_resumes_and_restart_starts_over(experiment):
     (["--source_classes", '["0", "zebra"]'], "zebra"),
     (["--margin", "wide"], "margin must be of type float"),
     (["--source_classes", '["0"]'], "triplets need at least two such classes"),
+    (["--pseudo_classes", "true", "--image_size", "[8, 6]"], "pseudo_classes need square images"),
     (["--source_classes", json.dumps([str(d) for d in range(10)])], "leave some for the transfer target"),
 ])
 def test_bad_configuration_fails_before_training(tmp_path, flags, message):

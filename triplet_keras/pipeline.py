@@ -123,6 +123,9 @@ def prepare_data(params):
         target = {"regime": f"new domain ({params['target_transform']})", "splits": [styled], "mapping": None}
     train, validation, test = (select_classes(s, source_classes) for s in (data.train, data.validation, data.test))
     check_trainable(train, "training")
+    if params["pseudo_classes"] and train.image_shape[0] != train.image_shape[1]:
+        raise PipelineError(f"pseudo_classes need square images, got {train.image_shape[:2]}; "
+                            "set image_size to a square such as [224, 224]")
     return {"names": names, "source_classes": source_classes, "train": train, "validation": validation,
             "test": test, "target": target}
 
