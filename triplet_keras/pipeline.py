@@ -80,11 +80,20 @@ def relabel(split, labels):
     return relabelled
 
 
+def classes_with_pairs(split):
+    """Number of classes in ``split`` with at least two images."""
+    return int(np.sum(np.bincount(split.labels) >= 2)) if len(split) else 0
+
+
+def has_pairs(split):
+    """Whether ``split`` can give triplets: two classes with at least two images each."""
+    return classes_with_pairs(split) >= 2
+
+
 def check_trainable(split, name):
-    """Triplets need two classes with at least two images each."""
-    counts = np.bincount(split.labels) if len(split) else np.zeros(0, int)
-    if np.sum(counts >= 2) < 2:
-        raise PipelineError(f"the {name} split has {np.sum(counts >= 2)} classes with two or more images; "
+    """PipelineError unless ``split`` can give triplets."""
+    if not has_pairs(split):
+        raise PipelineError(f"the {name} split has {classes_with_pairs(split)} classes with two or more images; "
                             "triplets need at least two such classes")
 
 
@@ -247,10 +256,6 @@ def remove_temporary_files(folder):
         for name in names:
             if name.startswith(".") and ".tmp" in name:
                 os.remove(os.path.join(directory, name))
-
-
-def has_pairs(split):
-    return len(split) > 0 and np.sum(np.bincount(split.labels) >= 2) >= 2
 
 
 def train(params, data, model_dir, restart):

@@ -52,7 +52,7 @@ class ImageBatches:
         return resize_image(image, self.size)
 
     def load(self, indices):
-        return np.stack([self._image(self.images[i]) for i in indices]).astype(np.float32)
+        return np.stack([self._image(self.images[i]) for i in indices])
 
 
 class Predictor:
