@@ -30,3 +30,20 @@ def write_truncated_jpeg(path, seed=0):
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
     return path
+
+
+def write_jpeg_with_orientation(path, rgb, orientation):
+    """A lossless-quality JPEG of ``rgb`` with an EXIF APP1 segment whose only tag is Orientation (0x0112).
+
+    The segment is "Exif\\0\\0", a little-endian TIFF header, and one IFD of one SHORT entry.
+    """
+    ok, encoded = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert ok
+    ifd = (b"\x01\x00" + b"\x12\x01" + b"\x03\x00" + b"\x01\x00\x00\x00"
+           + orientation.to_bytes(2, "little") + b"\x00\x00" + b"\x00\x00\x00\x00")
+    exif = b"Exif\x00\x00" + b"II*\x00" + b"\x08\x00\x00\x00" + ifd
+    segment = b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif
+    data = encoded.tobytes()
+    with open(path, "wb") as file:
+        file.write(data[:2] + segment + data[2:])
+    return path

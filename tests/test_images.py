@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from images_factory import random_rgb, write_image, write_truncated_jpeg
+from images_factory import random_rgb, write_image, write_jpeg_with_orientation, write_truncated_jpeg
 from triplet_keras.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -51,6 +51,22 @@ def test_rgba_drops_alpha(tmp_path):
     bgra = np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 7, np.uint8)])
     image = read_image(str(write_image(tmp_path / "rgba.png", bgra)))
     np.testing.assert_array_equal(image, rgb)
+
+
+@pytest.mark.parametrize("orientation, upright", [
+    (1, lambda x: x),
+    (3, lambda x: np.rot90(x, 2)),
+    (6, lambda x: np.rot90(x, -1)),  # stored rotated 90 degrees anticlockwise: turn clockwise
+    (8, lambda x: np.rot90(x, 1)),
+])
+def test_exif_orientation_is_applied(tmp_path, orientation, upright):
+    stored = np.kron(random_rgb(3, 4), np.ones((16, 16, 1), np.uint8))  # flat 16x16 blocks survive JPEG
+    image = read_image(str(write_jpeg_with_orientation(tmp_path / "o.jpg", stored, orientation))).astype(int)
+    expected = upright(stored).astype(int)
+    assert image.shape == expected.shape
+    assert np.abs(image - expected).mean() < 8  # JPEG chroma loss on random colours is ~3.6
+    if orientation == 3:
+        assert np.abs(image - stored).mean() > 30
 
 
 def test_sixteen_bit_maps_full_range_to_uint8(tmp_path):

@@ -1,7 +1,8 @@
 """Reading image files into RGB uint8 arrays with OpenCV.
 
 Every image comes out as ``np.uint8`` of shape (H, W, 3) in RGB order, whatever is on disk: 8- or
-16-bit, grayscale, gray + alpha, RGB or RGBA (alpha is dropped), JPEG, PNG, BMP, WebP or TIFF.
+16-bit, grayscale, gray + alpha, RGB or RGBA (alpha is dropped), JPEG, PNG, BMP, WebP or TIFF,
+turned upright by its EXIF orientation tag where it has one.
 Files are read with ``np.fromfile`` and decoded with ``cv2.imdecode`` so paths with non-ASCII
 characters work on every platform (``cv2.imread`` does not handle them everywhere).
 """
@@ -63,7 +64,8 @@ def _decode(path):
         raise ImageReadError(f"cannot read image file {path!r}: {error}") from error
     if data.size == 0:
         raise ImageReadError(f"image file {path!r} is empty")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    # Any depth and colour layout, with the EXIF orientation applied (IMREAD_UNCHANGED would skip it).
+    image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if image is None:
         raise ImageReadError(f"image file {path!r} is corrupt, truncated or not an image")
     return to_rgb_uint8(image, name=path)
