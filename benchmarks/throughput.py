@@ -1,7 +1,7 @@
 """Training, embedding and input-pipeline throughput of triplet_keras beside the PyTorch stack.
 
 One run on one machine measures: triplet training of our merge model and online-loss model (Keras
-on JAX, optionally on TensorFlow) and of torchvision ResNet50 + pytorch-metric-learning doing the
+on JAX and on PyTorch, eager and torch.compile; optionally on TensorFlow) and of torchvision ResNet50 + pytorch-metric-learning doing the
 same work (eager and torch.compile); embedding extraction; decoding and resizing a folder of JPEGs;
 and the machine's dense matmul rate, the practical FLOP peak. Every part runs in its own
 subprocess, so one framework's threads and memory do not disturb another's. It prints a Markdown
@@ -12,6 +12,7 @@ table and writes JSON:
 Image rates count images: a merge-model step on a batch of B images trains B / 3 triplets.
 """
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -25,9 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-PARTS = ("peak", "jax", "torch", "pipeline", "tensorflow")
-DEFAULT_PARTS = ("peak", "jax", "torch", "pipeline")
-BACKENDS = {"jax": "jax", "tensorflow": "tensorflow"}
+PARTS = ("peak", "jax", "keras_torch", "torch", "pipeline", "tensorflow")
+DEFAULT_PARTS = ("peak", "jax", "keras_torch", "torch", "pipeline")
+BACKENDS = {"jax": "jax", "keras_torch": "torch", "tensorflow": "tensorflow"}
 TRAIN_TASKS = ("merge", "online")
 
 
@@ -103,8 +104,10 @@ def keras_worker(args):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     framework = f"keras-{keras.backend.backend()}"
     batches = random_batches(args, args.batch)
+    # JAX and TensorFlow compile by default; on PyTorch Keras runs eager unless asked for torch.compile.
+    jit_modes = (False, True) if keras.backend.backend() == "torch" else ("auto",)
     rows = []
-    for task in TRAIN_TASKS:
+    for task, jit_compile in itertools.product(TRAIN_TASKS, jit_modes):
         start = time.perf_counter()
         encoder = build_encoder(args.backbone, weights=None, input_shape=(args.image_size, args.image_size, 3))
         if task == "merge":
@@ -113,13 +116,14 @@ def keras_worker(args):
         else:
             model, loss = build_online_model(encoder), OnlineTripletLoss("batch_hard", margin=0.2)
             data = batches
-        model.compile(keras.optimizers.Adam(1e-4), loss)
+        model.compile(keras.optimizers.Adam(1e-4), loss, jit_compile=jit_compile)
         build_s = time.perf_counter() - start
 
         def run(steps):
             model.fit(cycle(data, steps), steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
 
-        row = measure(run, args.batch, args, framework=framework, task=f"train {task}", variant="jit")
+        variant = "jit" if model.jit_compile else "eager"
+        row = measure(run, args.batch, args, framework=framework, task=f"train {task}", variant=variant)
         rows.append({**row, "build_s": build_s, "train_flops_per_image": 3 * forward_flops(encoder)})
 
     images = np.concatenate([x for x, _ in random_batches(args, args.embed_batch, count=max(args.steps, args.warmup))])
@@ -217,7 +221,7 @@ def peak_worker(args):
     return [row]
 
 
-WORKERS = {"peak": peak_worker, "jax": keras_worker, "tensorflow": keras_worker,
+WORKERS = {"peak": peak_worker, "jax": keras_worker, "keras_torch": keras_worker, "tensorflow": keras_worker,
            "torch": torch_worker, "pipeline": pipeline_worker}
 
 
@@ -286,12 +290,13 @@ def ratios(rows):
     """Our training rate over each PyTorch variant's, per task."""
     rate = {(row["framework"], row["task"], row["variant"]): row["images_per_s"] for row in rows}
     lines = []
-    for task in TRAIN_TASKS:
-        ours = rate.get(("keras-jax", f"train {task}", "jit"))
-        for variant in ("eager", "compiled"):
-            theirs = rate.get(("torch", f"train {task}", variant))
-            if ours and theirs:
-                lines.append(f"- train {task}: keras-jax / torch {variant} = {ours / theirs:.2f}x")
+    for (framework, task, variant), ours in rate.items():
+        if not (framework.startswith("keras-") and task.startswith("train")):
+            continue
+        for theirs_variant in ("eager", "compiled"):
+            theirs = rate.get(("torch", task, theirs_variant))
+            if theirs:
+                lines.append(f"- {task}: {framework} ({variant}) / torch {theirs_variant} = {ours / theirs:.2f}x")
     return "\n".join(lines)
 
 

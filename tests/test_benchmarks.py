@@ -1,13 +1,8 @@
-"""Smoke test of benchmarks/throughput.py: its Keras and pipeline parts run with tiny sizes."""
+"""benchmarks/throughput.py: its Keras and pipeline parts run with tiny sizes; the ratio lines."""
 import importlib.util
 import os
 
 import pytest
-
-pytestmark = pytest.mark.skipif(
-    not all(importlib.util.find_spec(name) for name in ("torch", "pytorch_metric_learning")),
-    reason="the benchmark needs torch and pytorch-metric-learning",
-)
 
 RUNNER = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "throughput.py")
 
@@ -38,3 +33,17 @@ def test_keras_and_pipeline_parts_run_tiny(throughput):
 def test_batch_must_hold_whole_triplets(throughput):
     with pytest.raises(SystemExit):
         throughput.parse_args(["--batch", "8"])
+
+
+def test_ratios_compare_every_keras_row_with_both_torch_variants(throughput):
+    rows = [{"framework": "keras-jax", "task": "train merge", "variant": "jit", "images_per_s": 30.0},
+            {"framework": "keras-torch", "task": "train merge", "variant": "eager", "images_per_s": 60.0},
+            {"framework": "keras-torch", "task": "embed", "variant": "predict", "images_per_s": 500.0},
+            {"framework": "torch", "task": "train merge", "variant": "eager", "images_per_s": 75.0},
+            {"framework": "torch", "task": "train merge", "variant": "compiled", "images_per_s": 100.0}]
+    assert throughput.ratios(rows).splitlines() == [
+        "- train merge: keras-jax (jit) / torch eager = 0.40x",
+        "- train merge: keras-jax (jit) / torch compiled = 0.30x",
+        "- train merge: keras-torch (eager) / torch eager = 0.80x",
+        "- train merge: keras-torch (eager) / torch compiled = 0.60x",
+    ]
