@@ -8,7 +8,8 @@
 (b) new domain: the encoder trains on all ten digits (train split); 10-way K-shot episodes over the
     test split redrawn in another writing style (triplet_keras.domain_shift), K = 1, 5, 10.
 
-Every mode runs on the same episodes; transductive variants (the episode's queries as the
+Each regime is evaluated on the trained embedding and on the backbone features under it
+(models.feature_encoder). Every mode runs on the same episodes; transductive variants (the episode's queries as the
 unlabelled pool) are reported apart. Prints Markdown tables and writes
 benchmarks/results/accuracy.json.
 
@@ -27,7 +28,7 @@ from triplet_keras import domain_shift, metrics
 from triplet_keras.datasets import ArraySplit, load_dataset
 from triplet_keras.evaluation import evaluate_few_shot
 from triplet_keras.losses import OnlineTripletLoss
-from triplet_keras.models import build_encoder, build_online_model, embed_images
+from triplet_keras.models import TRANSFER_FEATURES, build_encoder, build_online_model, embed_images, feature_encoder
 from triplet_keras.pseudo_classes import with_pseudo_classes
 
 INDUCTIVE = ["none", "translate", "center", "calibrate", "auto"]
@@ -48,27 +49,34 @@ def train_encoder(images, labels, args):
 
 
 def run_regime(name, train, target, n_way, shots, args, pseudo_classes=False):
-    """Train, embed (saved to results/embeddings_<name>.npz), and evaluate every mode for each K."""
+    """Train, then for each kind of transfer features (the embedding, the backbone features under it)
+    embed (saved to results/embeddings_<name>_<features>.npz) and evaluate every mode for each K.
+    Returns {"<name> [<features>]": result}."""
     started = time.perf_counter()
     if pseudo_classes:
         extended = with_pseudo_classes(ArraySplit(*train))
         encoder = train_encoder(extended.images, extended.labels, args)
     else:
         encoder = train_encoder(*train, args)
-    trained = time.perf_counter()
-    source_emb = embed_images(encoder, train[0].astype(np.float32), progress=False)
-    target_emb = embed_images(encoder, target[0].astype(np.float32), progress=False)
-    np.savez(os.path.join(os.path.dirname(args.output), f"embeddings_{name.replace(' ', '_')}.npz"),
-             source=source_emb, source_labels=train[1], target=target_emb, target_labels=target[1])
-    result = {"train_seconds": round(trained - started, 1),
-              "target_retrieval": metrics.retrieval_scores(target_emb, target[1], ks=(1, 5)),
-              "target_clustering": metrics.clustering_scores(target_emb, target[1]), "shots": {}}
-    for k in shots:
-        result["shots"][k] = evaluate_few_shot(source_emb, train[1], target_emb, target[1], n_way, k,
-                                               transductive=True, n_episodes=args.episodes, seed=args.seed)
-    print(f"{name}: trained in {result['train_seconds']} s, evaluated in "
-          f"{time.perf_counter() - trained:.1f} s", flush=True)
-    return result
+    train_seconds = round(time.perf_counter() - started, 1)
+    results = {}
+    for features in TRANSFER_FEATURES:
+        started = time.perf_counter()
+        model = feature_encoder(encoder, features)
+        source_emb = embed_images(model, train[0].astype(np.float32), progress=False)
+        target_emb = embed_images(model, target[0].astype(np.float32), progress=False)
+        np.savez(os.path.join(os.path.dirname(args.output), f"embeddings_{name.replace(' ', '_')}_{features}.npz"),
+                 source=source_emb, source_labels=train[1], target=target_emb, target_labels=target[1])
+        result = {"train_seconds": train_seconds,
+                  "target_retrieval": metrics.retrieval_scores(target_emb, target[1], ks=(1, 5)),
+                  "target_clustering": metrics.clustering_scores(target_emb, target[1]), "shots": {}}
+        for k in shots:
+            result["shots"][k] = evaluate_few_shot(source_emb, train[1], target_emb, target[1], n_way, k,
+                                                   transductive=True, n_episodes=args.episodes, seed=args.seed)
+        print(f"{name} [{features}]: trained in {train_seconds} s, evaluated in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+        results[f"{name} [{features}]"] = result
+    return results
 
 
 def table(results, methods):
@@ -104,10 +112,9 @@ def main():
     styled = domain_shift.apply_style("style", digits.test.load(np.arange(len(digits.test))), seed=args.seed)
 
     results = {
-        "new classes (0-4 -> 5-9)": run_regime("new classes", (train[0][old], train[1][old]),
-                                               (images[labels >= 5], labels[labels >= 5]), 5, (1, 5), args,
-                                               args.pseudo_classes),
-        "new domain (style)": run_regime("new domain", train, (styled, digits.test.labels), 10, (1, 5, 10), args),
+        **run_regime("(a) new classes", (train[0][old], train[1][old]), (images[labels >= 5], labels[labels >= 5]),
+                     5, (1, 5), args, args.pseudo_classes),
+        **run_regime("(b) new domain", train, (styled, digits.test.labels), 10, (1, 5, 10), args),
     }
     print("\nInductive modes (accuracy %, mean ± 95% CI over episodes):\n")
     print(table(results, INDUCTIVE + ["ceiling"]))

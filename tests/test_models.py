@@ -15,6 +15,7 @@ from triplet_keras.models import (
     build_merge_model,
     build_online_model,
     embed_images,
+    feature_encoder,
     load_model,
     save_model,
 )
@@ -139,6 +140,21 @@ def test_save_load_round_trip_gives_identical_embeddings(tmp_path, encoder):
     reloaded = load_model(merge_path, compile=True)
     assert reloaded.loss.get_config()["margin"] == 0.3
     np.testing.assert_allclose(reloaded.predict([x, x, x], verbose=0), merge.predict([x, x, x], verbose=0))
+
+
+def test_backbone_features_are_the_normalised_input_of_the_projection(tmp_path, encoder):
+    assert feature_encoder(encoder, "embedding") is encoder
+    features = feature_encoder(encoder, "backbone")
+    x = images(5)
+    pooled = encoder.get_layer("small_cnn").predict(x.astype("float32") / 255.0, verbose=0)  # "unit" preprocessing
+    expected = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    np.testing.assert_allclose(features.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+    assert features.get_layer("small_cnn") is encoder.get_layer("small_cnn")  # shared weights, no copy
+    save_model(features, tmp_path / "features.keras")
+    np.testing.assert_allclose(load_model(tmp_path / "features.keras").predict(x, verbose=0), expected,
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="features must be one of"):
+        feature_encoder(encoder, "logits")
 
 
 def test_save_and_load_reject_bad_paths(tmp_path, encoder):

@@ -87,10 +87,14 @@ def test_saved_predictors_classify_new_images(experiment):
 
 def test_rerun_resumes_and_restart_starts_over(experiment):
     model_dir, _ = experiment
-    resumed = run_init(model_dir, "--epochs", "3", "--episodes", "2", "--shots", "[1]")
+    resumed = run_init(model_dir, "--epochs", "3", "--episodes", "2", "--shots", "[1]",
+                       "--transfer_features", "backbone")  # not a model parameter: no --restart needed
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "epochs 3..3" in resumed.stdout
     assert json.loads((model_dir / "state.json").read_text())["epoch"] == 2
+    transfer = Predictor.load(str(model_dir / "predictor_transfer"))
+    assert transfer.encoder.output_shape[-1] == 128  # small_cnn's pooled features, not the 16-d embedding
+    assert Predictor.load(str(model_dir / "predictor")).encoder.output_shape[-1] == 16
     changed = run_init(model_dir, "--embedding_dim", "8")
     assert changed.returncode != 0 and "--restart" in changed.stderr
     restarted = run_init(model_dir, "--restart", "--epochs", "1", "--episodes", "2", "--shots", "[1]")

@@ -34,6 +34,7 @@ from triplet_keras.models import (
     build_merge_model,
     build_online_model,
     embed_images,
+    feature_encoder,
     load_model,
     save_model,
 )
@@ -378,19 +379,23 @@ def run(model_dir, params, restart=False):
     transfer = {}
     target = data["target"]
     if target is not None:
-        stage(f"transfer to the target ({target['regime']})")
-        target_emb, target_labels = embed_splits(encoder, target["splits"])
-        transfer = evaluate_transfer(params, train_emb, data["train"].labels, target_emb, target_labels)
+        stage(f"transfer to the target ({target['regime']}, {params['transfer_features']} features)")
+        features = feature_encoder(encoder, params["transfer_features"])
+        source_emb = train_emb if features is encoder else embed_images(features, data["train"],
+                                                                          description="features of train")
+        target_emb, target_labels = embed_splits(features, target["splits"])
+        transfer = evaluate_transfer(params, source_emb, data["train"].labels, target_emb, target_labels)
         transfer_classifier, scores["transfer_accuracy"], support = fit_saved_transfer(
-            params, train_emb, data["train"].labels, target_emb, target_labels)
+            params, source_emb, data["train"].labels, target_emb, target_labels)
         target_names = [names[c] for c in transfer_classifier.classes_]
-        Predictor(encoder, target_names, transfer_classifier).save(os.path.join(model_dir, "predictor_transfer"))
+        Predictor(features, target_names, transfer_classifier).save(os.path.join(model_dir, "predictor_transfer"))
         moved = transfer_classifier.transform(target_emb)
         plots.plot_embedding_transfer(
-            os.path.join(plot_dir, "transfer_map.png"), (train_emb, [names[c] for c in data["train"].labels]),
+            os.path.join(plot_dir, "transfer_map.png"), (source_emb, [names[c] for c in data["train"].labels]),
             (target_emb, [names[c] for c in target_labels]), (moved, [names[c] for c in target_labels]),
             seed=params["seed"], method=params["plot_method"], max_points=1000)
-        vectors.append(target_emb)
+        # The projector shows every split in one space: the embedding's.
+        vectors.append(target_emb if features is encoder else embed_splits(encoder, target["splits"])[0])
         export["label"] += [names[c] for c in target_labels]
         export["split"] += ["support" if i in set(support) else "target" for i in range(len(target_labels))]
         export["domain"] += ["target"] * len(target_emb)
