@@ -13,7 +13,7 @@ Each regime is evaluated on the trained embedding and on the backbone features u
 unlabelled pool) are reported apart. Prints Markdown tables and writes
 benchmarks/results/accuracy.json.
 
-    python benchmarks/bench_accuracy.py [--epochs 30] [--episodes 300]
+    python benchmarks/bench_accuracy.py [--epochs 6] [--seeds 3] [--episodes 300]
 """
 import argparse
 import json
@@ -35,9 +35,9 @@ INDUCTIVE = ["none", "translate", "center", "calibrate", "auto"]
 TRANSDUCTIVE = [f"{name}+transductive" for name in INDUCTIVE]
 
 
-def train_encoder(images, labels, args):
+def train_encoder(images, labels, args, seed):
     """small_cnn trained with an online triplet loss (semi-hard by default) on shuffled batches."""
-    keras.utils.set_random_seed(args.seed)
+    keras.utils.set_random_seed(seed)
     encoder = build_encoder("small_cnn", weights=None, input_shape=images.shape[1:], embedding_dim=64,
                             freeze_layers=0, backbone_size=(16, 16))
     model = build_online_model(encoder)
@@ -48,43 +48,55 @@ def train_encoder(images, labels, args):
     return encoder
 
 
+def combine_seeds(per_seed):
+    """Per mode: the mean over training seeds of the episode means, its 95% half-width from the
+    per-seed half-widths (sqrt(sum ci^2) / n), and every seed's mean (their spread is the larger effect)."""
+    combined = {}
+    for mode in per_seed[0]:
+        means = [result[mode]["mean"] for result in per_seed]
+        half_widths = np.array([result[mode]["ci95"] for result in per_seed])
+        combined[mode] = {"mean": float(np.mean(means)), "ci95": float(np.sqrt(np.sum(half_widths ** 2)) / len(means)),
+                          "seed_means": means}
+    return combined
+
+
 def run_regime(name, train, target, n_way, shots, args, pseudo_classes=False):
-    """Train, then for each kind of transfer features (the embedding, the backbone features under it)
-    embed (saved to results/embeddings_<name>_<features>.npz) and evaluate every mode for each K.
-    Returns {"<name> [<features>]": result}."""
-    started = time.perf_counter()
-    if pseudo_classes:
-        extended = with_pseudo_classes(ArraySplit(*train))
-        encoder = train_encoder(extended.images, extended.labels, args)
-    else:
-        encoder = train_encoder(*train, args)
-    train_seconds = round(time.perf_counter() - started, 1)
-    results = {}
-    for features in TRANSFER_FEATURES:
+    """For each training seed: train, then embed with each kind of transfer features (the embedding,
+    the backbone features under it) and evaluate every mode for each K on the same episodes.
+    Returns {"<name> [<features>]": result} with the seeds combined (combine_seeds)."""
+    source = with_pseudo_classes(ArraySplit(*train)) if pseudo_classes else ArraySplit(*train)
+    per_seed = {features: {k: [] for k in shots} for features in TRANSFER_FEATURES}
+    retrieval = {features: [] for features in TRANSFER_FEATURES}
+    train_seconds = []
+    for seed in range(args.seed, args.seed + args.seeds):
         started = time.perf_counter()
-        model = feature_encoder(encoder, features)
-        source_emb = embed_images(model, train[0].astype(np.float32), progress=False)
-        target_emb = embed_images(model, target[0].astype(np.float32), progress=False)
-        np.savez(os.path.join(os.path.dirname(args.output), f"embeddings_{name.replace(' ', '_')}_{features}.npz"),
-                 source=source_emb, source_labels=train[1], target=target_emb, target_labels=target[1])
-        result = {"train_seconds": train_seconds,
-                  "target_retrieval": metrics.retrieval_scores(target_emb, target[1], ks=(1, 5)),
-                  "target_clustering": metrics.clustering_scores(target_emb, target[1]), "shots": {}}
-        for k in shots:
-            result["shots"][k] = evaluate_few_shot(source_emb, train[1], target_emb, target[1], n_way, k,
-                                                   transductive=True, n_episodes=args.episodes, seed=args.seed)
-        print(f"{name} [{features}]: trained in {train_seconds} s, evaluated in "
-              f"{time.perf_counter() - started:.1f} s", flush=True)
-        results[f"{name} [{features}]"] = result
-    return results
+        encoder = train_encoder(source.images, source.labels, args, seed)
+        train_seconds.append(round(time.perf_counter() - started, 1))
+        for features in TRANSFER_FEATURES:
+            model = feature_encoder(encoder, features)
+            source_emb = embed_images(model, train[0].astype(np.float32), progress=False)
+            target_emb = embed_images(model, target[0].astype(np.float32), progress=False)
+            retrieval[features].append(metrics.retrieval_scores(target_emb, target[1], ks=(1, 5)))
+            for k in shots:
+                per_seed[features][k].append(evaluate_few_shot(
+                    source_emb, train[1], target_emb, target[1], n_way, k, transductive=True,
+                    n_episodes=args.episodes, seed=args.seed))
+        print(f"{name}, seed {seed}: trained in {train_seconds[-1]} s, evaluated in "
+              f"{time.perf_counter() - started - train_seconds[-1]:.1f} s", flush=True)
+    return {f"{name} [{features}]": {"train_seconds": train_seconds, "target_retrieval": retrieval[features],
+                                     "shots": {k: combine_seeds(per_seed[features][k]) for k in shots}}
+            for features in TRANSFER_FEATURES}
 
 
 def table(results, methods):
-    """Markdown table: one row per regime and K, mean accuracy (%) +- 95% CI per method."""
+    """Markdown table: one row per regime and K; per method the mean accuracy (%) over seeds, its 95%
+    half-width over episodes, and [min-max] of the seed means."""
     lines = ["| regime | K | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for regime, result in results.items():
         for k, modes in result["shots"].items():
-            cells = [f"{100 * modes[m]['mean']:.1f} ± {100 * modes[m]['ci95']:.1f}" for m in methods]
+            cells = [f"{100 * modes[m]['mean']:.1f} ± {100 * modes[m]['ci95']:.1f} "
+                     f"[{100 * min(modes[m]['seed_means']):.0f}-{100 * max(modes[m]['seed_means']):.0f}]"
+                     for m in methods]
             lines.append(f"| {regime} | {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -98,7 +110,8 @@ def main():
     parser.add_argument("--strategy", default="semi_hard", choices=["batch_hard", "semi_hard", "batch_all"])
     parser.add_argument("--margin", type=float, default=0.2)
     parser.add_argument("--episodes", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first training seed; also the episodes' seed")
+    parser.add_argument("--seeds", type=int, default=3, help="encoders trained per regime (seeds seed, seed+1, ...)")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "accuracy.json"))
     args = parser.parse_args()
     os.makedirs(os.path.dirname(args.output), exist_ok=True)

@@ -79,22 +79,22 @@ def test_saved_predictors_classify_new_images(experiment):
     images, labels = data.test.load(np.flatnonzero(target)), data.test.labels[target]
     predictor = Predictor.load(str(model_dir / "predictor_transfer"))
     assert predictor.class_names == ["5", "6", "7", "8", "9"]
+    assert predictor.encoder.output_shape[-1] == 128  # small_cnn's pooled features, not the 16-d embedding
     predicted = predictor.predict(images)
     assert np.mean(np.array(predicted) == labels.astype(str)) > 0.5
     source = Predictor.load(str(model_dir / "predictor"))
     assert source.class_names == ["0", "1", "2", "3", "4"]
+    assert source.encoder.output_shape[-1] == 16
 
 
 def test_rerun_resumes_and_restart_starts_over(experiment):
     model_dir, _ = experiment
     resumed = run_init(model_dir, "--epochs", "3", "--episodes", "2", "--shots", "[1]",
-                       "--transfer_features", "backbone")  # not a model parameter: no --restart needed
+                       "--transfer_features", "embedding")  # not a model parameter: no --restart needed
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "epochs 3..3" in resumed.stdout
     assert json.loads((model_dir / "state.json").read_text())["epoch"] == 2
-    transfer = Predictor.load(str(model_dir / "predictor_transfer"))
-    assert transfer.encoder.output_shape[-1] == 128  # small_cnn's pooled features, not the 16-d embedding
-    assert Predictor.load(str(model_dir / "predictor")).encoder.output_shape[-1] == 16
+    assert Predictor.load(str(model_dir / "predictor_transfer")).encoder.output_shape[-1] == 16
     changed = run_init(model_dir, "--embedding_dim", "8")
     assert changed.returncode != 0 and "--restart" in changed.stderr
     restarted = run_init(model_dir, "--restart", "--epochs", "1", "--episodes", "2", "--shots", "[1]")

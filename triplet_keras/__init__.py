@@ -25,6 +25,7 @@ _EXPORTS = {
     "build_merge_model": "models",
     "build_online_model": "models",
     "embed_images": "models",
+    "feature_encoder": "models",
     "load_model": "models",
     "load_dataset": "datasets",
     "read_image": "images",

@@ -45,9 +45,9 @@ SCHEMA = {
     "target_dataset": (None, str, "folder of the target domain with the same class names"),
     "target_transform": (None, ("style",), "a synthetic target domain made from the test split"),
     "transfer_mode": ("auto", ("auto", "translate", "center", "calibrate", "none"), "transfer mode"),
-    "transfer_features": ("embedding", ("embedding", "backbone"),
-                          "vectors the transfer works on: the trained embedding, or the L2-normalised "
-                          "backbone features under it (better for new classes; models.feature_encoder)"),
+    "transfer_features": ("backbone", ("backbone", "embedding"),
+                          "vectors the transfer works on: the L2-normalised backbone features under the "
+                          "embedding (better in both regimes on the digits) or the embedding itself"),
     "shots": ([1, 5], list, "K of the K-shot transfer episodes"),
     "episodes": (100, int, "few-shot episodes per K"),
     "plot_method": ("tsne", ("tsne", "pca"), "2-D map of the embeddings"),
