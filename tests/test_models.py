@@ -175,7 +175,12 @@ def test_embed_images_matches_predict_for_arrays_and_loaders(encoder):
             return x[indices]
 
     expected = encoder.predict(x, verbose=0)
+    seen = []
+    predict_on_batch = encoder.predict_on_batch
+    encoder.predict_on_batch = lambda batch: seen.append(batch.dtype) or predict_on_batch(batch)
     np.testing.assert_allclose(embed_images(encoder, x, batch_size=4, progress=False), expected, atol=1e-5)
+    assert seen == [np.uint8] * 3  # no float copy on the host: the model casts
+    del encoder.predict_on_batch
     np.testing.assert_allclose(embed_images(encoder, Loader(), batch_size=3, progress=False), expected, atol=1e-5)
     assert embed_images(encoder, x[:0], progress=False).shape == (0, 16)
 
