@@ -56,6 +56,7 @@ def test_shuffle_is_a_seeded_permutation_per_epoch():
     generator.on_epoch_end()
     second = epoch_anchors(generator)
     assert sorted(second) == list(range(20)) and second != first
+    assert epoch_anchors(TripletGenerator(split, triplets, batch_size=6, seed=1, initial_epoch=1)) == second
 
 
 @pytest.mark.parametrize("triplets", [np.zeros((0, 3)), np.zeros((4, 2)), [[0, 1, 20]], [[-1, 0, 1]]])
@@ -82,6 +83,8 @@ def test_pk_batches_are_class_balanced_and_seeded():
     np.testing.assert_array_equal(PKBatchGenerator(split, 3, 4, seed=2)[1][1], generator[1][1])
     generator.on_epoch_end()
     assert PKBatchGenerator(split, 3, 4, seed=2)[0][0].tolist() != generator[0][0].tolist()
+    resumed = PKBatchGenerator(split, 3, 4, seed=2, initial_epoch=1)
+    assert [resumed[i][0].tolist() for i in range(2)] == [generator[i][0].tolist() for i in range(2)]
     everything = PKBatchGenerator(split, classes_per_batch=50, samples_per_class=2, steps_per_epoch=7)
     assert len(everything) == 7 and len(everything[0][1]) == 4 * 2
     with pytest.raises(ValueError):

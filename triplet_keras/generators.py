@@ -19,13 +19,14 @@ from triplet_keras.models import embed_images
 
 class TripletGenerator(keras.utils.PyDataset):
     """Batches of ``batch_size`` triplets (rows of (anchor, positive, negative) indices into
-    ``split``), reshuffled every epoch when ``shuffle``. ``pydataset_kwargs`` (workers,
+    ``split``), reshuffled every epoch when ``shuffle``; ``initial_epoch`` starts the epoch count
+    later (a resumed run sees the order it would have seen). ``pydataset_kwargs`` (workers,
     use_multiprocessing, max_queue_size) go to ``keras.utils.PyDataset``.
 
     Each image appearing in a batch is decoded once, however many triplets use it.
     """
 
-    def __init__(self, split, triplets, batch_size=32, shuffle=True, seed=0, **pydataset_kwargs):
+    def __init__(self, split, triplets, batch_size=32, shuffle=True, seed=0, initial_epoch=0, **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -33,7 +34,7 @@ class TripletGenerator(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.epoch = 0
+        self.epoch = initial_epoch
         self.set_triplets(triplets)
 
     def set_triplets(self, triplets):
@@ -111,11 +112,12 @@ class PKBatchGenerator(keras.utils.PyDataset):
     images) times K = ``samples_per_class`` images each, drawn without replacement from classes
     with at least K images and with replacement from smaller ones. Classes with a single image
     are never drawn (they give no positive). An epoch has ``steps_per_epoch`` batches, by default
-    about one pass over the split: len(split) // (P * K), at least 1.
+    about one pass over the split: len(split) // (P * K), at least 1. Batches depend on (``seed``,
+    epoch, index); ``initial_epoch`` starts the epoch count later, for a resumed run.
     """
 
     def __init__(self, split, classes_per_batch=8, samples_per_class=4, steps_per_epoch=None, seed=0,
-                 **pydataset_kwargs):
+                 initial_epoch=0, **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
         classes, counts = np.unique(split.labels, return_counts=True)
         self.members = [np.flatnonzero(split.labels == label) for label in classes[counts >= 2]]
@@ -126,7 +128,7 @@ class PKBatchGenerator(keras.utils.PyDataset):
         self.samples_per_class = samples_per_class
         self.steps_per_epoch = steps_per_epoch or max(1, len(split) // (self.classes_per_batch * samples_per_class))
         self.seed = seed
-        self.epoch = 0
+        self.epoch = initial_epoch
 
     def __len__(self):
         return self.steps_per_epoch

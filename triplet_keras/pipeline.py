@@ -227,27 +227,30 @@ def build_training_model(params, image_shape):
     return model, encoder
 
 
-def training_data(params, data, encoder):
-    """(train PyDataset, validation PyDataset or None, extra callbacks) for the strategy."""
+def training_data(params, data, encoder, initial_epoch=0):
+    """(train PyDataset, validation PyDataset or None, extra callbacks) for the strategy; a run resumed
+    at ``initial_epoch`` gets the batches and mining seed that epoch would have had."""
     train, validation = data["train"], data["validation"]
     if params["pseudo_classes"]:
         train = with_pseudo_classes(train)
     if params["strategy"] in ONLINE_STRATEGIES:
         k = params["samples_per_class"]
         p = max(2, params["batch_size"] // k)
-        make = lambda split, seed: PKBatchGenerator(split, p, k, seed=seed)  # noqa: E731
-        return make(train, params["seed"]), make(validation, 0) if has_pairs(validation) else None, []
-    mine = lambda split, strategy: mine_triplets(  # noqa: E731
+        validation_data = PKBatchGenerator(validation, p, k, seed=0) if has_pairs(validation) else None
+        return PKBatchGenerator(train, p, k, seed=params["seed"], initial_epoch=initial_epoch), validation_data, []
+    mine = lambda split, strategy, seed: mine_triplets(  # noqa: E731
         embed_images(encoder, split, description=f"embedding {len(split)} images"), split.labels, strategy,
-        params["margin"], params["triplets_per_anchor"], seed=params["seed"], squared=params["squared"])
-    generator = TripletGenerator(train, mine(train, params["strategy"]), params["batch_size"], seed=params["seed"])
+        params["margin"], params["triplets_per_anchor"], seed=seed, squared=params["squared"])
+    # RemineCallback mines with seed + epoch + 1 after each epoch: the same seed on resuming.
+    generator = TripletGenerator(train, mine(train, params["strategy"], params["seed"] + initial_epoch),
+                                 params["batch_size"], seed=params["seed"], initial_epoch=initial_epoch)
     remine = RemineCallback(generator, encoder, params["remine_every"], params["strategy"], params["margin"],
                             seed=params["seed"], triplets_per_anchor=params["triplets_per_anchor"],
                             squared=params["squared"])
     validation_data = None
     if has_pairs(validation):
-        validation_data = TripletGenerator(validation, mine(validation, "random"), params["batch_size"],
-                                           shuffle=False)
+        validation_data = TripletGenerator(validation, mine(validation, "random", params["seed"]),
+                                           params["batch_size"], shuffle=False)
     return generator, validation_data, [remine]
 
 
@@ -274,7 +277,7 @@ def train(params, data, model_dir, restart):
     if initial_epoch < params["epochs"]:
         stage(f"training {params['backbone']} with {params['strategy']} triplets, epochs "
               f"{initial_epoch + 1}..{params['epochs']}")
-        train_data, validation_data, callbacks = training_data(params, data, encoder)
+        train_data, validation_data, callbacks = training_data(params, data, encoder, initial_epoch)
         monitor = "val_loss" if validation_data is not None else "loss"
         if has_pairs(data["validation"]):
             callbacks.append(ValidationRetrieval(encoder, data["validation"]))
