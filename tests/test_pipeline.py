@@ -138,3 +138,21 @@ def test_imagenet_weights_offline_is_a_clear_error(tmp_path, monkeypatch):
     result = run_init(tmp_path)
     assert result.returncode != 0 and "--weights none" in result.stderr
     assert not (tmp_path / "last.keras").exists()
+
+
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="2 virtual devices: JAX run only")
+def test_distributed_run_over_two_devices(tmp_path):
+    """Offline triplets, data-parallel over 2 virtual CPU devices: a batch that does not divide is a
+    clear error before training; 30 triplets per batch (631 train triplets: the last batch is topped
+    up to 30) train and evaluate to the end."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    (tmp_path / "params.json").write_text(json.dumps({**TINY, "epochs": 1, "distribute": True, "shots": [1],
+                                                      "episodes": 2}))
+    command = [sys.executable, "init.py", "--model_dir", str(tmp_path)]
+    odd = subprocess.run(command + ["--batch_size", "33"], capture_output=True, text=True, env=env, timeout=900)
+    assert odd.returncode != 0 and "batches of 33 do not divide over 2 devices" in odd.stderr, odd.stderr[-2000:]
+    assert not (tmp_path / "last.keras").exists()
+    even = subprocess.run(command + ["--batch_size", "30"], capture_output=True, text=True, env=env, timeout=900)
+    assert even.returncode == 0, even.stderr[-3000:]
+    assert "data-parallel training over 2 devices" in even.stdout
+    assert json.loads((tmp_path / "metrics.json").read_text())["scores"]["test_accuracy"] > 0.5

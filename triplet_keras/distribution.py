@@ -35,6 +35,20 @@ def data_parallel(devices=None):
     raise ValueError(f"data-parallel training needs the jax or tensorflow backend, not {backend!r}")
 
 
+def replica_count():
+    """How many devices the current setting trains on: the JAX distribution's mesh, the TensorFlow
+    strategy in scope, else 1."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        distribution = keras.distribution.distribution()
+        return 1 if distribution is None else int(distribution.device_mesh.devices.size)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.distribute.get_strategy().num_replicas_in_sync
+    return 1
+
+
 @keras.saving.register_keras_serializable(package="triplet_keras")
 class GlobalBatchLoss(keras.losses.Loss):
     """``loss`` computed over the labels and embeddings of every tf.distribute replica.

@@ -23,6 +23,9 @@ class TripletGenerator(keras.utils.PyDataset):
     later (a resumed run sees the order it would have seen). ``pydataset_kwargs`` (workers,
     use_multiprocessing, max_queue_size) go to ``keras.utils.PyDataset``.
 
+    Every batch is full: the last one is topped up from the start of the epoch's order (a triplet
+    count that is not a multiple of ``batch_size`` repeats a few triplets). One batch shape means one
+    compiled train step, and a batch that always divides over the devices of a data-parallel run.
     Each image appearing in a batch is decoded once, however many triplets use it.
     """
 
@@ -56,7 +59,8 @@ class TripletGenerator(keras.utils.PyDataset):
         return -(-len(self.triplets) // self.batch_size)
 
     def __getitem__(self, index):
-        rows = self.triplets[self.order[index * self.batch_size : (index + 1) * self.batch_size]]
+        positions = np.arange(index * self.batch_size, (index + 1) * self.batch_size) % len(self.order)
+        rows = self.triplets[self.order[positions]]
         unique, inverse = np.unique(rows, return_inverse=True)
         images = self.split.load(unique)[inverse.reshape(rows.shape)]
         return (images[:, 0], images[:, 1], images[:, 2]), np.zeros(len(rows), np.float32)
@@ -129,6 +133,11 @@ class PKBatchGenerator(keras.utils.PyDataset):
         self.steps_per_epoch = steps_per_epoch or max(1, len(split) // (self.classes_per_batch * samples_per_class))
         self.seed = seed
         self.epoch = initial_epoch
+
+    @property
+    def batch_size(self):
+        """Images per batch: P x K."""
+        return self.classes_per_batch * self.samples_per_class
 
     def __len__(self):
         return self.steps_per_epoch

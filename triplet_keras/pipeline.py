@@ -20,7 +20,7 @@ import numpy as np
 
 from triplet_keras import domain_shift, metrics, plots
 from triplet_keras.datasets import DatasetError, load_dataset
-from triplet_keras.distribution import GlobalBatchLoss, data_parallel
+from triplet_keras.distribution import GlobalBatchLoss, data_parallel, replica_count
 from triplet_keras.evaluation import evaluate_few_shot
 from triplet_keras.export import export_embeddings, write_json, write_text
 from triplet_keras.generators import PKBatchGenerator, RemineCallback, TripletGenerator
@@ -267,6 +267,9 @@ def train(params, data, model_dir, restart):
     state = read_state(model_dir, params, restart)
     keras.utils.set_random_seed(params["seed"])
     with data_parallel() if params["distribute"] else contextlib.nullcontext():
+        devices = replica_count()
+        if params["distribute"]:
+            stage(f"data-parallel training over {devices} devices")
         if state is None:
             model, encoder = build_training_model(params, data["train"].image_shape)
         else:
@@ -278,6 +281,10 @@ def train(params, data, model_dir, restart):
         stage(f"training {params['backbone']} with {params['strategy']} triplets, epochs "
               f"{initial_epoch + 1}..{params['epochs']}")
         train_data, validation_data, callbacks = training_data(params, data, encoder, initial_epoch)
+        for batches in (train_data, validation_data):
+            if batches is not None and batches.batch_size % devices:
+                raise PipelineError(f"batches of {batches.batch_size} do not divide over {devices} devices: "
+                                    f"make batch_size (P x K for the online losses) a multiple of {devices}")
         monitor = "val_loss" if validation_data is not None else "loss"
         if has_pairs(data["validation"]):
             callbacks.append(ValidationRetrieval(encoder, data["validation"]))
