@@ -256,6 +256,29 @@ def test_header_check_defers_truncated_files_to_batches_which_substitute_not_cra
         FileSplit(data.train.paths, data.train.labels, (5, 5), strict=True).load([truncated])
 
 
+def test_splits_that_fit_the_cache_decode_each_file_once(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    for index in range(6):
+        write_image(root / f"class{index % 2}" / f"{index}.png", random_rgb(9, 7, seed=index))
+    decoded = []
+    original = datasets.read_image
+    monkeypatch.setattr(datasets, "read_image", lambda path, strict=True: decoded.append(path) or original(path, strict))
+    data = load_dataset(str(root), image_size=(4, 4), validation_fraction=0.0, test_fraction=0.0, verify="header",
+                        cache_bytes=6 * 4 * 4 * 3)  # exactly the 6 resized images
+    first = data.train.load([5, 0, 3])
+    assert len(decoded) == 3
+    np.testing.assert_array_equal(_load_all(data.train)[[5, 0, 3]], first)  # the cached copies are the images
+    np.testing.assert_array_equal(_load_all(data.train), _load_all(data.train))
+    assert len(decoded) == 6  # every file decoded once over three passes
+    uncached = FileSplit(data.train.paths, data.train.labels, (4, 4), cache_bytes=6 * 4 * 4 * 3 - 1)
+    np.testing.assert_array_equal(_load_all(uncached), _load_all(data.train))
+    _load_all(uncached)
+    assert len(decoded) == 6 + 12  # one byte short of the whole split: no cache, decoded every pass
+    subset = data.train.subset([1, 2])
+    subset.load([0, 1]), subset.load([0, 1])
+    assert len(decoded) == 18 + 2  # a subset keeps the budget and caches too
+
+
 def test_class_whose_images_are_all_unreadable_gets_black_images_late(tmp_path):
     write_truncated_jpeg(tmp_path / "a.jpg")
     split = FileSplit([str(tmp_path / "a.jpg")] * 2, [0, 0], (3, 3))

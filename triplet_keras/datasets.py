@@ -103,9 +103,12 @@ class FileSplit(Split):
     A file that fails to decode here (it passed the load-time check but is corrupt further in) is
     named in a warning and replaced by the next readable image of the same class, or a black image
     if its class has none left, so an epoch never stops halfway. With ``strict`` it raises instead.
+
+    When the whole split, decoded and resized, fits in ``cache_bytes`` (N x H x W x 3 bytes), each
+    image is kept in memory after its first read, so later epochs decode nothing.
     """
 
-    def __init__(self, paths, labels, image_size=DEFAULT_IMAGE_SIZE, strict=False, workers=4):
+    def __init__(self, paths, labels, image_size=DEFAULT_IMAGE_SIZE, strict=False, workers=4, cache_bytes=0):
         self.paths = [os.fspath(path) for path in paths]
         self.labels = np.asarray(labels, np.int64).reshape(-1)
         if len(self.paths) != len(self.labels):
@@ -113,7 +116,11 @@ class FileSplit(Split):
         self.image_size = tuple(image_size)
         self.strict = strict
         self.workers = workers
+        self.cache_bytes = cache_bytes
         self.unreadable = set()
+        size = len(self.paths) * int(np.prod(self.image_shape))
+        self.cache = np.empty((len(self.paths),) + self.image_shape, np.uint8) if 0 < size <= cache_bytes else None
+        self.cached = np.zeros(len(self.paths), bool)
 
     @property
     def image_shape(self):
@@ -127,13 +134,19 @@ class FileSplit(Split):
     def subset(self, indices):
         indices = np.asarray(indices, np.int64)
         paths = [self.paths[index] for index in indices]
-        return FileSplit(paths, self.labels[indices], self.image_size, self.strict, self.workers)
+        return FileSplit(paths, self.labels[indices], self.image_size, self.strict, self.workers, self.cache_bytes)
 
     def _read(self, index):
+        if self.cached[index]:
+            return self.cache[index]
         image = read_image(self.paths[index], strict=self.strict)
         if image is None:
             image = self._substitute(index)
-        return resize_image(image, self.image_size)
+        image = resize_image(image, self.image_size)
+        if self.cache is not None:
+            self.cache[index] = image
+            self.cached[index] = True
+        return image
 
     def _substitute(self, index):
         self.unreadable.add(index)
@@ -169,6 +182,7 @@ def load_dataset(
     cache_dir="datasets",
     workers=4,
     verify="auto",
+    cache_bytes=0,
 ):
     """Load ``source``: "cifar10", "digits", or a folder (a path, or a folder name inside ``cache_dir``).
 
@@ -180,7 +194,7 @@ def load_dataset(
       ``test/`` each holding class subfolders (see :func:`load_folder`).
 
     Splits not given by the source are cut per class with ``seed`` (:func:`stratified_split`).
-    ``strict``, ``workers`` and ``verify`` concern folders only (see :func:`load_folder`).
+    ``strict``, ``workers``, ``verify`` and ``cache_bytes`` concern folders only (see :func:`load_folder`).
     ``image_size`` (H, W) resizes images as they are loaded; folders default to 224 x 224.
     """
     if str(source).lower() == "digits":
@@ -192,7 +206,7 @@ def load_dataset(
     for folder in (os.fspath(source), os.path.join(cache_dir, os.fspath(source))):
         if os.path.isdir(folder):
             return load_folder(folder, image_size or DEFAULT_IMAGE_SIZE, validation_fraction, test_fraction,
-                               seed, strict, workers, verify)
+                               seed, strict, workers, verify, cache_bytes)
     raise DatasetError(f"unknown dataset {source!r}: not 'cifar10', 'digits' or a folder (also looked in {cache_dir!r})")
 
 
@@ -236,7 +250,7 @@ def _digits():
 
 
 def load_folder(root, image_size=DEFAULT_IMAGE_SIZE, validation_fraction=0.1, test_fraction=0.2, seed=0,
-                strict=False, workers=4, verify="auto"):
+                strict=False, workers=4, verify="auto", cache_bytes=0):
     """A :class:`Dataset` of :class:`FileSplit` from a folder of class subfolders.
 
     Layouts: ``root/<class>/...`` (split per class with ``seed``) or ``root/train/<class>/...``
@@ -251,7 +265,8 @@ def load_folder(root, image_size=DEFAULT_IMAGE_SIZE, validation_fraction=0.1, te
     file corrupt further in is replaced when its batch is read (see :class:`FileSplit`).
     Files failing the check are skipped and counted in one warning, or raise with ``strict``.
     Raises :class:`DatasetError`, naming the folder, for an empty class folder, fewer than two
-    classes, or a training class with fewer than two images.
+    classes, or a training class with fewer than two images. ``cache_bytes``: each split keeps its
+    decoded images in memory when they fit (see :class:`FileSplit`).
     """
     if verify not in ("auto", "full", "header"):
         raise ValueError(f"verify must be 'auto', 'full' or 'header', got {verify!r}")
@@ -277,11 +292,11 @@ def load_folder(root, image_size=DEFAULT_IMAGE_SIZE, validation_fraction=0.1, te
             paths += kept
             labels += [class_names.index(name)] * len(kept)
         splits[os.path.basename(folder) if folder != root else "all"] = FileSplit(
-            paths, labels, image_size, strict, workers)
+            paths, labels, image_size, strict, workers, cache_bytes)
     if "all" in splits:
         indices = stratified_split(splits["all"].labels, validation_fraction, test_fraction, seed)
         return Dataset(class_names, *(splits["all"].subset(rows) for rows in indices))
-    empty = FileSplit([], [], image_size, strict, workers)
+    empty = FileSplit([], [], image_size, strict, workers, cache_bytes)
     return Dataset(class_names, *(splits.get(name, empty) for name in SPLIT_FOLDERS))
 
 

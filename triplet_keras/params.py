@@ -15,6 +15,8 @@ SCHEMA = {
     "dataset": ("digits", str, '"digits", "cifar10" or a folder of class subfolders'),
     "archive": (None, str, "local cifar-10-python.tar.gz (CIFAR-10 offline)"),
     "image_size": (None, list, "[height, width] images are resized to on load (folders: 224 x 224)"),
+    "cache_mb": (2048, int, "folders: a split whose decoded, resized images fit in this many MB is kept in "
+                 "memory after the first epoch (0: decode every epoch)"),
     "validation_fraction": (0.1, float, "share of each class held out for validation"),
     "test_fraction": (0.2, float, "share of each class held out for testing"),
     "seed": (0, int, "seed for splits, mining, episodes and weights"),

@@ -103,7 +103,8 @@ def prepare_data(params):
     try:
         data = load_dataset(params["dataset"], image_size=params["image_size"],
                             validation_fraction=params["validation_fraction"],
-                            test_fraction=params["test_fraction"], seed=params["seed"], archive=params["archive"])
+                            test_fraction=params["test_fraction"], seed=params["seed"], archive=params["archive"],
+                            cache_bytes=params["cache_mb"] * 2**20)
     except (DatasetError, FileNotFoundError) as error:
         raise PipelineError(str(error)) from error
     names = list(data.class_names)
@@ -119,7 +120,8 @@ def prepare_data(params):
     elif params["target_dataset"] is not None:
         try:
             other = load_dataset(params["target_dataset"], image_size=data.train.image_shape[:2],
-                                 validation_fraction=0.0, test_fraction=0.0, seed=params["seed"])
+                                 validation_fraction=0.0, test_fraction=0.0, seed=params["seed"],
+                                 cache_bytes=params["cache_mb"] * 2**20)
         except (DatasetError, FileNotFoundError) as error:
             raise PipelineError(f"target dataset: {error}") from error
         unknown = sorted(set(other.class_names) - set(names))
