@@ -22,7 +22,7 @@ def test_keras_and_pipeline_parts_run_tiny(throughput):
     ])
     rows = throughput.keras_worker(args) + throughput.pipeline_worker(args)
     assert [row["task"] for row in rows] == [
-        "train merge", "train online", "embed", "decode+resize JPEG", "decode+resize JPEG"
+        "train merge", "train online", "embed", "decode+resize JPEG", "decode+resize JPEG", "FileSplit epoch, cached"
     ]
     assert all(row["images_per_s"] > 0 and row["min"] <= row["images_per_s"] <= row["max"] for row in rows)
     assert rows[0]["train_flops_per_image"] > 0
