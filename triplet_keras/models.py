@@ -236,8 +236,9 @@ def feature_encoder(encoder, features="embedding"):
     "embedding": ``encoder`` itself (the trained, L2-normalised triplet embedding). "backbone": the
     same images -> the pooled backbone output that feeds the embedding projection, L2-normalised,
     sharing the encoder's layers and weights. The triplet loss shapes the projection for the source
-    classes; the features before it keep more of what tells new classes apart (+6 to +12 points on
-    unseen digits, benchmarks/bench_accuracy.py), as with the projection heads of contrastive learning.
+    classes; the features before it keep more of what tells new classes apart (+6 points on unseen
+    digits, mean of 3 encoders, benchmarks/bench_accuracy.py), as with the projection heads of
+    contrastive learning.
     """
     if features == "embedding":
         return encoder
