@@ -15,6 +15,8 @@ SCHEMA = {
     "dataset": ("digits", str, '"digits", "cifar10" or a folder of class subfolders'),
     "archive": (None, str, "local cifar-10-python.tar.gz (CIFAR-10 offline)"),
     "image_size": (None, list, "[height, width] images are resized to on load (folders: 224 x 224)"),
+    "loader_workers": (4, int, "threads that prepare training batches ahead of the train step (Keras PyDataset "
+                       "workers; 1 = in the training loop, no prefetch)"),
     "cache_mb": (2048, int, "folders: a split whose decoded, resized images fit in this many MB is kept in "
                  "memory after the first epoch (0: decode every epoch)"),
     "validation_fraction": (0.1, float, "share of each class held out for validation"),

@@ -233,26 +233,30 @@ def training_data(params, data, encoder, initial_epoch=0):
     """(train PyDataset, validation PyDataset or None, extra callbacks) for the strategy; a run resumed
     at ``initial_epoch`` gets the batches and mining seed that epoch would have had."""
     train, validation = data["train"], data["validation"]
+    # Keras prefetches batches on threads only for workers > 1; the queue is per epoch, so it starts
+    # after RemineCallback has handed over the epoch's triplets.
+    loader = {"workers": max(1, params["loader_workers"])}
     if params["pseudo_classes"]:
         train = with_pseudo_classes(train)
     if params["strategy"] in ONLINE_STRATEGIES:
         k = params["samples_per_class"]
         p = max(2, params["batch_size"] // k)
-        validation_data = PKBatchGenerator(validation, p, k, seed=0) if has_pairs(validation) else None
-        return PKBatchGenerator(train, p, k, seed=params["seed"], initial_epoch=initial_epoch), validation_data, []
+        validation_data = PKBatchGenerator(validation, p, k, seed=0, **loader) if has_pairs(validation) else None
+        return (PKBatchGenerator(train, p, k, seed=params["seed"], initial_epoch=initial_epoch, **loader),
+                validation_data, [])
     mine = lambda split, strategy, seed: mine_triplets(  # noqa: E731
         embed_images(encoder, split, description=f"embedding {len(split)} images"), split.labels, strategy,
         params["margin"], params["triplets_per_anchor"], seed=seed, squared=params["squared"])
     # RemineCallback mines with seed + epoch + 1 after each epoch: the same seed on resuming.
     generator = TripletGenerator(train, mine(train, params["strategy"], params["seed"] + initial_epoch),
-                                 params["batch_size"], seed=params["seed"], initial_epoch=initial_epoch)
+                                 params["batch_size"], seed=params["seed"], initial_epoch=initial_epoch, **loader)
     remine = RemineCallback(generator, encoder, params["remine_every"], params["strategy"], params["margin"],
                             seed=params["seed"], triplets_per_anchor=params["triplets_per_anchor"],
                             squared=params["squared"])
     validation_data = None
     if has_pairs(validation):
         validation_data = TripletGenerator(validation, mine(validation, "random", params["seed"]),
-                                           params["batch_size"], shuffle=False)
+                                           params["batch_size"], shuffle=False, **loader)
     return generator, validation_data, [remine]
 
 
