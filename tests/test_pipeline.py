@@ -54,6 +54,9 @@ def test_run_leaves_every_artefact(experiment):
     assert not [name for name in os.listdir(model_dir) if name.startswith(".tmp")]
     history = (model_dir / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) == 3
+    splits = [line.split("\t")[1] for line in (model_dir / "embeddings/metadata.tsv").read_text().splitlines()[1:]]
+    assert splits.count("support") == 5 * 5  # max(shots) labelled images of each of the 5 target classes
+    assert splits.count("test") > 0 and splits.count("target") > 0
 
 
 def test_metrics_are_useful_and_complete(experiment):

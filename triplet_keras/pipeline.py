@@ -413,7 +413,8 @@ def run(model_dir, params, restart=False):
         # The projector shows every split in one space: the embedding's.
         vectors.append(target_emb if features is encoder else embed_splits(encoder, target["splits"])[0])
         export["label"] += [names[c] for c in target_labels]
-        export["split"] += ["support" if i in set(support) else "target" for i in range(len(target_labels))]
+        in_support = np.isin(np.arange(len(target_labels)), support)
+        export["split"] += ["support" if chosen else "target" for chosen in in_support]
         export["domain"] += ["target"] * len(target_emb)
     export_embeddings(os.path.join(model_dir, "embeddings"), np.concatenate(vectors), export,
                       log_dir=os.path.join(model_dir, "logs"))
