@@ -155,6 +155,9 @@ def test_backbone_features_are_the_normalised_input_of_the_projection(tmp_path, 
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="features must be one of"):
         feature_encoder(encoder, "logits")
+    plain = keras.Sequential([keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(4)])
+    with pytest.raises(ValueError, match="use features='embedding'"):
+        feature_encoder(plain, "backbone")
 
 
 def test_save_and_load_reject_bad_paths(tmp_path, encoder):

@@ -244,6 +244,9 @@ def feature_encoder(encoder, features="embedding"):
         return encoder
     if features != "backbone":
         raise ValueError(f"features must be one of {TRANSFER_FEATURES}, got {features!r}")
+    if "embedding" not in [layer.name for layer in encoder.layers]:
+        raise ValueError("backbone features need an encoder from build_encoder (its projection layer is "
+                         f"named 'embedding'); {encoder.name!r} has none: use features='embedding'")
     pooled = encoder.get_layer("embedding").input
     return keras.Model(encoder.input, L2Normalize(name="l2_normalize_backbone")(pooled), name="backbone_features")
 
