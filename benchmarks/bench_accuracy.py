@@ -9,7 +9,9 @@
     test split redrawn in another writing style (triplet_keras.domain_shift), K = 1, 5, 10.
 
 Each regime is evaluated on the trained embedding and on the backbone features under it
-(models.feature_encoder). Every mode runs on the same episodes; transductive variants (the episode's queries as the
+(models.feature_encoder). Every mode runs on the same episodes, whitened with the source's
+within-class covariance (shrinkage 0.3, the default; learnt on the pseudo-classes when there are
+any, as init.py does) except ``none``; "auto unwhitened" is ``auto`` without it; transductive variants (the episode's queries as the
 unlabelled pool) are reported apart. Prints Markdown tables and writes
 benchmarks/results/accuracy.json.
 
@@ -26,12 +28,13 @@ import numpy as np
 
 from triplet_keras import domain_shift, metrics
 from triplet_keras.datasets import ArraySplit, load_dataset
-from triplet_keras.evaluation import evaluate_few_shot
+from triplet_keras.evaluation import METHODS, evaluate_few_shot
 from triplet_keras.losses import OnlineTripletLoss
 from triplet_keras.models import TRANSFER_FEATURES, build_encoder, build_online_model, embed_images, feature_encoder
 from triplet_keras.pseudo_classes import with_pseudo_classes
 
-INDUCTIVE = ["none", "translate", "center", "calibrate", "auto"]
+BENCH_METHODS = {**METHODS, "auto unwhitened": {"mode": "auto", "whiten": None}}
+INDUCTIVE = list(BENCH_METHODS)
 TRANSDUCTIVE = [f"{name}+transductive" for name in INDUCTIVE]
 
 
@@ -76,11 +79,13 @@ def run_regime(name, train, target, n_way, shots, args, pseudo_classes=False):
             model = feature_encoder(encoder, features)
             source_emb = embed_images(model, train[0].astype(np.float32), progress=False)
             target_emb = embed_images(model, target[0].astype(np.float32), progress=False)
+            whitening_data = (embed_images(model, source.images, progress=False), source.labels) if pseudo_classes \
+                else None
             retrieval[features].append(metrics.retrieval_scores(target_emb, target[1], ks=(1, 5)))
             for k in shots:
                 per_seed[features][k].append(evaluate_few_shot(
-                    source_emb, train[1], target_emb, target[1], n_way, k, transductive=True,
-                    n_episodes=args.episodes, seed=args.seed))
+                    source_emb, train[1], target_emb, target[1], n_way, k, BENCH_METHODS, transductive=True,
+                    n_episodes=args.episodes, seed=args.seed, whitening_data=whitening_data))
         print(f"{name}, seed {seed}: trained in {train_seconds[-1]} s, evaluated in "
               f"{time.perf_counter() - started - train_seconds[-1]:.1f} s", flush=True)
     return {f"{name} [{features}]": {"train_seconds": train_seconds, "target_retrieval": retrieval[features],

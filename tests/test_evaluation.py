@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from triplet_keras.evaluation import evaluate_few_shot, mean_ci, sample_episodes
+from triplet_keras.transfer import fit_transfer, source_whitening
 
 
 def test_episodes_are_reproducible_disjoint_and_balanced():
@@ -46,3 +47,25 @@ def test_evaluate_few_shot_on_shifted_clusters():
     again = evaluate_few_shot(xs, ys, xt, yt, n_way=5, k_shot=1, methods={"calibrate": {"mode": "calibrate"}},
                               n_episodes=15)
     assert again["calibrate"] == results["calibrate"] and set(again) == {"none", "calibrate", "ceiling"}
+
+
+def test_evaluation_matches_fitting_each_episode_on_its_own():
+    """The source whitening computed once per shrinkage gives the same accuracies as fit_transfer alone."""
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(6, 10))
+    ys, yt = np.repeat(np.arange(6), 30), np.repeat(np.arange(6), 20)
+    xs = centers[ys] + rng.normal(size=(len(ys), 10)) * np.linspace(0.2, 2.0, 10)
+    xt = centers[yt] + 1.0 + rng.normal(size=(len(yt), 10)) * np.linspace(0.2, 2.0, 10)
+    methods = {"none": {"mode": "none"}, "center": {"mode": "center"},
+               "center 0.1": {"mode": "center", "whiten": 0.1}, "raw": {"mode": "calibrate", "whiten": None}}
+    results = evaluate_few_shot(xs, ys, xt, yt, 4, 2, methods, n_episodes=6, n_query=5, seed=1)
+    for name, kwargs in methods.items():
+        alone = [np.mean(fit_transfer(xs, ys, xt[s], yt[s], **kwargs).predict(xt[q]) == yt[q])
+                 for s, q in sample_episodes(yt, 4, 2, 5, 6, seed=1)]
+        assert results[name]["mean"] == pytest.approx(np.mean(alone))
+    other = xs[::3] + rng.normal(size=(len(xs[::3]), 10)), ys[::3]  # the whitening learnt on other source data
+    results = evaluate_few_shot(xs, ys, xt, yt, 4, 2, methods, n_episodes=6, n_query=5, seed=1, whitening_data=other)
+    whitening = source_whitening(*other, 0.3)
+    alone = [np.mean(fit_transfer(xs, ys, xt[s], yt[s], mode="center", whitening=whitening).predict(xt[q]) == yt[q])
+             for s, q in sample_episodes(yt, 4, 2, 5, 6, seed=1)]
+    assert results["center"]["mean"] == pytest.approx(np.mean(alone))

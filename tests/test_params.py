@@ -54,6 +54,8 @@ def test_malformed_file_is_an_error(tmp_path, text):
 def test_nullable_keys_accept_null():
     assert check_value("source_classes", None) is None
     assert check_value("image_size", None) is None
+    assert check_value("transfer_whiten", None) is None
+    assert check_value("transfer_whiten", 1) == 1.0
 
 
 def test_init_help_lists_every_parameter():

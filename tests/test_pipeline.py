@@ -83,6 +83,7 @@ def test_saved_predictors_classify_new_images(experiment):
     predictor = Predictor.load(str(model_dir / "predictor_transfer"))
     assert predictor.class_names == ["5", "6", "7", "8", "9"]
     assert predictor.encoder.output_shape[-1] == 128  # small_cnn's pooled features, not the 16-d embedding
+    assert predictor.classifier.whitening_.shape == (128, 128)  # transfer_whiten 0.3 by default
     predicted = predictor.predict(images)
     assert np.mean(np.array(predicted) == labels.astype(str)) > 0.5
     source = Predictor.load(str(model_dir / "predictor"))
@@ -93,11 +94,12 @@ def test_saved_predictors_classify_new_images(experiment):
 def test_rerun_resumes_and_restart_starts_over(experiment):
     model_dir, _ = experiment
     resumed = run_init(model_dir, "--epochs", "3", "--episodes", "2", "--shots", "[1]",
-                       "--transfer_features", "embedding")  # not a model parameter: no --restart needed
+                       "--transfer_features", "embedding", "--transfer_whiten", "null")  # not model parameters
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "epochs 3..3" in resumed.stdout
     assert json.loads((model_dir / "state.json").read_text())["epoch"] == 2
-    assert Predictor.load(str(model_dir / "predictor_transfer")).encoder.output_shape[-1] == 16
+    transfer = Predictor.load(str(model_dir / "predictor_transfer"))
+    assert transfer.encoder.output_shape[-1] == 16 and transfer.classifier.whitening_.size == 0
     changed = run_init(model_dir, "--embedding_dim", "8")
     assert changed.returncode != 0 and "--restart" in changed.stderr
     restarted = run_init(model_dir, "--restart", "--epochs", "1", "--episodes", "2", "--shots", "[1]")
@@ -113,6 +115,7 @@ def test_rerun_resumes_and_restart_starts_over(experiment):
     (["--source_classes", '["0"]'], "triplets need at least two such classes"),
     (["--pseudo_classes", "true", "--image_size", "[8, 6]"], "pseudo_classes need square images"),
     (["--source_classes", json.dumps([str(d) for d in range(10)])], "leave some for the transfer target"),
+    (["--transfer_whiten", "1.5"], "transfer_whiten must be null or a shrinkage between 0 and 1"),
 ])
 def test_bad_configuration_fails_before_training(tmp_path, flags, message):
     (tmp_path / "params.json").write_text(json.dumps(TINY))

@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
 from triplet_keras.transfer import (NearestMeanClassifier, TransferClassifier, classifier_from_state,
-                                    fit_transfer)
+                                    fit_transfer, source_whitening)
 
 DIM, N_CLASSES = 16, 6
 
@@ -103,6 +103,19 @@ def test_state_round_trips_through_json_and_npz(domains, transfer, tmp_path):
     assert set(model.predict(xt)) <= set(names)
 
 
+def test_state_of_version_1_loads_unwhitened(domains):
+    """Predictors saved before whitening existed (state version 1) load and predict as before."""
+    (xs, ys), (xt, yt) = domains
+    model = fit_transfer(xs, ys, xt[::10], yt[::10], mode="center", whiten=None)
+    config, arrays = model.get_state()
+    params = {key: value for key, value in config["params"].items() if key != "whiten"}
+    old = {**config, "version": 1, "params": params}
+    arrays = {key: value for key, value in arrays.items() if key not in ("source_center_", "whitening_")}
+    restored = classifier_from_state(old, arrays)
+    np.testing.assert_array_equal(restored.predict(xt), model.predict(xt))
+    assert restored.whiten is None
+
+
 def test_state_rejects_other_types():
     config, arrays = NearestMeanClassifier().fit([[0.0], [1.0]], [0, 1]).get_state()
     with pytest.raises(ValueError, match="NearestMeanClassifier"):
@@ -124,19 +137,81 @@ def test_domain_shift_calibrate_and_center_beat_none(domains):
 
 def test_transform_is_the_query_map(domains):
     (xs, ys), (xt, yt) = domains
-    center = fit_transfer(xs, ys, xt[::10], yt[::10], mode="center", unlabeled=xt)
+    center = fit_transfer(xs, ys, xt[::10], yt[::10], mode="center", unlabeled=xt, whiten=None)
     moved = (xt - xt.mean(axis=0)) / np.linalg.norm(xt - xt.mean(axis=0), axis=1, keepdims=True)
     np.testing.assert_allclose(center.transform(xt), moved)
-    np.testing.assert_allclose(fit_transfer(xs, ys, xt[::10], yt[::10], mode="calibrate").transform(xt), xt)
+    np.testing.assert_allclose(fit_transfer(xs, ys, xt[::10], yt[::10], mode="calibrate", whiten=None).transform(xt), xt)
+    m_s, w = source_whitening(xs, ys, 0.3)
+    whitened = fit_transfer(xs, ys, xt[::10], yt[::10], mode="center", unlabeled=xt, whiten=0.3)
+    white = (xt - m_s) @ w
+    moved = (white - white.mean(axis=0)) / np.linalg.norm(white - white.mean(axis=0), axis=1, keepdims=True)
+    np.testing.assert_allclose(whitened.transform(xt), moved)
+
+
+def test_source_whitening_matches_numpy_reference(domains):
+    """W = S^(-1/2) for S the shrunk pooled within-class covariance: W S W = I, W symmetric."""
+    (xs, ys), _ = domains
+    means = np.stack([xs[ys == c].mean(axis=0) for c in range(N_CLASSES)])
+    residuals = xs - means[ys]
+    pooled = residuals.T @ residuals / len(xs)
+    for shrinkage in (0.0, 0.3, 1.0):
+        center, w = whitening = source_whitening(xs, ys, shrinkage)
+        np.testing.assert_allclose(whitening.apply(xs), (xs - center) @ w)
+        shrunk = (1 - shrinkage) * pooled + shrinkage * np.trace(pooled) / DIM * np.eye(DIM)
+        np.testing.assert_allclose(center, means.mean(axis=0))
+        np.testing.assert_allclose(w, w.T, atol=1e-12)
+        np.testing.assert_allclose(w @ shrunk @ w, np.eye(DIM), atol=1e-9)
+    np.testing.assert_allclose(source_whitening(xs, ys, 1.0)[1], np.eye(DIM) / np.sqrt(np.trace(pooled) / DIM))
+    with pytest.raises(ValueError, match="shrinkage"):
+        source_whitening(xs, ys, 1.5)
+    constant = np.ones((6, 3))
+    assert np.isfinite(source_whitening(constant, [0, 0, 1, 1, 2, 2], 0.0)[1]).all()
+
+
+def test_modes_run_in_the_whitened_space(domains):
+    """Whitening is the affine map (x - m_s) W applied to source, support and queries first."""
+    (xs, ys), (xt, yt) = domains
+    m_s, w = source_whitening(xs, ys, 0.3)
+    support = np.arange(0, len(yt), 15)
+    for mode in ("calibrate", "center", "translate"):
+        whitened = fit_transfer(xs, ys, xt[support], yt[support], mode=mode, whiten=0.3)
+        plain = fit_transfer((xs - m_s) @ w, ys, (xt[support] - m_s) @ w, yt[support], mode=mode, whiten=None)
+        np.testing.assert_allclose(whitened.means_, plain.means_, atol=1e-9)
+        np.testing.assert_array_equal(whitened.predict(xt), plain.predict((xt - m_s) @ w))
+    reused = fit_transfer(xs, ys, xt[support], yt[support], whitening=source_whitening(xs, ys, 0.3))
+    np.testing.assert_allclose(reused.means_, fit_transfer(xs, ys, xt[support], yt[support]).means_)
+    other = source_whitening(xs[::2] * 2.0, ys[::2], 0.5)  # learnt on other source data: used as given
+    elsewhere = fit_transfer(xs, ys, xt[support], yt[support], mode="center", whitening=other)
+    np.testing.assert_allclose(elsewhere.transform(xt), fit_transfer(
+        other.apply(xs), ys, other.apply(xt[support]), yt[support], mode="center", whiten=None).transform(other.apply(xt)))
+    assert fit_transfer(xs, ys, xt[support], yt[support], whitening=other, whiten=None).whitening_.size == 0
+    none = fit_transfer(xs, ys, xt[support], yt[support], mode="none", whiten=0.3)
+    assert none.whitening_.size == 0  # the baseline never sees the source
+
+
+def test_whitening_helps_new_classes_under_shared_anisotropic_noise():
+    """Every class scatters strongly along the same few directions; the source teaches which."""
+    rng = np.random.default_rng(11)
+    scales = np.where(np.arange(DIM) < 4, 4.0, 0.4)
+    def draw(n_classes, n_per_class):
+        centers = 1.5 * rng.normal(size=(n_classes, DIM)) * np.where(np.arange(DIM) < 4, 0.0, 1.0)
+        labels = np.repeat(np.arange(n_classes), n_per_class)
+        return centers[labels] + scales * rng.normal(size=(len(labels), DIM)), labels
+    source, (xt, yt) = draw(8, 50), draw(5, 40)
+    target = xt, yt + 100  # labels the source does not have: new classes
+    none = episodes_accuracy(source, target, 1, mode="none")
+    auto = episodes_accuracy(source, target, 1, mode="auto")
+    assert auto > none + 0.15
+    assert episodes_accuracy(source, target, 1, mode="auto", whiten=None) == none
 
 
 def test_translate_nearest_mean_equals_none_and_knn_uses_translated_points(domains):
     (xs, ys), (xt, yt) = domains
     support = np.arange(0, len(yt), 20)
     none = fit_transfer(xs, ys, xt[support], yt[support], mode="none")
-    translate = fit_transfer(xs, ys, xt[support], yt[support], mode="translate")
+    translate = fit_transfer(xs, ys, xt[support], yt[support], mode="translate", whiten=None)
     np.testing.assert_allclose(translate.means_, none.means_)
-    knn = fit_transfer(xs, ys, xt[support], yt[support], mode="translate", knn=3)
+    knn = fit_transfer(xs, ys, xt[support], yt[support], mode="translate", knn=3, whiten=None)
     assert len(knn.reference_points_) == len(xs) + len(support)
     for c in range(N_CLASSES):
         moved = knn.reference_points_[len(support):][knn.reference_index_[len(support):] == c]
@@ -147,12 +222,12 @@ def test_translate_nearest_mean_equals_none_and_knn_uses_translated_points(domai
 def test_calibrate_is_the_shrinkage_formula(domains):
     (xs, ys), (xt, yt) = domains
     support = np.concatenate([np.flatnonzero(yt == c)[:2] for c in range(N_CLASSES)])
-    model = fit_transfer(xs, ys, xt[support], yt[support], mode="calibrate", kappa=3.0)
+    model = fit_transfer(xs, ys, xt[support], yt[support], mode="calibrate", kappa=3.0, whiten=None)
     mu_s = np.stack([xs[ys == c].mean(axis=0) for c in range(N_CLASSES)])
     mu_t = np.stack([xt[support][yt[support] == c].mean(axis=0) for c in range(N_CLASSES)])
     delta = (mu_t - mu_s).mean(axis=0)
     np.testing.assert_allclose(model.means_, (2 * mu_t + 3.0 * (mu_s + delta)) / 5.0)
-    plain = fit_transfer(xs, ys, xt[support], yt[support], mode="calibrate", kappa=0.0)
+    plain = fit_transfer(xs, ys, xt[support], yt[support], mode="calibrate", kappa=0.0, whiten=None)
     np.testing.assert_allclose(plain.means_, mu_t)
 
 
@@ -161,9 +236,9 @@ def test_new_classes_borrow_from_nearest_source_class():
     centers = rng.normal(size=(4, DIM)) * 3
     xs, ys = clusters(rng, centers, 30, noise=0.3)
     support = centers[[2]] + 0.5
-    model = fit_transfer(xs, ys, support, ["new"], mode="calibrate", kappa_new=1.0, n_borrow=1)
+    model = fit_transfer(xs, ys, support, ["new"], mode="calibrate", kappa_new=1.0, n_borrow=1, whiten=None)
     np.testing.assert_allclose(model.means_[0], (support[0] + xs[ys == 2].mean(axis=0)) / 2)
-    assert fit_transfer(xs, ys, support, ["new"], mode="auto").mode_ == "none"
+    assert fit_transfer(xs, ys, support, ["new"], mode="auto").mode_ == "translate"
     assert fit_transfer(xs, ys, support, ["new"], mode="auto", transductive=True).mode_ == "center"
 
 
@@ -177,7 +252,8 @@ def test_new_classes_with_a_class_mapping(domains):
     assert mapped > none + 0.05
     assert unmapped >= none - 0.05
     assert episodes_accuracy((xs, ys), (xt, letters[yt]), 1, mode="center") > none + 0.05
-    assert episodes_accuracy((xs, ys), (xt, letters[yt]), 1, mode="auto") == none  # all new: none
+    assert episodes_accuracy((xs, ys), (xt, letters[yt]), 1, mode="auto", whiten=None) == none  # all new: none
+    assert episodes_accuracy((xs, ys), (xt, letters[yt]), 1, mode="auto") >= none - 0.02
     with pytest.raises(ValueError, match="absent from the support"):
         fit_transfer(xs, ys, xt[:6], letters[yt[:6]], class_mapping={"z": 0})
     with pytest.raises(ValueError, match="absent from the source"):
@@ -206,6 +282,7 @@ def test_transductive_refinement_helps_on_balanced_and_unbalanced_pools(balanced
 def test_bad_parameters_are_refused(domains):
     (xs, ys), (xt, yt) = domains
     for params in (dict(mode="shift"), dict(mode="center", knn=3), dict(mode="translate", knn=0),
-                   dict(mode="calibrate", kappa=-1.0), dict(temperature=0.0)):
+                   dict(mode="calibrate", kappa=-1.0), dict(temperature=0.0), dict(whiten=1.5),
+                   dict(whiten=-0.1)):
         with pytest.raises(ValueError):
             fit_transfer(xs, ys, xt[:6], yt[:6], **params)

@@ -5,12 +5,13 @@ rest of each class when n_query is None). A method is a dict of fit_transfer key
 accuracy on an episode is the share of queries classified right. Reported per method: the mean over
 episodes with the 95% interval half-width 1.96 * std / sqrt(n_episodes), and the same for the paired
 difference to ``none``. Transductive variants ("<name>+transductive") see the episode's queries as
-the unlabelled pool. The ceiling is the nearest class mean over every target example of the
+the unlabelled pool. The source whitening (transfer.source_whitening) is computed and applied once per
+shrinkage and shared by every episode. The ceiling is the nearest class mean over every target example of the
 episode's classes, scored on the same queries.
 """
 import numpy as np
 
-from .transfer import NearestMeanClassifier, fit_transfer
+from .transfer import WHITEN_DEFAULT, NearestMeanClassifier, fit_transfer, source_whitening
 
 METHODS = {
     "none": {"mode": "none"},
@@ -49,22 +50,36 @@ def mean_ci(values):
 
 
 def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_way, k_shot, methods=None,
-                      transductive=False, n_episodes=200, n_query=15, seed=0, class_mapping=None):
-    """{method: {"mean", "ci95", "delta_vs_none", "delta_ci95", "n_episodes"}} plus "ceiling"."""
+                      transductive=False, n_episodes=200, n_query=15, seed=0, class_mapping=None,
+                      whitening_data=None):
+    """{method: {"mean", "ci95", "delta_vs_none", "delta_ci95", "n_episodes"}} plus "ceiling".
+
+    ``whitening_data``: (embeddings, labels) the source whitening is learnt on (default: the source;
+    see TransferClassifier.fit)."""
     methods = dict(METHODS if methods is None else methods)
     methods.setdefault("none", {"mode": "none"})
     if transductive:
         methods.update({f"{name}+transductive": {**kwargs, "transductive": True, "knn": None}
                         for name, kwargs in list(methods.items())})
     target_emb, target_labels = np.asarray(target_emb), np.asarray(target_labels)
+    source_emb = None if source_emb is None else np.asarray(source_emb, np.float64)  # converted once, not per fit
+    shrinkages = set() if source_emb is None else {kwargs.get("whiten", WHITEN_DEFAULT) for kwargs in methods.values()}
+    spaces = {None: (source_emb, target_emb)}  # shrinkage -> (source, target), whitened once and not per fit
+    for shrinkage in shrinkages - {None}:
+        whitening = source_whitening(*(whitening_data or (source_emb, source_labels)), shrinkage)
+        spaces[shrinkage] = whitening.apply(source_emb), whitening.apply(target_emb)
     accuracies = {name: [] for name in list(methods) + ["ceiling"]}
     for support, query in sample_episodes(target_labels, n_way, k_shot, n_query, n_episodes, seed):
-        x, y = target_emb[query], target_labels[query]
+        y = target_labels[query]
         for name, kwargs in methods.items():
-            pool = x if kwargs.get("transductive") else None
-            model = fit_transfer(source_emb, source_labels, target_emb[support], target_labels[support],
-                                 class_mapping=class_mapping, unlabeled=pool, **kwargs)
-            accuracies[name].append(np.mean(model.predict(x) == y))
+            # Fitting in the whitened space is fitting with whiten (tests/test_transfer.py); none is never whitened.
+            shrinkage = None if kwargs.get("mode") == "none" else kwargs.get("whiten", WHITEN_DEFAULT)
+            source, target = spaces.get(shrinkage, spaces[None])
+            pool = target[query] if kwargs.get("transductive") else None
+            model = fit_transfer(source, source_labels, target[support], target_labels[support],
+                                 class_mapping=class_mapping, unlabeled=pool, **{**kwargs, "whiten": None})
+            accuracies[name].append(np.mean(model.predict(target[query]) == y))
+        x = target_emb[query]
         episode_classes = np.isin(target_labels, np.unique(y))
         ceiling = NearestMeanClassifier().fit(target_emb[episode_classes], target_labels[episode_classes])
         accuracies["ceiling"].append(np.mean(ceiling.predict(x) == y))

@@ -49,6 +49,8 @@ SCHEMA = {
     "target_dataset": (None, str, "folder of the target domain with the same class names"),
     "target_transform": (None, ("style",), "a synthetic target domain made from the test split"),
     "transfer_mode": ("auto", ("auto", "translate", "center", "calibrate", "none"), "transfer mode"),
+    "transfer_whiten": (0.3, float, "shrinkage (0 to 1) of the source within-class covariance that whitens the "
+                        "transfer features (triplet_keras.transfer.source_whitening); null: no whitening"),
     "transfer_features": ("backbone", ("backbone", "embedding"),
                           "vectors the transfer works on: the L2-normalised backbone features under the "
                           "embedding (better in both regimes on the digits) or the embedding itself"),
@@ -56,6 +58,9 @@ SCHEMA = {
     "episodes": (100, int, "few-shot episodes per K"),
     "plot_method": ("tsne", ("tsne", "pca"), "2-D map of the embeddings"),
 }
+
+
+NULLABLE = {"transfer_whiten"}
 
 
 class ParamsError(ValueError):
@@ -71,7 +76,7 @@ def check_value(key, value):
     if key not in SCHEMA:
         raise ParamsError(f"unknown parameter {key!r}; {_valid_keys()}")
     default, kind, _ = SCHEMA[key]
-    if value is None and (default is None or kind is list):
+    if value is None and (default is None or kind is list or key in NULLABLE):
         return None
     if isinstance(kind, tuple):
         if value not in kind:

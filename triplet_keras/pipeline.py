@@ -21,7 +21,7 @@ import numpy as np
 from triplet_keras import domain_shift, metrics, plots
 from triplet_keras.datasets import DatasetError, load_dataset
 from triplet_keras.distribution import GlobalBatchLoss, data_parallel, replica_count
-from triplet_keras.evaluation import evaluate_few_shot
+from triplet_keras.evaluation import METHODS, evaluate_few_shot
 from triplet_keras.export import export_embeddings, write_json, write_text
 from triplet_keras.generators import PKBatchGenerator, RemineCallback, TripletGenerator
 from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss
@@ -40,7 +40,7 @@ from triplet_keras.models import (
 )
 from triplet_keras.params import ONLINE_STRATEGIES
 from triplet_keras.predict import Predictor
-from triplet_keras.transfer import NearestMeanClassifier, fit_transfer
+from triplet_keras.transfer import NearestMeanClassifier, fit_transfer, source_whitening
 
 # Parameters that change the trained model: resuming with other values needs --restart.
 MODEL_KEYS = ("dataset", "backbone", "weights", "backbone_size", "embedding_dim", "freeze_layers", "strategy",
@@ -100,6 +100,9 @@ def check_trainable(split, name):
 
 def prepare_data(params):
     """Source splits, class names, and the transfer target (or None), all checked before training."""
+    whiten = params["transfer_whiten"]
+    if whiten is not None and not 0.0 <= whiten <= 1.0:
+        raise PipelineError(f"transfer_whiten must be null or a shrinkage between 0 and 1, got {whiten}")
     try:
         data = load_dataset(params["dataset"], image_size=params["image_size"],
                             validation_fraction=params["validation_fraction"],
@@ -328,9 +331,10 @@ def evaluate_source(encoder, data):
     return scores, classifier, train_emb, test_emb, predicted
 
 
-def evaluate_transfer(params, source_emb, source_labels, target_emb, target_labels):
+def evaluate_transfer(params, source_emb, source_labels, target_emb, target_labels, whitening_data=None):
     """Few-shot episodes for each K, every mode on the same episodes, plus the ceiling."""
     results = {}
+    methods = {name: {**kwargs, "whiten": params["transfer_whiten"]} for name, kwargs in METHODS.items()}
     n_way = len(np.unique(target_labels))
     smallest = int(np.min(np.bincount(target_labels)[np.unique(target_labels)]))
     for k in params["shots"]:
@@ -338,12 +342,13 @@ def evaluate_transfer(params, source_emb, source_labels, target_emb, target_labe
         if n_query < 1:
             print(f"skipping {k}-shot: a target class has only {smallest} images")
             continue
-        results[f"{k}-shot"] = evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_way, k,
-                                                 n_episodes=params["episodes"], n_query=n_query, seed=params["seed"])
+        results[f"{k}-shot"] = evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_way, k, methods,
+                                                 n_episodes=params["episodes"], n_query=n_query, seed=params["seed"],
+                                                 whitening_data=whitening_data)
     return results
 
 
-def fit_saved_transfer(params, source_emb, source_labels, target_emb, target_labels):
+def fit_saved_transfer(params, source_emb, source_labels, target_emb, target_labels, whitening_data=None):
     """The transfer classifier saved with the predictor: K = max(shots) labelled images per target
     class, the rest held out to score it. Returns (classifier, held-out accuracy, support, held out)."""
     rng = np.random.default_rng(params["seed"])
@@ -351,8 +356,9 @@ def fit_saved_transfer(params, source_emb, source_labels, target_emb, target_lab
     support = np.concatenate([rng.permutation(np.flatnonzero(target_labels == c))[:k]
                               for c in np.unique(target_labels)])
     held_out = np.setdiff1d(np.arange(len(target_labels)), support)
+    whitening = None if whitening_data is None else source_whitening(*whitening_data, params["transfer_whiten"])
     classifier = fit_transfer(source_emb, source_labels, target_emb[support], target_labels[support],
-                              mode=params["transfer_mode"])
+                              mode=params["transfer_mode"], whiten=params["transfer_whiten"], whitening=whitening)
     accuracy = classifier.score(target_emb[held_out], target_labels[held_out]) if len(held_out) else float("nan")
     return classifier, accuracy, support
 
@@ -400,9 +406,14 @@ def run(model_dir, params, restart=False):
         source_emb = train_emb if features is encoder else embed_images(features, data["train"],
                                                                           description="features of train")
         target_emb, target_labels = embed_splits(features, target["splits"])
-        transfer = evaluate_transfer(params, source_emb, data["train"].labels, target_emb, target_labels)
+        whitening_data = None
+        if params["pseudo_classes"] and params["transfer_whiten"] is not None:
+            # The whitening is learnt on the classes the encoder trained on: 8x the images and classes.
+            pseudo = with_pseudo_classes(data["train"])
+            whitening_data = embed_images(features, pseudo, description="features of the pseudo-classes"), pseudo.labels
+        transfer = evaluate_transfer(params, source_emb, data["train"].labels, target_emb, target_labels, whitening_data)
         transfer_classifier, scores["transfer_accuracy"], support = fit_saved_transfer(
-            params, source_emb, data["train"].labels, target_emb, target_labels)
+            params, source_emb, data["train"].labels, target_emb, target_labels, whitening_data)
         target_names = [names[c] for c in transfer_classifier.classes_]
         Predictor(features, target_names, transfer_classifier).save(os.path.join(model_dir, "predictor_transfer"))
         moved = transfer_classifier.transform(target_emb)
