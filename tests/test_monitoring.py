@@ -1,6 +1,7 @@
 """NaN and collapse detection: forced NaN losses stop training with the causes; a constant model is reported."""
 import io
 import itertools
+import threading
 
 import keras
 import numpy as np
@@ -11,6 +12,7 @@ from triplet_keras.losses import OnlineTripletLoss
 from triplet_keras.models import L2Normalize
 from triplet_keras.monitoring import (
     CollapseMonitor,
+    EpochTensorBoard,
     NaNGuard,
     TrainingDivergedError,
     active_fraction,
@@ -125,3 +127,34 @@ def test_signals_match_brute_force():
     assert active_fraction(x, labels, 0.5) == pytest.approx(np.mean(active))
     assert mean_distance(x) == pytest.approx(d.sum() / 72)
     assert active_fraction(x, np.zeros(9), 0.5) is None
+
+
+class BatchThreads(keras.callbacks.Callback):
+    """Records the thread each on_train_batch_end runs on."""
+
+    def __init__(self, async_safe):
+        super().__init__()
+        self.async_safe = async_safe
+        self.threads = set()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.threads.add(threading.get_ident())
+
+
+def test_training_callbacks_leave_batch_logs_off_the_training_thread(tmp_path):
+    """With only async-safe batch hooks (NaNGuard, EpochTensorBoard) Keras converts each step's logs on a
+    worker thread, so the training loop never waits for the device at a step's end; and no hook syncs
+    the JAX training state from that thread (a race with the next step's donated buffers)."""
+    recorder = BatchThreads(async_safe=True)
+    encoder, syncs = tiny_encoder(), set()
+    if hasattr(encoder, "jax_state_sync"):
+        sync = encoder.jax_state_sync
+        encoder.jax_state_sync = lambda: (syncs.add(threading.get_ident()), sync())[1]
+    fit(encoder, split(n=160), [NaNGuard(), EpochTensorBoard(str(tmp_path / "logs")), recorder], epochs=2)
+    off_thread = keras.backend.backend() != "tensorflow"  # Keras' TensorFlow backend always dispatches in line
+    assert recorder.threads and (threading.get_ident() not in recorder.threads) == off_thread
+    assert syncs <= {threading.get_ident()}
+    assert list((tmp_path / "logs" / "train").iterdir())  # the epoch summaries were written
+    blocking = BatchThreads(async_safe=False)  # one hook that is not async-safe: every step syncs
+    fit(tiny_encoder(), split(), [NaNGuard(), blocking], epochs=1)
+    assert blocking.threads == {threading.get_ident()}

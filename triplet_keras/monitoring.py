@@ -2,6 +2,16 @@
 
 - :class:`NaNGuard` raises :class:`TrainingDivergedError` at the first batch or epoch whose loss
   is NaN or infinite, before any checkpoint of that epoch is written, with the likely causes.
+- :class:`EpochTensorBoard` is Keras' TensorBoard callback with epoch-level summaries.
+
+Both batch hooks are ``async_safe``: Keras runs a callback's ``on_train_batch_end`` on a worker thread
+only when every callback passed to ``fit`` is async-safe or has no batch hook; otherwise it converts
+each step's logs to Python floats on the training thread, a host-device sync per step that stops the
+next step from being dispatched early. A batch hook off the training thread must not read
+``self.model``: on JAX that property copies the training state back into the model while the next
+step may already own (and have donated) those buffers. A bad batch found on the worker thread is
+raised at a later batch or, at the latest, when the epoch ends, before any ``on_epoch_end`` callback
+saves anything.
 - :class:`CollapseMonitor` embeds a fixed probe batch after each epoch and logs
   ``embedding_mean_distance`` (mean L2 distance between probe embeddings), ``active_fraction``
   (share of triplets that violate the margin) and ``collapse`` (1.0 on a warned epoch). It prints
@@ -40,12 +50,18 @@ class NaNGuard(keras.callbacks.Callback):
 
     Put it before any checkpointing callback, so a diverged epoch is never saved."""
 
+    async_safe = True
+
     def __init__(self):
         super().__init__()
         self.epoch = 0
+        self.learning_rate = None
 
     def on_epoch_begin(self, epoch, logs=None):
+        """Note the epoch and its learning rate on the training thread (the batch hook may run on another)."""
         self.epoch = epoch
+        optimizer = getattr(self.model, "optimizer", None)
+        self.learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate)) if optimizer else None
 
     def on_train_batch_end(self, batch, logs=None):
         self._check((logs or {}).get("loss"), f"epoch {self.epoch + 1}, batch {batch + 1}")
@@ -57,10 +73,22 @@ class NaNGuard(keras.callbacks.Callback):
     def _check(self, loss, where):
         if loss is None or math.isfinite(float(loss)):
             return
-        optimizer = getattr(self.model, "optimizer", None)
-        learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate)) if optimizer else None
-        raise TrainingDivergedError(diverged_message(where, float(loss), learning_rate,
+        raise TrainingDivergedError(diverged_message(where, float(loss), self.learning_rate,
                                                      keras.config.dtype_policy().name))
+
+
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """TensorBoard summaries once per epoch (``update_freq="epoch"``), with no batch hook. Keras' own
+    batch hook would then only write the TensorFlow op graph, reaching through ``self.model``; the
+    Keras model summary is still written."""
+
+    async_safe = True
+
+    def __init__(self, log_dir, **kwargs):
+        super().__init__(log_dir, update_freq="epoch", **kwargs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Nothing per batch (see the class docstring)."""
 
 
 def active_fraction(embeddings, labels, margin, squared=True):

@@ -26,7 +26,7 @@ from triplet_keras.export import export_embeddings, write_json, write_text
 from triplet_keras.generators import PKBatchGenerator, RemineCallback, TripletGenerator
 from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss
 from triplet_keras.mining import mine_triplets
-from triplet_keras.monitoring import CollapseMonitor, NaNGuard
+from triplet_keras.monitoring import CollapseMonitor, EpochTensorBoard, NaNGuard
 from triplet_keras.pseudo_classes import with_pseudo_classes
 from triplet_keras.models import (
     build_augmentation,
@@ -302,7 +302,7 @@ def train(params, data, model_dir, restart):
             CollapseMonitor(encoder, data["train"], params["margin"], params["squared"],
                             params["collapse_patience"], seed=params["seed"]),
             TrainingState(model_dir, params, monitor, state),
-            keras.callbacks.TensorBoard(os.path.join(model_dir, "logs")),
+            EpochTensorBoard(os.path.join(model_dir, "logs")),
         ]
         model.fit(train_data, validation_data=validation_data, epochs=params["epochs"],
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)
