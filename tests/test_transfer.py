@@ -174,10 +174,13 @@ def test_modes_run_in_the_whitened_space(domains):
     m_s, w = source_whitening(xs, ys, 0.3)
     support = np.arange(0, len(yt), 15)
     for mode in ("calibrate", "center", "translate"):
-        whitened = fit_transfer(xs, ys, xt[support], yt[support], mode=mode, whiten=0.3)
-        plain = fit_transfer((xs - m_s) @ w, ys, (xt[support] - m_s) @ w, yt[support], mode=mode, whiten=None)
-        np.testing.assert_allclose(whitened.means_, plain.means_, atol=1e-9)
-        np.testing.assert_array_equal(whitened.predict(xt), plain.predict((xt - m_s) @ w))
+        for pool in (None, xt):  # inductive, then transductive refinement over the whole target
+            whitened = fit_transfer(xs, ys, xt[support], yt[support], mode=mode, whiten=0.3, unlabeled=pool,
+                                    transductive=pool is not None)
+            plain = fit_transfer((xs - m_s) @ w, ys, (xt[support] - m_s) @ w, yt[support], mode=mode, whiten=None,
+                                 unlabeled=None if pool is None else (pool - m_s) @ w, transductive=pool is not None)
+            np.testing.assert_allclose(whitened.means_, plain.means_, atol=1e-9)
+            np.testing.assert_array_equal(whitened.predict(xt), plain.predict((xt - m_s) @ w))
     reused = fit_transfer(xs, ys, xt[support], yt[support], whitening=source_whitening(xs, ys, 0.3))
     np.testing.assert_allclose(reused.means_, fit_transfer(xs, ys, xt[support], yt[support]).means_)
     other = source_whitening(xs[::2] * 2.0, ys[::2], 0.5)  # learnt on other source data: used as given

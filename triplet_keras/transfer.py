@@ -343,8 +343,8 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         return prototypes, counts + kappa[:, 0]
 
     def _refine(self, unlabeled, weights):
-        """Soft k-means over the pool with the support (and prior) held as weighted fixed points."""
-        pool = self.transform(unlabeled)
+        """Soft k-means over the (whitened) pool with the support (and prior) held as weighted fixed points."""
+        pool = self._place(unlabeled)
         anchored = weights[:, None] * self.means_
         for _ in range(self.refine_steps):
             r = softmax(-distances(pool, self.means_, self.metric) / self.temperature, axis=1)
@@ -355,11 +355,14 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         """(X - source_center_) @ whitening_, or X when not whitened."""
         return (X - self.source_center_) @ self.whitening_ if self.whitening_.size else X
 
-    def transform(self, X):
-        """The query transform T into the space of the prototypes: the source whitening, then
-        - offset_ and an L2 normalisation when normalize_ (mode ``center``)."""
-        X = self._whiten(super()._queries(X)) - self.offset_
+    def _place(self, X):
+        """Whitened X - offset_, L2-normalised when normalize_ (mode ``center``)."""
+        X = X - self.offset_
         return l2_normalize(X) if self.normalize_ else X
+
+    def transform(self, X):
+        """The query transform T into the space of the prototypes: the source whitening, then _place."""
+        return self._place(self._whiten(super()._queries(X)))
 
     def _queries(self, X):
         return self.transform(X)
