@@ -9,7 +9,8 @@ query transform T (whiten, subtract an offset, L2-normalise).
 Whitening (``whiten``, a shrinkage lambda in [0, 1]; None switches it off): every mode but ``none``
 first maps source, support, pool and queries by x -> (x - m_s) W, W = S^(-1/2), S = (1 - lambda) S_w +
 lambda tr(S_w) / d I, S_w the source's pooled within-class covariance and m_s the mean of its class
-means (source_whitening). Nearest means then use the Mahalanobis distance of the source's shared
+means (source_whitening; or learnt on other labelled source data such as its pseudo-classes, the
+``whitening`` argument of fit). Nearest means then use the Mahalanobis distance of the source's shared
 within-class scatter: directions along which the source classes vary inside a class count less.
 The modes below work in that space:
 
@@ -27,13 +28,13 @@ The modes below work in that space:
   mu_s(j)) / temperature over its ``n_borrow`` nearest source classes, weighted by ``kappa_new``.
 * ``auto``: ``center`` when some target class maps to a source class (a new domain) or with
   transductive refinement; ``translate`` by nearest means (the whitened support means) when every
-  target class is new. Chosen from benchmarks/bench_accuracy.py (digits, small_cnn, backbone
-  features, lambda = 0.3): for new classes whitening gained 4-6 points at 1-shot and 3-4 at 5-shot
-  over ``none`` (lambda 0.1 to 0.6 within a point of each other), and on those classes ``center`` and
-  ``calibrate`` did no better than whitened ``translate``; in a new domain ``center`` gained 11-16
-  points over ``none`` at 1-shot, whitening adding 0 to 1.7. ``translate`` with kNN was 1-3 points
-  better than ``center`` at 10 shots in a new domain but far worse at 1 shot, and it stores every
-  source point in the model, so ``auto`` does not pick it.
+  target class is new. Chosen from benchmarks/bench_accuracy.py (digits, small_cnn, 3 seeds, backbone
+  features, lambda = 0.3): for new classes whitening gained 5.7 / 4.0 points over ``none`` at 1 / 5
+  shots (lambda 0.1 to 0.6 within a point of each other) and ``center``, ``calibrate`` and kNN
+  ``translate`` did no better than the whitened support means; in a new domain ``center`` gained 14
+  points over ``none`` at 1 shot, whitening adding 0.4-1.0. kNN ``translate`` was 2 points better
+  than ``center`` at 10 shots in a new domain but 14 worse at 1 shot, and it stores every source
+  point in the model, so ``auto`` does not pick it.
 
 Transductive refinement (``transductive=True`` with a pool): soft k-means with the support fixed,
 p_c <- (n_c p0_c + sum_i r_ic T(u_i)) / (n_c + sum_i r_ic), r_i = softmax(-d(T(u_i), p) / temperature),
