@@ -87,6 +87,12 @@ def test_plot_embedding_transfer(tmp_path):
     with pytest.raises(ValueError, match="'source'"):
         plots.plot_embedding_transfer(tmp_path / "bad.png", (embeddings, labels[:3]), (before, labels[::2]),
                                       (after, labels[::2]))
+    whitened_source, whitened_after = embeddings[:, :2] * 3.0, after[:, :2] * 3.0  # another space, other D
+    assert_png(plots.plot_embedding_transfer(tmp_path / "two_maps.png", (embeddings, labels), (before, labels[::2]),
+                                             (whitened_after, labels[::2]), source_after=whitened_source))
+    with pytest.raises(ValueError, match="'source'"):
+        plots.plot_embedding_transfer(tmp_path / "bad.png", (embeddings, labels), (before, labels[::2]),
+                                      (whitened_after, labels[::2]), source_after=whitened_source[:-1])
 
 
 @pytest.mark.parametrize("history", [

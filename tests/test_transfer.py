@@ -146,6 +146,13 @@ def test_transform_is_the_query_map(domains):
     white = (xt - m_s) @ w
     moved = (white - white.mean(axis=0)) / np.linalg.norm(white - white.mean(axis=0), axis=1, keepdims=True)
     np.testing.assert_allclose(whitened.transform(xt), moved)
+    # The source side: whitened, centred on the mean of its (whitened) class means, which is 0 here.
+    white_source = (xs - m_s) @ w
+    np.testing.assert_allclose(whitened.transform_source(xs),
+                               white_source / np.linalg.norm(white_source, axis=1, keepdims=True), atol=1e-12)
+    translate = fit_transfer(xs, ys, xt[::10], yt[::10], mode="translate", whiten=0.3)
+    np.testing.assert_allclose(translate.transform_source(xs), white_source)
+    np.testing.assert_allclose(translate.transform(xt), white)
 
 
 def test_source_whitening_matches_numpy_reference(domains):

@@ -420,6 +420,7 @@ def run(model_dir, params, restart=False):
         plots.plot_embedding_transfer(
             os.path.join(plot_dir, "transfer_map.png"), (source_emb, [names[c] for c in data["train"].labels]),
             (target_emb, [names[c] for c in target_labels]), (moved, [names[c] for c in target_labels]),
+            source_after=transfer_classifier.transform_source(source_emb),
             seed=params["seed"], method=params["plot_method"], max_points=1000)
         # The projector shows every split in one space: the embedding's.
         vectors.append(target_emb if features is encoder else embed_splits(encoder, target["splits"])[0])

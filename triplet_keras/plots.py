@@ -146,21 +146,30 @@ def plot_embeddings_2d(path, groups, title, method="tsne", seed=0, max_points=20
 
 
 def plot_embedding_transfer(path, source, target_before, target_after, seed=0, method="tsne",
-                            max_points=2000):
+                            max_points=2000, source_after=None):
     """Two panels, "before transfer" (source + target) and "after transfer" (source + moved target).
 
-    Arguments are (embeddings, labels) pairs; all three sets share one 2-D map, so the panels compare.
+    Arguments are (embeddings, labels) pairs; the three sets share one 2-D map, so the panels compare.
+    ``source_after``: the source embeddings mapped into the space of ``target_after`` (a transfer that
+    moves both domains, such as a whitening); each panel then gets a map of its own.
     """
-    groups = _check_groups([("source", *source, "o"), ("target", *target_before, "x"),
-                            ("target", *target_after, "x")])
-    groups = _subsample(groups, max_points, seed)
-    coordinates = _project(groups, method, seed)
-    colours = _label_colours(groups)
+    before = [("source", *source, "o"), ("target", *target_before, "x")]
+    after = [("source", source[0] if source_after is None else source_after, source[1], "o"),
+             ("target", *target_after, "x")]
+    if source_after is None:
+        groups = _subsample(_check_groups(before + after[1:]), max_points, seed)
+        coordinates = _project(groups, method, seed)
+        panels = [(groups[:2], coordinates[:2]), (groups[::2], coordinates[::2])]
+    else:
+        panels = []
+        for pair in (before, after):
+            groups = _subsample(_check_groups(pair), max_points, seed)
+            panels.append((groups, _project(groups, method, seed)))
+    colours = _label_colours(panels[0][0] + panels[1][0])
     figure = _figure(13, 6)
-    for column, title in ((1, "before transfer"), (2, "after transfer")):
-        _draw_map(figure.add_subplot(1, 2, column), [groups[0], groups[column]],
-                  [coordinates[0], coordinates[column]], colours, title)
-    _map_legend(figure, groups[:2], colours)
+    for column, (title, (groups, coordinates)) in enumerate(zip(("before transfer", "after transfer"), panels), 1):
+        _draw_map(figure.add_subplot(1, 2, column), groups, coordinates, colours, title)
+    _map_legend(figure, panels[0][0], colours)
     return _save(figure, path)
 
 

@@ -261,7 +261,7 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
             X, unlabeled = self._whiten(X), None if unlabeled is None else self._whiten(unlabeled)
             support_means = class_means(X, index, len(self.classes_))
             source = (self._whiten(source[0]), source[1], self._whiten(source[2]))
-        self.offset_ = np.zeros(X.shape[1])
+        self.offset_, self.source_offset_ = np.zeros(X.shape[1]), np.zeros(X.shape[1])
         self.normalize_ = False
         self.reference_points_ = np.zeros((0, X.shape[1]))
         self.reference_index_ = np.zeros(0, dtype=np.int64)
@@ -325,8 +325,8 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         prototypes = class_means(l2_normalize(X - target_center), index, n_classes)
         weights = counts.copy()
         source_emb, source_index, source_means = source
-        centred_source = class_means(l2_normalize(source_emb - source_means.mean(axis=0)), source_index,
-                                     len(source_means))
+        self.source_offset_ = source_means.mean(axis=0)
+        centred_source = class_means(l2_normalize(source_emb - self.source_offset_), source_index, len(source_means))
         has = mapped >= 0
         prior = centred_source[mapped[has]]
         prototypes[has] = (counts[has, None] * prototypes[has] + self.kappa * prior) / (counts[has, None] + self.kappa)
@@ -365,6 +365,12 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         """The query transform T into the space of the prototypes: the source whitening, then _place."""
         return self._place(self._whiten(super()._queries(X)))
 
+    def transform_source(self, X):
+        """The same for source embeddings: the whitening, - source_offset_ (``center`` centres each domain
+        on its own mean), L2-normalised when normalize_. Source and transformed target then share a space."""
+        X = self._whiten(super()._queries(X)) - self.source_offset_
+        return l2_normalize(X) if self.normalize_ else X
+
     def _queries(self, X):
         return self.transform(X)
 
@@ -387,7 +393,7 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
 
     def _state_arrays(self):
         return ["classes_", "means_", "offset_", "reference_points_", "reference_index_", "source_center_",
-                "whitening_"]
+                "whitening_", "source_offset_"]
 
     def get_state(self):
         config, arrays = super().get_state()
@@ -399,7 +405,8 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         if config.get("version") == 1:
             dim = np.shape(arrays.get("means_"))[-1]
             config = {**config, "params": {**config["params"], "whiten": None}}
-            arrays = {"source_center_": np.zeros(dim), "whitening_": np.zeros((0, 0)), **arrays}
+            arrays = {"source_center_": np.zeros(dim), "whitening_": np.zeros((0, 0)), "source_offset_": np.zeros(dim),
+                      **arrays}
         model = super().from_state(config, arrays)
         model.mode_ = str(config["mode_"])
         model.normalize_ = bool(config["normalize_"])
