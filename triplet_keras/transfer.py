@@ -196,9 +196,11 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
 
     The modes and their math are in the module docstring. ``fit(support, labels, source_emb=...,
     source_labels=..., unlabeled=..., class_mapping=...)``; without a source every mode is ``none``.
-    Fitted: classes_, means_ (the prototypes), mode_, offset_ and normalize_ (the query transform),
-    and for kNN reference_points_ with reference_index_ (indices into classes_). Like scikit-learn's
-    LinearDiscriminantAnalysis it is also a transformer: ``transform`` is the query map T.
+    Fitted: classes_, means_ (the prototypes), mode_, source_center_ and whitening_ (the whitening;
+    whitening_ is empty without it), offset_ and normalize_ (the rest of the query transform),
+    source_offset_ (its source-side counterpart), and for kNN reference_points_ with reference_index_
+    (indices into classes_). Like scikit-learn's LinearDiscriminantAnalysis it is also a transformer:
+    ``transform`` is the query map T.
     """
 
     def __init__(self, mode="auto", whiten=WHITEN_DEFAULT, kappa=2.0, kappa_new=1.0, n_borrow=3, knn=None,
@@ -345,7 +347,7 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
 
     def _refine(self, unlabeled, weights):
         """Soft k-means over the (whitened) pool with the support (and prior) held as weighted fixed points."""
-        pool = self._place(unlabeled)
+        pool = self._place(unlabeled, self.offset_)
         anchored = weights[:, None] * self.means_
         for _ in range(self.refine_steps):
             r = softmax(-distances(pool, self.means_, self.metric) / self.temperature, axis=1)
@@ -356,20 +358,20 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         """(X - source_center_) @ whitening_, or X when not whitened."""
         return (X - self.source_center_) @ self.whitening_ if self.whitening_.size else X
 
-    def _place(self, X):
-        """Whitened X - offset_, L2-normalised when normalize_ (mode ``center``)."""
-        X = X - self.offset_
+    def _place(self, X, offset):
+        """Whitened X - offset, L2-normalised when normalize_ (mode ``center``)."""
+        X = X - offset
         return l2_normalize(X) if self.normalize_ else X
 
     def transform(self, X):
-        """The query transform T into the space of the prototypes: the source whitening, then _place."""
-        return self._place(self._whiten(super()._queries(X)))
+        """The query transform T into the space of the prototypes: whiten, - offset_, L2-normalise
+        when normalize_."""
+        return self._place(self._whiten(super()._queries(X)), self.offset_)
 
     def transform_source(self, X):
-        """The same for source embeddings: the whitening, - source_offset_ (``center`` centres each domain
-        on its own mean), L2-normalised when normalize_. Source and transformed target then share a space."""
-        X = self._whiten(super()._queries(X)) - self.source_offset_
-        return l2_normalize(X) if self.normalize_ else X
+        """The same map for source embeddings, with source_offset_ (``center`` centres each domain on
+        its own mean): source and transformed target share one space."""
+        return self._place(self._whiten(super()._queries(X)), self.source_offset_)
 
     def _queries(self, X):
         return self.transform(X)
