@@ -73,13 +73,13 @@ def run_regime(name, train, target, n_way, shots, args, pseudo_classes=False):
     train_seconds = []
     for seed in range(args.seed, args.seed + args.seeds):
         started = time.perf_counter()
-        encoder = train_encoder(source.images, source.labels, args, seed)
+        encoder = train_encoder(source.load(np.arange(len(source))), source.labels, args, seed)
         train_seconds.append(round(time.perf_counter() - started, 1))
         for features in TRANSFER_FEATURES:
             model = feature_encoder(encoder, features)
             source_emb = embed_images(model, train[0].astype(np.float32), progress=False)
             target_emb = embed_images(model, target[0].astype(np.float32), progress=False)
-            whitening_data = (embed_images(model, source.images, progress=False), source.labels) if pseudo_classes \
+            whitening_data = (embed_images(model, source, progress=False), source.labels) if pseudo_classes \
                 else None
             retrieval[features].append(metrics.retrieval_scores(target_emb, target[1], ks=(1, 5)))
             for k in shots:
