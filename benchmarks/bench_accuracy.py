@@ -77,8 +77,8 @@ def run_regime(name, train, target, n_way, shots, args, pseudo_classes=False):
         train_seconds.append(round(time.perf_counter() - started, 1))
         for features in TRANSFER_FEATURES:
             model = feature_encoder(encoder, features)
-            source_emb = embed_images(model, train[0].astype(np.float32), progress=False)
-            target_emb = embed_images(model, target[0].astype(np.float32), progress=False)
+            source_emb = embed_images(model, train[0], progress=False)
+            target_emb = embed_images(model, target[0], progress=False)
             whitening_data = (embed_images(model, source, progress=False), source.labels) if pseudo_classes \
                 else None
             retrieval[features].append(metrics.retrieval_scores(target_emb, target[1], ks=(1, 5)))

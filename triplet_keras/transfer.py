@@ -98,12 +98,15 @@ def source_whitening(source_emb, source_labels, shrinkage):
     """
     if not 0.0 <= shrinkage <= 1.0:
         raise ValueError(f"whitening shrinkage must be in [0, 1], got {shrinkage!r}")
-    source_emb, source_labels = check_X_y(source_emb, source_labels, dtype=np.float64)
+    source_emb, source_labels = check_X_y(source_emb, source_labels, dtype=[np.float64, np.float32])
     source_classes, index = np.unique(source_labels, return_inverse=True)
-    means = class_means(source_emb, index, len(source_classes))
-    residuals = source_emb - means[index]
-    scatter = residuals.T @ residuals / len(residuals)
-    dim = len(scatter)
+    dim = source_emb.shape[1]
+    means, scatter = np.zeros((len(source_classes), dim)), np.zeros((dim, dim))
+    for c in range(len(source_classes)):  # one class in float64 at a time, not an N x d residual copy
+        members = source_emb[index == c].astype(np.float64)
+        means[c] = members.mean(axis=0)
+        scatter += (members - means[c]).T @ (members - means[c])
+    scatter /= len(source_emb)
     scatter = (1.0 - shrinkage) * scatter + shrinkage * np.trace(scatter) / dim * np.eye(dim)
     values, vectors = np.linalg.eigh(scatter)
     floor = max(values.max(), 1e-12) * 1e-6
