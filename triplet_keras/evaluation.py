@@ -49,6 +49,11 @@ def mean_ci(values):
     return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
+def method_shrinkage(kwargs):
+    """The whitening shrinkage a method's fit_transfer arguments use (None: unwhitened; none never is)."""
+    return None if kwargs.get("mode") == "none" else kwargs.get("whiten", WHITEN_DEFAULT)
+
+
 def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_way, k_shot, methods=None,
                       transductive=False, n_episodes=200, n_query=15, seed=0, class_mapping=None,
                       whitening_data=None):
@@ -63,7 +68,7 @@ def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_wa
                         for name, kwargs in list(methods.items())})
     target_emb, target_labels = np.asarray(target_emb), np.asarray(target_labels)
     source_emb = None if source_emb is None else np.asarray(source_emb, np.float64)  # converted once, not per fit
-    shrinkages = set() if source_emb is None else {kwargs.get("whiten", WHITEN_DEFAULT) for kwargs in methods.values()}
+    shrinkages = set() if source_emb is None else {method_shrinkage(kwargs) for kwargs in methods.values()}
     spaces = {None: (source_emb, target_emb)}  # shrinkage -> (source, target), whitened once and not per fit
     for shrinkage in shrinkages - {None}:
         whitening = source_whitening(*(whitening_data or (source_emb, source_labels)), shrinkage)
@@ -72,9 +77,8 @@ def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_wa
     for support, query in sample_episodes(target_labels, n_way, k_shot, n_query, n_episodes, seed):
         y = target_labels[query]
         for name, kwargs in methods.items():
-            # Fitting in the whitened space is fitting with whiten (tests/test_transfer.py); none is never whitened.
-            shrinkage = None if kwargs.get("mode") == "none" else kwargs.get("whiten", WHITEN_DEFAULT)
-            source, target = spaces.get(shrinkage, spaces[None])
+            # Fitting in the whitened space is fitting with whiten (tests/test_transfer.py).
+            source, target = spaces.get(method_shrinkage(kwargs), spaces[None])
             pool = target[query] if kwargs.get("transductive") else None
             model = fit_transfer(source, source_labels, target[support], target_labels[support],
                                  class_mapping=class_mapping, unlabeled=pool, **{**kwargs, "whiten": None})

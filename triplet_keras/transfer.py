@@ -105,7 +105,8 @@ def source_whitening(source_emb, source_labels, shrinkage):
     for c in range(len(source_classes)):  # one class in float64 at a time, not an N x d residual copy
         members = source_emb[index == c].astype(np.float64)
         means[c] = members.mean(axis=0)
-        scatter += (members - means[c]).T @ (members - means[c])
+        residuals = members - means[c]
+        scatter += residuals.T @ residuals
     scatter /= len(source_emb)
     scatter = (1.0 - shrinkage) * scatter + shrinkage * np.trace(scatter) / dim * np.eye(dim)
     values, vectors = np.linalg.eigh(scatter)
@@ -358,8 +359,8 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
             self.means_ = (anchored + r.T @ pool) / (weights + r.sum(axis=0))[:, None]
 
     def _whiten(self, X):
-        """(X - source_center_) @ whitening_, or X when not whitened."""
-        return (X - self.source_center_) @ self.whitening_ if self.whitening_.size else X
+        """The fitted Whitening applied to X, or X when not whitened."""
+        return Whitening(self.source_center_, self.whitening_).apply(X) if self.whitening_.size else X
 
     def _place(self, X, offset):
         """Whitened X - offset, L2-normalised when normalize_ (mode ``center``)."""
