@@ -85,7 +85,10 @@ class Whitening(NamedTuple):
     matrix: np.ndarray
 
     def apply(self, x):
-        return (np.asarray(x, np.float64) - self.center) @ self.matrix
+        x = np.asarray(x, np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.center):
+            raise ValueError(f"the whitening was learnt on {len(self.center)}-d embeddings, got shape {x.shape}")
+        return (x - self.center) @ self.matrix
 
 
 def source_whitening(source_emb, source_labels, shrinkage):
