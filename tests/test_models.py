@@ -160,6 +160,45 @@ def test_backbone_features_are_the_normalised_input_of_the_projection(tmp_path, 
         feature_encoder(plain, "backbone")
 
 
+def shifted(x, dy, dx):
+    """numpy reference: x moved dy pixels down and dx right, zero-filled."""
+    out = np.zeros_like(x)
+    h, w = x.shape[1:3]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = x[:, max(-dy, 0):h - max(dy, 0),
+                                                                       max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def test_shifted_copies_follow_the_numpy_reference():
+    x = images(3)
+    copies = models.ShiftedCopies(2)(x)
+    expected = [shifted(x, dy, dx) for dy, dx in ((0, 0), (0, 2), (0, -2), (2, 0), (-2, 0))]
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(copies), np.concatenate(expected))
+    assert expected[1][0, 3, 2].tolist() == x[0, 3, 0].tolist()  # "right" puts column 0 at column 2
+    with pytest.raises(ValueError, match="shift must be"):
+        models.ShiftedCopies(0)
+
+
+def test_shift_average_is_the_normalised_mean_over_shifted_copies(tmp_path, encoder):
+    x = images(5)
+    backbone = feature_encoder(encoder, "backbone")
+    averaged = feature_encoder(encoder, "backbone", shift_average=1)
+    per_copy = [backbone.predict(shifted(x, dy, dx), verbose=0) for dy, dx in ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))]
+    mean = np.mean(per_copy, axis=0)
+    expected = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    np.testing.assert_allclose(averaged.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(expected, per_copy[0], atol=1e-3)  # the copies do change the vectors
+    np.testing.assert_allclose(embed_images(averaged, x, batch_size=2, progress=False), expected, rtol=1e-4, atol=1e-5)
+    save_model(averaged, tmp_path / "averaged.keras")
+    np.testing.assert_allclose(load_model(tmp_path / "averaged.keras").predict(x, verbose=0), expected,
+                               rtol=1e-4, atol=1e-5)
+    embedding = feature_encoder(encoder, "embedding", shift_average=1)
+    assert embedding.output_shape == (None, 16)
+    for bad in (-1, 0.5, "1"):
+        with pytest.raises((ValueError, TypeError), match="shift_average"):
+            feature_encoder(encoder, "backbone", shift_average=bad)
+
+
 def test_save_and_load_reject_bad_paths(tmp_path, encoder):
     with pytest.raises(ValueError, match=".keras"):
         save_model(encoder, tmp_path / "encoder.h5")

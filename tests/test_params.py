@@ -31,6 +31,9 @@ def test_missing_file_gives_defaults(tmp_path):
     ("strategy", "hardest", "strategy must be one of"),
     ("backbone", "vgg16", "backbone must be one of"),
     ("epochs", None, "epochs must be of type int"),
+    ("epochs", 0, "epochs must be at least 1"),
+    ("transfer_shift_average", -1, "transfer_shift_average must be at least 0"),
+    ("samples_per_class", 1, "samples_per_class must be at least 2"),
 ])
 def test_wrong_types_are_errors(tmp_path, key, value, message):
     write(tmp_path, {key: value})
@@ -56,6 +59,10 @@ def test_nullable_keys_accept_null():
     assert check_value("image_size", None) is None
     assert check_value("transfer_whiten", None) is None
     assert check_value("transfer_whiten", 1) == 1.0
+
+
+def test_whole_number_minimums_are_inclusive():
+    assert check_value("transfer_shift_average", 0) == 0 and check_value("epochs", 1) == 1
 
 
 def test_init_help_lists_every_parameter():

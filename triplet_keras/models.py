@@ -106,6 +106,51 @@ class SplitTriplet(layers.Layer):
         return (None, 3, input_shape[-1])
 
 
+@keras.saving.register_keras_serializable(package="triplet_keras")
+class ShiftedCopies(layers.Layer):
+    """(B, H, W, C) -> (5 * B, H, W, C): the images, then the images moved by ``shift`` pixels right,
+    left, down and up (zero-filled), one copy after the other along the batch axis."""
+
+    OFFSETS = ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))
+
+    def __init__(self, shift, **kwargs):
+        super().__init__(**kwargs)
+        if int(shift) < 1:
+            raise ValueError(f"shift must be a whole number of pixels >= 1, got {shift!r}")
+        self.shift = int(shift)
+
+    def call(self, images):
+        s = self.shift
+        height, width = images.shape[1], images.shape[2]
+        padded = ops.pad(images, [[0, 0], [s, s], [s, s], [0, 0]])
+        copies = [padded[:, s - dy * s:s - dy * s + height, s - dx * s:s - dx * s + width] for dy, dx in self.OFFSETS]
+        return ops.concatenate(copies, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (None,) + tuple(input_shape[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "shift": self.shift}
+
+
+@keras.saving.register_keras_serializable(package="triplet_keras")
+class MeanOfCopies(layers.Layer):
+    """(copies * B, D) -> (B, D): the mean over ``copies`` batches stacked along the batch axis."""
+
+    def __init__(self, copies, **kwargs):
+        super().__init__(**kwargs)
+        self.copies = int(copies)
+
+    def call(self, x):
+        return ops.mean(ops.reshape(x, (self.copies, -1, x.shape[-1])), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (None, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "copies": self.copies}
+
+
 def _small_cnn(input_shape):
     """A small VGG-style network (3 conv blocks, GAP) for tiny images and fast tests; no pretrained weights."""
     inputs = keras.Input(input_shape)
@@ -230,7 +275,7 @@ def build_encoder(
 TRANSFER_FEATURES = ("embedding", "backbone")
 
 
-def feature_encoder(encoder, features="embedding"):
+def feature_encoder(encoder, features="embedding", shift_average=0):
     """The model that gives the vectors the transfer step works on.
 
     "embedding": ``encoder`` itself (the trained, L2-normalised triplet embedding). "backbone": the
@@ -239,16 +284,28 @@ def feature_encoder(encoder, features="embedding"):
     classes; the features before it keep more of what tells new classes apart (+6 points on unseen
     digits, mean of 3 encoders, benchmarks/bench_accuracy.py), as with the projection heads of
     contrastive learning.
+
+    ``shift_average`` = s > 0: the vector of an image is the L2-normalised mean of those of the image
+    and of its four copies moved by s pixels (ShiftedCopies), so one badly placed support image
+    counts for less; five times the compute and memory per batch.
     """
-    if features == "embedding":
-        return encoder
-    if features != "backbone":
+    if features not in TRANSFER_FEATURES:
         raise ValueError(f"features must be one of {TRANSFER_FEATURES}, got {features!r}")
-    if "embedding" not in [layer.name for layer in encoder.layers]:
-        raise ValueError("backbone features need an encoder from build_encoder (its projection layer is "
-                         f"named 'embedding'); {encoder.name!r} has none: use features='embedding'")
-    pooled = encoder.get_layer("embedding").input
-    return keras.Model(encoder.input, L2Normalize(name="l2_normalize_backbone")(pooled), name="backbone_features")
+    if int(shift_average) != shift_average or shift_average < 0:
+        raise ValueError(f"shift_average must be a whole number of pixels >= 0, got {shift_average!r}")
+    model = encoder
+    if features == "backbone":
+        if "embedding" not in [layer.name for layer in encoder.layers]:
+            raise ValueError("backbone features need an encoder from build_encoder (its projection layer is "
+                             f"named 'embedding'); {encoder.name!r} has none: use features='embedding'")
+        pooled = encoder.get_layer("embedding").input
+        model = keras.Model(encoder.input, L2Normalize(name="l2_normalize_backbone")(pooled), name="backbone_features")
+    if not shift_average:
+        return model
+    images = keras.Input(encoder.input_shape[1:], name="images")
+    copies = ShiftedCopies(shift_average, name="shifted_copies")(images)
+    mean = MeanOfCopies(len(ShiftedCopies.OFFSETS), name="mean_of_copies")(model(copies))
+    return keras.Model(images, L2Normalize(name="l2_normalize_mean")(mean), name=f"{model.name}_shift_average")
 
 
 @keras.saving.register_keras_serializable(package="triplet_keras")

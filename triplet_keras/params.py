@@ -54,6 +54,8 @@ SCHEMA = {
     "transfer_features": ("backbone", ("backbone", "embedding"),
                           "vectors the transfer works on: the L2-normalised backbone features under the "
                           "embedding (better in both regimes on the digits) or the embedding itself"),
+    "transfer_shift_average": (0, int, "pixels: the transfer vector of an image is the mean over the image and "
+                               "its four copies moved by this many pixels (models.feature_encoder; 0: off)"),
     "shots": ([1, 5], list, "K of the K-shot transfer episodes"),
     "episodes": (100, int, "few-shot episodes per K"),
     "plot_method": ("tsne", ("tsne", "pca"), "2-D map of the embeddings"),
@@ -61,6 +63,10 @@ SCHEMA = {
 
 
 NULLABLE = {"transfer_whiten"}
+# The least value of a whole-number parameter.
+MINIMUM = {"loader_workers": 1, "cache_mb": 0, "embedding_dim": 1, "freeze_layers": 0, "triplets_per_anchor": 1,
+           "remine_every": 1, "batch_size": 1, "samples_per_class": 2, "epochs": 1, "augment_crop": 0,
+           "collapse_patience": 1, "transfer_shift_average": 0, "episodes": 1}
 
 
 class ParamsError(ValueError):
@@ -86,6 +92,8 @@ def check_value(key, value):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ParamsError(f"{key} must be of type {kind.__name__}, got {value!r}; {_valid_keys()}")
+    if key in MINIMUM and value < MINIMUM[key]:
+        raise ParamsError(f"{key} must be at least {MINIMUM[key]}, got {value!r}")
     return value
 
 

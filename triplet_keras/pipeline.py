@@ -402,7 +402,7 @@ def run(model_dir, params, restart=False):
     target = data["target"]
     if target is not None:
         stage(f"transfer to the target ({target['regime']}, {params['transfer_features']} features)")
-        features = feature_encoder(encoder, params["transfer_features"])
+        features = feature_encoder(encoder, params["transfer_features"], params["transfer_shift_average"])
         source_emb = train_emb if features is encoder else embed_images(features, data["train"],
                                                                           description="features of train")
         target_emb, target_labels = embed_splits(features, target["splits"])
