@@ -160,6 +160,25 @@ def test_backbone_features_are_the_normalised_input_of_the_projection(tmp_path, 
         feature_encoder(plain, "backbone")
 
 
+def test_grid_features_are_the_normalised_last_map_pooled_to_two_by_two_cells(tmp_path):
+    x = np.random.default_rng(1).integers(0, 256, size=(4, 32, 32, 3)).astype(np.uint8)
+    encoder = build_encoder("small_cnn", weights=None, input_shape=(32, 32, 3), embedding_dim=8, freeze_layers=0)
+    cnn = encoder.get_layer("small_cnn")
+    last_map = keras.Model(cnn.input, cnn.layers[-2].output).predict(x.astype("float32") / 255.0, verbose=0)
+    assert last_map.shape == (4, 4, 4, 128)  # 32 -> 16 -> 8 -> 4 pixels
+    cells = last_map.reshape(4, 2, 2, 2, 2, 128).mean(axis=(2, 4)).reshape(4, -1)  # 2 x 2 blocks, row-major
+    expected = cells / np.linalg.norm(cells, axis=1, keepdims=True)
+    grid = feature_encoder(encoder, "grid")
+    np.testing.assert_allclose(grid.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+    # The mean of the four cells is the global average pool: the backbone features up to scale.
+    pooled = grid.predict(x, verbose=0).reshape(4, 4, 128).mean(axis=1)
+    np.testing.assert_allclose(pooled / np.linalg.norm(pooled, axis=1, keepdims=True),
+                               feature_encoder(encoder, "backbone").predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+    save_model(grid, tmp_path / "grid.keras")
+    np.testing.assert_allclose(load_model(tmp_path / "grid.keras").predict(x, verbose=0), expected,
+                               rtol=1e-4, atol=1e-5)
+
+
 def shifted(x, dy, dx):
     """numpy reference: x moved dy pixels down and dx right, zero-filled."""
     out = np.zeros_like(x)

@@ -272,7 +272,25 @@ def build_encoder(
     return keras.Model(images, L2Normalize(name="l2_normalize")(x), name=name)
 
 
-TRANSFER_FEATURES = ("embedding", "backbone")
+TRANSFER_FEATURES = ("embedding", "backbone", "grid")
+GRID_CELLS = 2
+
+
+def _backbone_features(encoder, features):
+    """Images -> the backbone's pooled output ("backbone") or its last feature map average-pooled to
+    GRID_CELLS x GRID_CELLS cells and flattened ("grid"), L2-normalised, sharing the encoder's layers."""
+    if "embedding" not in [layer.name for layer in encoder.layers]:
+        raise ValueError(f"{features} features need an encoder from build_encoder (its projection layer is "
+                         f"named 'embedding'); {encoder.name!r} has none: use features='embedding'")
+    pooled = encoder.get_layer("embedding").input
+    if features == "grid":
+        backbone = next(layer for layer in encoder.layers if isinstance(layer, keras.Model))
+        feature_map = keras.Model(backbone.input, backbone.layers[-1].input, name=f"{backbone.name}_map")
+        x = feature_map(encoder.get_layer("preprocess").output)
+        cells = (min(GRID_CELLS, x.shape[1]), min(GRID_CELLS, x.shape[2]))
+        pooled = layers.Flatten(name="flatten_grid")(layers.AdaptiveAveragePooling2D(cells, name="grid_pool")(x))
+    normalised = L2Normalize(name=f"l2_normalize_{features}")(pooled)
+    return keras.Model(encoder.input, normalised, name=f"{features}_features")
 
 
 def feature_encoder(encoder, features="embedding", shift_average=0):
@@ -283,7 +301,9 @@ def feature_encoder(encoder, features="embedding", shift_average=0):
     sharing the encoder's layers and weights. The triplet loss shapes the projection for the source
     classes; the features before it keep more of what tells new classes apart (+6 points on unseen
     digits, mean of 3 encoders, benchmarks/bench_accuracy.py), as with the projection heads of
-    contrastive learning.
+    contrastive learning. "grid": the backbone's last feature map before its global pooling,
+    average-pooled to 2 x 2 cells and flattened (4x the backbone's width: 8,192 for ResNet50), which
+    keeps where in the image each feature is.
 
     ``shift_average`` = s > 0: the vector of an image is the L2-normalised mean of those of the image
     and of its four copies moved by s pixels (ShiftedCopies), so one badly placed support image
@@ -293,13 +313,7 @@ def feature_encoder(encoder, features="embedding", shift_average=0):
         raise ValueError(f"features must be one of {TRANSFER_FEATURES}, got {features!r}")
     if int(shift_average) != shift_average or shift_average < 0:
         raise ValueError(f"shift_average must be a whole number of pixels >= 0, got {shift_average!r}")
-    model = encoder
-    if features == "backbone":
-        if "embedding" not in [layer.name for layer in encoder.layers]:
-            raise ValueError("backbone features need an encoder from build_encoder (its projection layer is "
-                             f"named 'embedding'); {encoder.name!r} has none: use features='embedding'")
-        pooled = encoder.get_layer("embedding").input
-        model = keras.Model(encoder.input, L2Normalize(name="l2_normalize_backbone")(pooled), name="backbone_features")
+    model = encoder if features == "embedding" else _backbone_features(encoder, features)
     if not shift_average:
         return model
     images = keras.Input(encoder.input_shape[1:], name="images")

@@ -51,9 +51,10 @@ SCHEMA = {
     "transfer_mode": ("auto", ("auto", "translate", "center", "calibrate", "none"), "transfer mode"),
     "transfer_whiten": (0.3, float, "shrinkage (0 to 1) of the source within-class covariance that whitens the "
                         "transfer features (triplet_keras.transfer.source_whitening); null: no whitening"),
-    "transfer_features": ("backbone", ("backbone", "embedding"),
+    "transfer_features": ("backbone", ("backbone", "grid", "embedding"),
                           "vectors the transfer works on: the L2-normalised backbone features under the "
-                          "embedding (better in both regimes on the digits) or the embedding itself"),
+                          "embedding (better in both regimes on the digits), the backbone's last map pooled "
+                          "to 2 x 2 cells (4x as wide) or the embedding itself (models.feature_encoder)"),
     "transfer_shift_average": (0, int, "pixels: the transfer vector of an image is the mean over the image and "
                                "its four copies moved by this many pixels (models.feature_encoder; 0: off)"),
     "shots": ([1, 5], list, "K of the K-shot transfer episodes"),
