@@ -8,15 +8,15 @@
 (b) new domain: the encoder trains on all ten digits (train split); 10-way K-shot episodes over the
     test split redrawn in another writing style (triplet_keras.domain_shift), K = 1, 5, 10.
 
-Each regime is evaluated on the trained embedding, on the backbone features under it, and on those
-features averaged over each image and its copies moved by --shift_average pixels
-(models.feature_encoder). Every mode runs on the same episodes, whitened with the source's
+Each regime is evaluated on each kind of transfer vectors named in --features (models.feature_encoder):
+"embedding", "backbone" or "grid", with ":s" for the vector averaged over each image and its
+copies moved by s pixels. Every mode runs on the same episodes, whitened with the source's
 within-class covariance (shrinkage 0.3, the default; learnt on the pseudo-classes when there are
 any, as init.py does) except ``none``; "auto unwhitened" is ``auto`` without it; transductive variants (the episode's queries as the
 unlabelled pool) are reported apart. Prints Markdown tables and writes
 benchmarks/results/accuracy.json.
 
-    python benchmarks/bench_accuracy.py [--epochs 6] [--seeds 3] [--episodes 300] [--shift_average 1]
+    python benchmarks/bench_accuracy.py [--epochs 6] [--seeds 3] [--episodes 300] [--features backbone grid:1]
 """
 import argparse
 import json
@@ -31,7 +31,7 @@ from triplet_keras import domain_shift, metrics
 from triplet_keras.datasets import ArraySplit, load_dataset
 from triplet_keras.evaluation import METHODS, evaluate_few_shot
 from triplet_keras.losses import OnlineTripletLoss
-from triplet_keras.models import build_encoder, build_online_model, embed_images, feature_encoder
+from triplet_keras.models import TRANSFER_FEATURES, build_encoder, build_online_model, embed_images, feature_encoder
 from triplet_keras.pseudo_classes import with_pseudo_classes
 
 BENCH_METHODS = {**METHODS, "auto unwhitened": {"mode": "auto", "whiten": None}}
@@ -64,12 +64,17 @@ def combine_seeds(per_seed):
     return combined
 
 
-def feature_kinds(shift_average):
-    """{label: (features, shift_average)} of the transfer vectors each encoder is evaluated on."""
-    kinds = {"embedding": ("embedding", 0), "backbone": ("backbone", 0)}
-    if shift_average:
-        kinds[f"backbone, shift average {shift_average}"] = ("backbone", shift_average)
-    return kinds
+def feature_kind(text):
+    """"grid:1" -> ("grid", 1): the features and the shift_average of models.feature_encoder."""
+    features, _, shift = text.partition(":")
+    if features not in TRANSFER_FEATURES or not (shift or "0").isdigit():
+        raise argparse.ArgumentTypeError(f"expected one of {TRANSFER_FEATURES}, optionally with ':<pixels>', "
+                                         f"got {text!r}")
+    return features, int(shift or 0)
+
+
+def feature_label(features, shift):
+    return f"{features}, shift average {shift}" if shift else features
 
 
 def run_regime(name, train, target, n_way, shots, args, pseudo_classes=False):
@@ -77,7 +82,7 @@ def run_regime(name, train, target, n_way, shots, args, pseudo_classes=False):
     and evaluate every mode for each K on the same episodes.
     Returns {"<name> [<features>]": result} with the seeds combined (combine_seeds)."""
     source = with_pseudo_classes(ArraySplit(*train)) if pseudo_classes else ArraySplit(*train)
-    kinds = feature_kinds(args.shift_average)
+    kinds = {feature_label(*kind): kind for kind in args.features}
     per_seed = {features: {k: [] for k in shots} for features in kinds}
     retrieval = {features: [] for features in kinds}
     train_seconds = []
@@ -125,8 +130,10 @@ def main():
     parser.add_argument("--strategy", default="semi_hard", choices=["batch_hard", "semi_hard", "batch_all"])
     parser.add_argument("--margin", type=float, default=0.2)
     parser.add_argument("--episodes", type=int, default=300)
-    parser.add_argument("--shift_average", type=int, default=1,
-                        help="pixels of the shift-averaged backbone features also evaluated (0: not evaluated)")
+    parser.add_argument("--features", type=feature_kind, nargs="+",
+                        default=[("backbone", 0), ("backbone", 1), ("grid", 0), ("grid", 1)],
+                        help="transfer vectors to evaluate: embedding, backbone or grid, with :<pixels> for the "
+                             "shift average (default: backbone backbone:1 grid grid:1)")
     parser.add_argument("--seed", type=int, default=0, help="first training seed; also the episodes' seed")
     parser.add_argument("--seeds", type=int, default=3, help="encoders trained per regime (seeds seed, seed+1, ...)")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "accuracy.json"))

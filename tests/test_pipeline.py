@@ -16,6 +16,7 @@ TINY = {
     "dataset": "digits", "backbone": "small_cnn", "weights": "none", "embedding_dim": 16, "freeze_layers": 0,
     "strategy": "semi_hard", "batch_size": 64, "epochs": 2, "learning_rate": 0.003,
     "source_classes": ["0", "1", "2", "3", "4"], "shots": [1, 5], "episodes": 5, "plot_method": "pca",
+    "transfer_features": "grid", "transfer_shift_average": 1,
 }
 
 
@@ -82,8 +83,10 @@ def test_saved_predictors_classify_new_images(experiment):
     images, labels = data.test.load(np.flatnonzero(target)), data.test.labels[target]
     predictor = Predictor.load(str(model_dir / "predictor_transfer"))
     assert predictor.class_names == ["5", "6", "7", "8", "9"]
-    assert predictor.encoder.output_shape[-1] == 128  # small_cnn's pooled features, not the 16-d embedding
-    assert predictor.classifier.whitening_.shape == (128, 128)  # transfer_whiten 0.3 by default
+    # small_cnn's last 2 x 2 x 128 map (grid features), not the 16-d embedding, averaged over shifted copies
+    assert predictor.encoder.output_shape[-1] == 512
+    assert predictor.encoder.get_layer("shifted_copies").shift == 1
+    assert predictor.classifier.whitening_.shape == (512, 512)  # transfer_whiten 0.3 by default
     predicted = predictor.predict(images)
     assert np.mean(np.array(predicted) == labels.astype(str)) > 0.5
     source = Predictor.load(str(model_dir / "predictor"))

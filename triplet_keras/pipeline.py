@@ -401,8 +401,10 @@ def run(model_dir, params, restart=False):
     transfer = {}
     target = data["target"]
     if target is not None:
-        stage(f"transfer to the target ({target['regime']}, {params['transfer_features']} features)")
-        features = feature_encoder(encoder, params["transfer_features"], params["transfer_shift_average"])
+        shift = params["transfer_shift_average"]
+        stage(f"transfer to the target ({target['regime']}, {params['transfer_features']} features"
+              + (f" averaged over {shift}-pixel shifts)" if shift else ")"))
+        features = feature_encoder(encoder, params["transfer_features"], shift)
         source_emb = train_emb if features is encoder else embed_images(features, data["train"],
                                                                           description="features of train")
         target_emb, target_labels = embed_splits(features, target["splits"])
