@@ -213,9 +213,10 @@ def test_shift_average_is_the_normalised_mean_over_shifted_copies(tmp_path, enco
                                rtol=1e-4, atol=1e-5)
     embedding = feature_encoder(encoder, "embedding", shift_average=1)
     assert embedding.output_shape == (None, 16)
-    for bad in (-1, 0.5, "1"):
+    for bad in (-1, 0.5, "1", 8):
         with pytest.raises((ValueError, TypeError), match="shift_average"):
             feature_encoder(encoder, "backbone", shift_average=bad)
+    assert feature_encoder(encoder, "backbone", shift_average=7).output_shape == (None, 128)
 
 
 def test_save_and_load_reject_bad_paths(tmp_path, encoder):

@@ -316,6 +316,10 @@ def feature_encoder(encoder, features="embedding", shift_average=0):
     model = encoder if features == "embedding" else _backbone_features(encoder, features)
     if not shift_average:
         return model
+    sizes = [size for size in encoder.input_shape[1:3] if size is not None]
+    if sizes and shift_average >= min(sizes):
+        raise ValueError(f"shift_average {shift_average} moves the whole image (input shape "
+                         f"{encoder.input_shape[1:]}) out of view; use a shift smaller than the image")
     images = keras.Input(encoder.input_shape[1:], name="images")
     copies = ShiftedCopies(shift_average, name="shifted_copies")(images)
     mean = MeanOfCopies(len(ShiftedCopies.OFFSETS), name="mean_of_copies")(model(copies))
