@@ -16,7 +16,8 @@ any, as init.py does) except ``none``; "auto unwhitened" is ``auto`` without it;
 unlabelled pool) are reported apart. Prints Markdown tables and writes
 benchmarks/results/accuracy.json.
 
-    python benchmarks/bench_accuracy.py [--epochs 6] [--seeds 3] [--episodes 300] [--features backbone grid:1]
+    python benchmarks/bench_accuracy.py [--epochs 6] [--backbone_size 32] [--seeds 3] [--episodes 300]
+        [--features backbone grid:1]
 """
 import argparse
 import json
@@ -43,7 +44,7 @@ def train_encoder(images, labels, args, seed):
     """small_cnn trained with an online triplet loss (semi-hard by default) on shuffled batches."""
     keras.utils.set_random_seed(seed)
     encoder = build_encoder("small_cnn", weights=None, input_shape=images.shape[1:], embedding_dim=64,
-                            freeze_layers=0, backbone_size=(16, 16))
+                            freeze_layers=0, backbone_size=(args.backbone_size, args.backbone_size))
     model = build_online_model(encoder)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
                   loss=OnlineTripletLoss(args.strategy, margin=args.margin))
@@ -124,6 +125,8 @@ def table(results, methods):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--backbone_size", type=int, default=32,
+                        help="pixels the 8 x 8 digits are resized to inside the model (small_cnn's last map: size / 8)")
     parser.add_argument("--pseudo_classes", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
