@@ -79,7 +79,7 @@ def feature_label(features, shift):
 
 
 def run_regime(name, train, target, n_way, shots, args, pseudo_classes=False):
-    """For each training seed: train, then embed with each kind of transfer features (feature_kinds)
+    """For each training seed: train, then embed with each kind of transfer features (--features)
     and evaluate every mode for each K on the same episodes.
     Returns {"<name> [<features>]": result} with the seeds combined (combine_seeds)."""
     source = with_pseudo_classes(ArraySplit(*train)) if pseudo_classes else ArraySplit(*train)

@@ -119,6 +119,7 @@ def test_rerun_resumes_and_restart_starts_over(experiment):
     (["--pseudo_classes", "true", "--image_size", "[8, 6]"], "pseudo_classes need square images"),
     (["--source_classes", json.dumps([str(d) for d in range(10)])], "leave some for the transfer target"),
     (["--transfer_whiten", "1.5"], "transfer_whiten must be null or a shrinkage between 0 and 1"),
+    (["--transfer_shift_average", "8"], "transfer_shift_average: shift_average 8 moves the whole image"),
 ])
 def test_bad_configuration_fails_before_training(tmp_path, flags, message):
     (tmp_path / "params.json").write_text(json.dumps(TINY))

@@ -293,6 +293,17 @@ def _backbone_features(encoder, features):
     return keras.Model(encoder.input, normalised, name=f"{features}_features")
 
 
+def check_shift_average(shift_average, image_shape):
+    """ValueError unless ``shift_average`` is a whole number of pixels >= 0 that leaves part of an image
+    of ``image_shape`` (H, W, C; None for a free size) in view."""
+    if int(shift_average) != shift_average or shift_average < 0:
+        raise ValueError(f"shift_average must be a whole number of pixels >= 0, got {shift_average!r}")
+    sizes = [size for size in image_shape[:2] if size is not None]
+    if sizes and shift_average >= min(sizes):
+        raise ValueError(f"shift_average {shift_average} moves the whole image (shape {tuple(image_shape)}) "
+                         "out of view; use a shift smaller than the image")
+
+
 def feature_encoder(encoder, features="embedding", shift_average=0):
     """The model that gives the vectors the transfer step works on.
 
@@ -311,15 +322,10 @@ def feature_encoder(encoder, features="embedding", shift_average=0):
     """
     if features not in TRANSFER_FEATURES:
         raise ValueError(f"features must be one of {TRANSFER_FEATURES}, got {features!r}")
-    if int(shift_average) != shift_average or shift_average < 0:
-        raise ValueError(f"shift_average must be a whole number of pixels >= 0, got {shift_average!r}")
+    check_shift_average(shift_average, encoder.input_shape[1:])
     model = encoder if features == "embedding" else _backbone_features(encoder, features)
     if not shift_average:
         return model
-    sizes = [size for size in encoder.input_shape[1:3] if size is not None]
-    if sizes and shift_average >= min(sizes):
-        raise ValueError(f"shift_average {shift_average} moves the whole image (input shape "
-                         f"{encoder.input_shape[1:]}) out of view; use a shift smaller than the image")
     images = keras.Input(encoder.input_shape[1:], name="images")
     copies = ShiftedCopies(shift_average, name="shifted_copies")(images)
     mean = MeanOfCopies(len(ShiftedCopies.OFFSETS), name="mean_of_copies")(model(copies))

@@ -33,6 +33,7 @@ from triplet_keras.models import (
     build_encoder,
     build_merge_model,
     build_online_model,
+    check_shift_average,
     embed_images,
     feature_encoder,
     load_model,
@@ -110,6 +111,10 @@ def prepare_data(params):
                             cache_bytes=params["cache_mb"] * 2**20)
     except (DatasetError, FileNotFoundError) as error:
         raise PipelineError(str(error)) from error
+    try:
+        check_shift_average(params["transfer_shift_average"], data.train.image_shape)
+    except ValueError as error:
+        raise PipelineError(f"transfer_shift_average: {error}") from error
     names = list(data.class_names)
     source_classes = list(range(len(names)))
     target = None
