@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from triplet_keras.evaluation import evaluate_few_shot, mean_ci, sample_episodes
+from triplet_keras.evaluation import evaluate_few_shot, mean_ci, sample_episodes, support_centered_accuracy
 from triplet_keras.transfer import fit_transfer, source_whitening
 
 
@@ -38,9 +38,9 @@ def test_evaluate_few_shot_on_shifted_clusters():
     xs = centers[ys] + 0.8 * rng.normal(size=(len(ys), 12))
     xt = centers[yt] + 1.5 * rng.normal(size=12) + 0.8 * rng.normal(size=(len(yt), 12))
     results = evaluate_few_shot(xs, ys, xt, yt, n_way=5, k_shot=1, transductive=True, n_episodes=15)
-    assert set(results) == {"none", "translate", "center", "calibrate", "auto", "ceiling",
+    assert set(results) == {"none", "translate", "center", "calibrate", "ceiling",
                             "none+transductive", "translate+transductive", "center+transductive",
-                            "calibrate+transductive", "auto+transductive"}
+                            "calibrate+transductive"}
     assert results["none"]["delta_vs_none"] == 0.0 and results["none"]["n_episodes"] == 15
     assert results["ceiling"]["mean"] > results["none"]["mean"]
     assert results["calibrate"]["delta_vs_none"] > results["calibrate"]["delta_ci95"] > 0
@@ -57,7 +57,8 @@ def test_evaluation_matches_fitting_each_episode_on_its_own():
     xs = centers[ys] + rng.normal(size=(len(ys), 10)) * np.linspace(0.2, 2.0, 10)
     xt = centers[yt] + 1.0 + rng.normal(size=(len(yt), 10)) * np.linspace(0.2, 2.0, 10)
     methods = {"none": {"mode": "none"}, "center": {"mode": "center"},
-               "center 0.1": {"mode": "center", "whiten": 0.1}, "raw": {"mode": "calibrate", "whiten": None}}
+               "center 0.3": {"mode": "center", "whiten": 0.3}, "center 0.1": {"mode": "center", "whiten": 0.1},
+               "raw": {"mode": "calibrate", "whiten": None}}
     results = evaluate_few_shot(xs, ys, xt, yt, 4, 2, methods, n_episodes=6, n_query=5, seed=1)
     for name, kwargs in methods.items():
         alone = [np.mean(fit_transfer(xs, ys, xt[s], yt[s], **kwargs).predict(xt[q]) == yt[q])
@@ -66,6 +67,36 @@ def test_evaluation_matches_fitting_each_episode_on_its_own():
     other = xs[::3] + rng.normal(size=(len(xs[::3]), 10)), ys[::3]  # the whitening learnt on other source data
     results = evaluate_few_shot(xs, ys, xt, yt, 4, 2, methods, n_episodes=6, n_query=5, seed=1, whitening_data=other)
     whitening = source_whitening(*other, 0.3)
-    alone = [np.mean(fit_transfer(xs, ys, xt[s], yt[s], mode="center", whitening=whitening).predict(xt[q]) == yt[q])
-             for s, q in sample_episodes(yt, 4, 2, 5, 6, seed=1)]
-    assert results["center"]["mean"] == pytest.approx(np.mean(alone))
+    alone = [np.mean(fit_transfer(xs, ys, xt[s], yt[s], mode="center", whiten=0.3, whitening=whitening).predict(xt[q])
+                     == yt[q]) for s, q in sample_episodes(yt, 4, 2, 5, 6, seed=1)]
+    assert results["center 0.3"]["mean"] == pytest.approx(np.mean(alone))
+
+
+def test_support_centered_accuracy_matches_a_loop():
+    """The baselines' rule: centre on the support mean, L2-normalise, nearest class mean by cosine."""
+    rng = np.random.default_rng(5)
+    vectors = rng.integers(0, 256, size=(30, 4, 4, 3), dtype=np.uint8)  # pixels: any shape, uint8
+    labels = np.repeat(np.arange(3), 10)
+    support, query = np.array([0, 1, 10, 11, 20, 21]), np.setdiff1d(np.arange(30), [0, 1, 10, 11, 20, 21])
+    flat = vectors.reshape(30, -1).astype(np.float64)
+    center = flat[support].mean(axis=0)
+    unit = lambda x: (x - center) / np.linalg.norm(x - center)  # noqa: E731
+    means = [np.mean([unit(flat[i]) for i in support if labels[i] == c], axis=0) for c in range(3)]
+    right = 0
+    for i in query:
+        cosines = [unit(flat[i]) @ m / np.linalg.norm(m) for m in means]
+        right += int(np.argmax(cosines) == labels[i])
+    assert support_centered_accuracy(vectors, labels, support, query) == pytest.approx(right / len(query))
+
+
+def test_baselines_run_on_the_same_episodes():
+    rng = np.random.default_rng(6)
+    ys, yt = np.repeat(np.arange(4), 20), np.repeat(np.arange(4), 12)
+    xs, xt = rng.normal(size=(80, 6)) + ys[:, None], rng.normal(size=(48, 6)) + yt[:, None]
+    pixels = rng.normal(size=(48, 9)) + 3 * yt[:, None]
+    results = evaluate_few_shot(xs, ys, xt, yt, 3, 2, {"none": {"mode": "none"}}, n_episodes=7, n_query=4, seed=2,
+                                baselines={"pixels": pixels, "initial_encoder": xt})
+    episodes = sample_episodes(yt, 3, 2, 4, 7, seed=2)
+    expected = np.mean([support_centered_accuracy(pixels, yt, s, q) for s, q in episodes])
+    assert results["pixels"]["mean"] == pytest.approx(expected) and results["pixels"]["n_episodes"] == 7
+    assert set(results) == {"none", "pixels", "initial_encoder", "ceiling"}

@@ -8,18 +8,22 @@ difference to ``none``. Transductive variants ("<name>+transductive") see the ep
 the unlabelled pool. The source whitening (transfer.source_whitening) is computed and applied once per
 shrinkage and shared by every episode. The ceiling is the nearest class mean over every target example of the
 episode's classes, scored on the same queries.
+
+Baselines (``baselines``: {name: one vector per target example}, such as raw pixels or the encoder before
+fine-tuning) run on the same episodes with one rule, ``support_centered_accuracy``: centre the support
+and the queries on the support mean, L2-normalise, and take the nearest class mean (cosine).
 """
 import numpy as np
 
-from .transfer import WHITEN_DEFAULT, NearestMeanClassifier, fit_transfer, source_whitening
+from .transfer import WHITEN_DEFAULT, NearestMeanClassifier, fit_transfer, l2_normalize, source_whitening
 
 METHODS = {
     "none": {"mode": "none"},
-    "translate": {"mode": "translate", "knn": 5},
+    "translate": {"mode": "translate"},
     "center": {"mode": "center"},
     "calibrate": {"mode": "calibrate"},
-    "auto": {"mode": "auto"},
 }
+BASELINES = ("pixels", "initial_encoder")
 
 
 def sample_episodes(labels, n_way, k_shot, n_query=15, n_episodes=200, seed=0):
@@ -49,15 +53,29 @@ def mean_ci(values):
     return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
+def support_centered_accuracy(vectors, labels, support, query):
+    """Share of ``query`` rows whose nearest support class mean (cosine) is their label, after centring
+    every vector on the mean of the support rows and L2-normalising (only the episode's rows are
+    converted to float, so ``vectors`` may be uint8 pixels)."""
+    flat = lambda rows: np.asarray(vectors[rows], np.float64).reshape(len(rows), -1)  # noqa: E731
+    shots, queries = flat(support), flat(query)
+    center = shots.mean(axis=0)
+    classifier = NearestMeanClassifier().fit(l2_normalize(shots - center), labels[support])
+    return float(np.mean(classifier.predict(l2_normalize(queries - center)) == labels[query]))
+
+
 def method_shrinkage(kwargs):
-    """The whitening shrinkage a method's fit_transfer arguments use (None: unwhitened; none never is)."""
-    return None if kwargs.get("mode") == "none" else kwargs.get("whiten", WHITEN_DEFAULT)
+    """The whitening shrinkage a method's fit_transfer arguments fix (None: unwhitened, or "auto", which
+    each fit chooses itself; ``none`` is never whitened)."""
+    whiten = kwargs.get("whiten", WHITEN_DEFAULT)
+    return None if kwargs.get("mode") == "none" or whiten == "auto" else whiten
 
 
 def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_way, k_shot, methods=None,
                       transductive=False, n_episodes=200, n_query=15, seed=0, class_mapping=None,
-                      whitening_data=None):
-    """{method: {"mean", "ci95", "delta_vs_none", "delta_ci95", "n_episodes"}} plus "ceiling".
+                      whitening_data=None, baselines=None):
+    """{method: {"mean", "ci95", "delta_vs_none", "delta_ci95", "n_episodes"}} plus "ceiling" and one
+    entry per baseline (``baselines``: {name: vectors of the target examples}, see the module docstring).
 
     ``whitening_data``: (embeddings, labels) the source whitening is learnt on (default: the source;
     see TransferClassifier.fit)."""
@@ -73,16 +91,20 @@ def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_wa
     for shrinkage in shrinkages - {None}:
         whitening = source_whitening(*(whitening_data or (source_emb, source_labels)), shrinkage)
         spaces[shrinkage] = whitening.apply(source_emb), whitening.apply(target_emb)
-    accuracies = {name: [] for name in list(methods) + ["ceiling"]}
+    baselines = baselines or {}
+    accuracies = {name: [] for name in list(methods) + list(baselines) + ["ceiling"]}
     for support, query in sample_episodes(target_labels, n_way, k_shot, n_query, n_episodes, seed):
         y = target_labels[query]
         for name, kwargs in methods.items():
             # Fitting in the whitened space is fitting with whiten (tests/test_transfer.py).
             source, target = spaces.get(method_shrinkage(kwargs), spaces[None])
             pool = target[query] if kwargs.get("transductive") else None
+            whiten = "auto" if kwargs.get("whiten", WHITEN_DEFAULT) == "auto" and kwargs.get("mode") != "none" else None
             model = fit_transfer(source, source_labels, target[support], target_labels[support],
-                                 class_mapping=class_mapping, unlabeled=pool, **{**kwargs, "whiten": None})
+                                 class_mapping=class_mapping, unlabeled=pool, **{**kwargs, "whiten": whiten})
             accuracies[name].append(np.mean(model.predict(target[query]) == y))
+        for name, vectors in baselines.items():
+            accuracies[name].append(support_centered_accuracy(vectors, target_labels, support, query))
         x = target_emb[query]
         episode_classes = np.isin(target_labels, np.unique(y))
         ceiling = NearestMeanClassifier().fit(target_emb[episode_classes], target_labels[episode_classes])

@@ -48,13 +48,15 @@ SCHEMA = {
     "source_classes": (None, list, "classes the encoder trains on; the others are the transfer target"),
     "target_dataset": (None, str, "folder of the target domain with the same class names"),
     "target_transform": (None, ("style",), "a synthetic target domain made from the test split"),
-    "transfer_mode": ("auto", ("auto", "translate", "center", "calibrate", "none"), "transfer mode"),
-    "transfer_whiten": (0.3, float, "shrinkage (0 to 1) of the source within-class covariance that whitens the "
-                        "transfer features (triplet_keras.transfer.source_whitening); null: no whitening"),
-    "transfer_features": ("backbone", ("backbone", "grid", "embedding"),
-                          "vectors the transfer works on: the L2-normalised backbone features under the "
-                          "embedding (better in both regimes on the digits), the backbone's last map pooled "
-                          "to 2 x 2 cells (4x as wide) or the embedding itself (models.feature_encoder)"),
+    "transfer_mode": ("auto", ("auto", "translate", "center", "calibrate", "none"),
+                      "transfer mode; auto: the best on few-shot episodes simulated on the source (selection.py)"),
+    "transfer_whiten": ("auto", float, "shrinkage (0 to 1) of the source within-class covariance that whitens the "
+                        "transfer features (triplet_keras.transfer.source_whitening); null: no whitening; "
+                        "\"auto\": chosen with the mode on source episodes"),
+    "transfer_features": ("auto", ("auto", "backbone", "grid", "embedding"),
+                          "vectors the transfer works on: the L2-normalised pooled backbone features under the "
+                          "embedding, the backbone's last map pooled to 2 x 2 cells (4x as wide), the embedding "
+                          "itself (models.feature_encoder), or auto: the best on source episodes"),
     "transfer_shift_average": (0, int, "pixels: the transfer vector of an image is the mean over the image and "
                                "its four copies moved by this many pixels (models.feature_encoder; 0: off)"),
     "shots": ([1, 5], list, "K of the K-shot transfer episodes"),
@@ -64,6 +66,7 @@ SCHEMA = {
 
 
 NULLABLE = {"transfer_whiten"}
+AUTO_ALLOWED = {"transfer_whiten"}  # numeric keys that also take the string "auto"
 # The least value of a whole-number parameter.
 MINIMUM = {"loader_workers": 1, "cache_mb": 0, "embedding_dim": 1, "freeze_layers": 0, "triplets_per_anchor": 1,
            "remine_every": 1, "batch_size": 1, "samples_per_class": 2, "epochs": 1, "augment_crop": 0,
@@ -85,6 +88,8 @@ def check_value(key, value):
     default, kind, _ = SCHEMA[key]
     if value is None and (default is None or kind is list or key in NULLABLE):
         return None
+    if value == "auto" and key in AUTO_ALLOWED:
+        return value
     if isinstance(kind, tuple):
         if value not in kind:
             raise ParamsError(f"{key} must be one of {list(kind)}, got {value!r}")

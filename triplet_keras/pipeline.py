@@ -14,14 +14,15 @@ import csv
 import io
 import json
 import os
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 
-from triplet_keras import domain_shift, metrics, plots
+from triplet_keras import domain_shift, metrics, plots, selection
 from triplet_keras.datasets import DatasetError, load_dataset
 from triplet_keras.distribution import GlobalBatchLoss, data_parallel, replica_count
-from triplet_keras.evaluation import METHODS, evaluate_few_shot
+from triplet_keras.evaluation import BASELINES, evaluate_few_shot
 from triplet_keras.export import export_embeddings, write_json, write_text
 from triplet_keras.generators import PKBatchGenerator, RemineCallback, TripletGenerator
 from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss
@@ -38,14 +39,19 @@ from triplet_keras.models import (
     feature_encoder,
     load_model,
     save_model,
+    TRANSFER_FEATURES,
 )
 from triplet_keras.params import ONLINE_STRATEGIES
 from triplet_keras.predict import Predictor
-from triplet_keras.transfer import NearestMeanClassifier, fit_transfer, source_whitening
+from triplet_keras.transfer import NearestMeanClassifier, fit_transfer
 
 # Parameters that change the trained model: resuming with other values needs --restart.
 MODEL_KEYS = ("dataset", "backbone", "weights", "backbone_size", "embedding_dim", "freeze_layers", "strategy",
               "image_size", "source_classes", "seed", "precision")
+
+
+# The widest transfer features "auto" tries: whitening them takes a d x d float64 matrix (32 MB).
+MAX_AUTO_WIDTH = 2048
 
 
 class PipelineError(ValueError):
@@ -102,8 +108,8 @@ def check_trainable(split, name):
 def prepare_data(params):
     """Source splits, class names, and the transfer target (or None), all checked before training."""
     whiten = params["transfer_whiten"]
-    if whiten is not None and not 0.0 <= whiten <= 1.0:
-        raise PipelineError(f"transfer_whiten must be null or a shrinkage between 0 and 1, got {whiten}")
+    if whiten not in (None, "auto") and not 0.0 <= whiten <= 1.0:
+        raise PipelineError(f"transfer_whiten must be null, \"auto\" or a shrinkage between 0 and 1, got {whiten}")
     try:
         data = load_dataset(params["dataset"], image_size=params["image_size"],
                             validation_fraction=params["validation_fraction"],
@@ -336,36 +342,146 @@ def evaluate_source(encoder, data):
     return scores, classifier, train_emb, test_emb, predicted
 
 
-def evaluate_transfer(params, source_emb, source_labels, target_emb, target_labels, whitening_data=None):
-    """Few-shot episodes for each K, every mode on the same episodes, plus the ceiling."""
+def transfer_feature_models(params, encoder):
+    """{kind: model} of the transfer features to choose from: ``transfer_features``, or with "auto" every
+    kind of models.TRANSFER_FEATURES whose vectors are at most MAX_AUTO_WIDTH wide (a d x d whitening)."""
+    kinds = TRANSFER_FEATURES if params["transfer_features"] == "auto" else (params["transfer_features"],)
+    models = {kind: feature_encoder(encoder, kind, params["transfer_shift_average"]) for kind in kinds}
+    return {kind: model for kind, model in models.items()
+            if params["transfer_features"] != "auto" or model.output_shape[-1] <= MAX_AUTO_WIDTH}
+
+
+@dataclass
+class TransferVectors:
+    """One kind of transfer features of the source (train rows and held-out rows, see selection.py)
+    and of the target."""
+    model: keras.Model
+    train: np.ndarray
+    held_out: np.ndarray
+    target: np.ndarray
+
+
+def embed_for_transfer(params, encoder, data, target_splits):
+    """({kind: TransferVectors}, train labels, held-out labels, target labels). The held-out rows are
+    the source validation split, or half of each train class when there is none (selection.halve_per_class);
+    the train rows are every train image either way (the selection uses the rest when halving)."""
+    train_labels = data["train"].labels
+    halved = None if len(data["validation"]) else selection.halve_per_class(train_labels, params["seed"])
+    held_out_labels = train_labels[halved] if halved is not None else data["validation"].labels
+    vectors = {}
+    for kind, model in transfer_feature_models(params, encoder).items():
+        train = embed_images(model, data["train"], description=f"{kind} features of train")
+        held_out = train[halved] if halved is not None else embed_images(
+            model, data["validation"], description=f"{kind} features of validation")
+        target, target_labels = embed_splits(model, target_splits)
+        vectors[kind] = TransferVectors(model, train, held_out, target)
+    return vectors, train_labels, held_out_labels, target_labels, halved
+
+
+def choose_transfer(params, vectors, train_labels, held_out_labels, halved, new_classes, n_way, k_shot):
+    """selection.TransferChoice for K = ``k_shot``, from episodes on the source; candidates limited by
+    the transfer_mode / transfer_whiten parameters when they are not "auto"."""
+    modes = selection.MODES if params["transfer_mode"] == "auto" else (params["transfer_mode"],)
+    shrinkages = selection.SHRINKAGES if params["transfer_whiten"] == "auto" else (params["transfer_whiten"],)
+    rows = np.arange(len(train_labels)) if halved is None else np.flatnonzero(~halved)
+    features = {kind: (v.train[rows], v.held_out) for kind, v in vectors.items()}
+    choice = selection.select_transfer(features, train_labels[rows], held_out_labels, new_classes, n_way, k_shot,
+                                       selection.candidates(modes, shrinkages), params["episodes"], params["seed"])
+    if choice.fallback and params["transfer_mode"] != "auto":
+        choice.mode = params["transfer_mode"]
+    return choice
+
+
+def baseline_vectors(params, data, target_splits, choice_features):
+    """{"pixels": target images flattened (uint8), "initial_encoder": {kind: target features of the
+    encoder before fine-tuning}}: the same weights training started from (same seed)."""
+    pixels = np.concatenate([s.load(np.arange(len(s))).reshape(len(s), -1) for s in target_splits])
+    keras.utils.set_random_seed(params["seed"])
+    initial = build_training_model(params, data["train"].image_shape)[1]
+    initial_models = transfer_feature_models(params, initial)
+    features = {kind: embed_splits(initial_models[kind], target_splits)[0] for kind in set(choice_features)}
+    return pixels, features
+
+
+def evaluate_transfer(params, vectors, train_labels, target_labels, choices, baselines):
+    """Few-shot episodes for each K: every mode on the chosen features and shrinkage, ``auto`` (the
+    choice), the baselines and the ceiling, all on the same episodes."""
     results = {}
-    methods = {name: {**kwargs, "whiten": params["transfer_whiten"]} for name, kwargs in METHODS.items()}
     n_way = len(np.unique(target_labels))
     smallest = int(np.min(np.bincount(target_labels)[np.unique(target_labels)]))
-    for k in params["shots"]:
+    pixels, initial = baselines
+    for k, choice in choices.items():
         n_query = min(15, smallest - k)
         if n_query < 1:
             print(f"skipping {k}-shot: a target class has only {smallest} images")
             continue
-        results[f"{k}-shot"] = evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_way, k, methods,
-                                                 n_episodes=params["episodes"], n_query=n_query, seed=params["seed"],
-                                                 whitening_data=whitening_data)
+        methods = {mode: {"mode": mode, "whiten": choice.whiten} for mode in selection.MODES}
+        methods["auto"] = choice.kwargs
+        chosen = vectors[choice.features]
+        results[f"{k}-shot"] = evaluate_few_shot(
+            chosen.train, train_labels, chosen.target, target_labels, n_way, k, methods, n_episodes=params["episodes"],
+            n_query=n_query, seed=params["seed"],
+            baselines={"pixels": pixels, "initial_encoder": initial[choice.features]})
     return results
 
 
-def fit_saved_transfer(params, source_emb, source_labels, target_emb, target_labels, whitening_data=None):
+def fit_saved_transfer(params, vectors, train_labels, target_labels, choice):
     """The transfer classifier saved with the predictor: K = max(shots) labelled images per target
-    class, the rest held out to score it. Returns (classifier, held-out accuracy, support, held out)."""
+    class, the rest held out to score it. Returns (classifier, held-out accuracy, support)."""
     rng = np.random.default_rng(params["seed"])
     k = max(params["shots"])
     support = np.concatenate([rng.permutation(np.flatnonzero(target_labels == c))[:k]
                               for c in np.unique(target_labels)])
     held_out = np.setdiff1d(np.arange(len(target_labels)), support)
-    whitening = None if whitening_data is None else source_whitening(*whitening_data, params["transfer_whiten"])
-    classifier = fit_transfer(source_emb, source_labels, target_emb[support], target_labels[support],
-                              mode=params["transfer_mode"], whiten=params["transfer_whiten"], whitening=whitening)
-    accuracy = classifier.score(target_emb[held_out], target_labels[held_out]) if len(held_out) else float("nan")
+    classifier = fit_transfer(vectors.train, train_labels, vectors.target[support], target_labels[support],
+                              **choice.kwargs)
+    accuracy = classifier.score(vectors.target[held_out], target_labels[held_out]) if len(held_out) else float("nan")
     return classifier, accuracy, support
+
+
+def fine_tuning_verdict(transfer):
+    """One line per K: whether ``auto`` beat both baselines."""
+    lines = []
+    for shots, rows in transfer.items():
+        auto, best = rows["auto"]["mean"], max(BASELINES, key=lambda name: rows[name]["mean"])
+        verdict = "beat both baselines" if auto > rows[best]["mean"] else f"did NOT beat the {best} baseline"
+        lines.append(f"{shots}: fine-tuning + transfer {verdict} ({auto:.3f} vs pixels {rows['pixels']['mean']:.3f}, "
+                     f"initial_encoder {rows['initial_encoder']['mean']:.3f})")
+    return lines
+
+
+def run_transfer(params, encoder, data, model_dir, names):
+    """The transfer stage: features and mode chosen on the source, episodes with baselines, the saved
+    transfer predictor and its plot. Returns (transfer results, choices, saved accuracy, target
+    embedding-space vectors, target labels, support rows)."""
+    target = data["target"]
+    vectors, train_labels, held_out_labels, target_labels, halved = embed_for_transfer(
+        params, encoder, data, target["splits"])
+    n_way = len(np.unique(target_labels))
+    new_classes = target["regime"] == "new classes"
+    choices = {}
+    for k in params["shots"]:
+        choices[k] = choose_transfer(params, vectors, train_labels, held_out_labels, halved, new_classes, n_way, k)
+        how = "fallback rule: the source cannot form episodes" if choices[k].fallback else \
+            f"best of {len(choices[k].scores)} candidates on {choices[k].n_episodes} source episodes"
+        stage(f"{k}-shot transfer: {choices[k].features} features, {selection.candidate_name(choices[k].mode, choices[k].whiten)} ({how})")
+    baselines = baseline_vectors(params, data, target["splits"], [c.features for c in choices.values()])
+    transfer = evaluate_transfer(params, vectors, train_labels, target_labels, choices, baselines)
+    saved_choice = choices[max(params["shots"])]
+    chosen = vectors[saved_choice.features]
+    classifier, accuracy, support = fit_saved_transfer(params, chosen, train_labels, target_labels, saved_choice)
+    folder = os.path.join(model_dir, "predictor_transfer")
+    Predictor(chosen.model, [names[c] for c in classifier.classes_], classifier).save(folder)
+    write_json(os.path.join(folder, "selection.json"), saved_choice.as_dict())
+    plots.plot_embedding_transfer(
+        os.path.join(model_dir, "plots", "transfer_map.png"), (chosen.train, [names[c] for c in train_labels]),
+        (chosen.target, [names[c] for c in target_labels]),
+        (classifier.transform(chosen.target), [names[c] for c in target_labels]),
+        source_after=classifier.transform_source(chosen.train), seed=params["seed"], method=params["plot_method"],
+        max_points=1000)
+    # The projector shows every split in one space: the embedding's.
+    embedded = vectors["embedding"].target if "embedding" in vectors else embed_splits(encoder, target["splits"])[0]
+    return transfer, {f"{k}-shot": c.as_dict() for k, c in choices.items()}, accuracy, embedded, target_labels, support
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -403,34 +519,12 @@ def run(model_dir, params, restart=False):
               "domain": ["source"] * len(test_emb)}
     vectors = [test_emb]
 
-    transfer = {}
-    target = data["target"]
-    if target is not None:
-        shift = params["transfer_shift_average"]
-        stage(f"transfer to the target ({target['regime']}, {params['transfer_features']} features"
-              + (f" averaged over {shift}-pixel shifts)" if shift else ")"))
-        features = feature_encoder(encoder, params["transfer_features"], shift)
-        source_emb = train_emb if features is encoder else embed_images(features, data["train"],
-                                                                          description="features of train")
-        target_emb, target_labels = embed_splits(features, target["splits"])
-        whitening_data = None
-        if params["pseudo_classes"] and params["transfer_whiten"] is not None:
-            # The whitening is learnt on the classes the encoder trained on: 8x the images and classes.
-            pseudo = with_pseudo_classes(data["train"])
-            whitening_data = embed_images(features, pseudo, description="features of the pseudo-classes"), pseudo.labels
-        transfer = evaluate_transfer(params, source_emb, data["train"].labels, target_emb, target_labels, whitening_data)
-        transfer_classifier, scores["transfer_accuracy"], support = fit_saved_transfer(
-            params, source_emb, data["train"].labels, target_emb, target_labels, whitening_data)
-        target_names = [names[c] for c in transfer_classifier.classes_]
-        Predictor(features, target_names, transfer_classifier).save(os.path.join(model_dir, "predictor_transfer"))
-        moved = transfer_classifier.transform(target_emb)
-        plots.plot_embedding_transfer(
-            os.path.join(plot_dir, "transfer_map.png"), (source_emb, [names[c] for c in data["train"].labels]),
-            (target_emb, [names[c] for c in target_labels]), (moved, [names[c] for c in target_labels]),
-            source_after=transfer_classifier.transform_source(source_emb),
-            seed=params["seed"], method=params["plot_method"], max_points=1000)
-        # The projector shows every split in one space: the embedding's.
-        vectors.append(target_emb if features is encoder else embed_splits(encoder, target["splits"])[0])
+    transfer, choices = {}, {}
+    if data["target"] is not None:
+        stage(f"transfer to the target ({data['target']['regime']})")
+        transfer, choices, scores["transfer_accuracy"], target_emb, target_labels, support = run_transfer(
+            params, encoder, data, model_dir, names)
+        vectors.append(target_emb)
         export["label"] += [names[c] for c in target_labels]
         in_support = np.isin(np.arange(len(target_labels)), support)
         export["split"] += ["support" if chosen else "target" for chosen in in_support]
@@ -438,9 +532,12 @@ def run(model_dir, params, restart=False):
     export_embeddings(os.path.join(model_dir, "embeddings"), np.concatenate(vectors), export,
                       log_dir=os.path.join(model_dir, "logs"))
 
-    result = {"params": params, "scores": scores, "transfer": transfer,
-              "epochs_trained": len(history.get("loss", []))}
+    verdict = fine_tuning_verdict(transfer)
+    result = {"params": params, "scores": scores, "transfer": transfer, "transfer_choice": choices,
+              "fine_tuning_verdict": verdict, "epochs_trained": len(history.get("loss", []))}
     write_json(os.path.join(model_dir, "metrics.json"), result)
     stage("summary")
     print(summary_table(scores, transfer))
+    for line in verdict:
+        print(line)
     return result

@@ -6,7 +6,8 @@ class c is *mapped* to a source class j = map(c) (same classes in a new domain, 
 ``class_mapping``) or is *new*. Every mode ends in a nearest-prototype classifier, possibly after a
 query transform T (whiten, subtract an offset, L2-normalise).
 
-Whitening (``whiten``, a shrinkage lambda in [0, 1]; None switches it off): every mode but ``none``
+Whitening (``whiten``, a shrinkage lambda in [0, 1], "auto" to choose it with the mode on source
+episodes, None to switch it off): every mode but ``none``
 first maps source, support, pool and queries by x -> (x - m_s) W, W = S^(-1/2), S = (1 - lambda) S_w +
 lambda tr(S_w) / d I, S_w the source's pooled within-class covariance and m_s the mean of its class
 means (source_whitening; or learnt on other labelled source data such as its pseudo-classes, the
@@ -26,15 +27,10 @@ The modes below work in that space:
   delta and delta the mean of mu_t(c) - mu_s(map(c)) over the mapped classes (0 when none is mapped).
   A new class borrows prior_c = sum_j w_j (mu_s(j) + delta), w a softmax of -d(mu_t(c) - delta,
   mu_s(j)) / temperature over its ``n_borrow`` nearest source classes, weighted by ``kappa_new``.
-* ``auto``: ``center`` when some target class maps to a source class (a new domain) or with
-  transductive refinement; ``translate`` by nearest means (the whitened support means) when every
-  target class is new. Chosen from benchmarks/bench_accuracy.py (digits, small_cnn, 3 seeds, backbone
-  features, lambda = 0.3): for new classes whitening gained 5.7 / 4.0 points over ``none`` at 1 / 5
-  shots (lambda 0.1 to 0.6 within a point of each other) and ``center``, ``calibrate`` and kNN
-  ``translate`` did no better than the whitened support means; in a new domain ``center`` gained 14
-  points over ``none`` at 1 shot, whitening adding 0.4-1.0. kNN ``translate`` was 2 points better
-  than ``center`` at 10 shots in a new domain but 14 worse at 1 shot, and it stores every source
-  point in the model, so ``auto`` does not pick it.
+* ``auto``: the mode (and, with ``whiten="auto"``, the shrinkage) that scores best on few-shot
+  episodes simulated on the source embeddings given to fit, half of each class held out
+  (triplet_keras.selection; new classes when no target class maps to a source class, else a new
+  domain). The choice is kept in ``mode_``, ``whiten_`` and ``selection_`` (every candidate's score).
 
 Transductive refinement (``transductive=True`` with a pool): soft k-means with the support fixed,
 p_c <- (n_c p0_c + sum_i r_ic T(u_i)) / (n_c + sum_i r_ic), r_i = softmax(-d(T(u_i), p) / temperature),
@@ -53,8 +49,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
 METRICS = ("cosine", "euclidean")
 MODES = ("none", "translate", "center", "calibrate")
-STATE_VERSION = 2
-WHITEN_DEFAULT = 0.3
+STATE_VERSION = 3
+WHITEN_DEFAULT = "auto"
 
 
 def l2_normalize(x):
@@ -203,7 +199,8 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
 
     The modes and their math are in the module docstring. ``fit(support, labels, source_emb=...,
     source_labels=..., unlabeled=..., class_mapping=...)``; without a source every mode is ``none``.
-    Fitted: classes_, means_ (the prototypes), mode_, source_center_ and whitening_ (the whitening;
+    Fitted: classes_, means_ (the prototypes), mode_ and whiten_ (``auto`` resolved), selection_ (the
+    source-episode score of each candidate when something was "auto"), source_center_ and whitening_ (the whitening;
     whitening_ is empty without it), offset_ and normalize_ (the rest of the query transform),
     source_offset_ (its source-side counterpart), and for kNN reference_points_ with reference_index_
     (indices into classes_). Like scikit-learn's LinearDiscriminantAnalysis it is also a transformer:
@@ -211,7 +208,8 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
     """
 
     def __init__(self, mode="auto", whiten=WHITEN_DEFAULT, kappa=2.0, kappa_new=1.0, n_borrow=3, knn=None,
-                 transductive=False, refine_steps=10, confidence=0.9, metric="cosine", temperature=0.1):
+                 transductive=False, refine_steps=10, confidence=0.9, metric="cosine", temperature=0.1,
+                 selection_episodes=100):
         self.mode = mode
         self.whiten = whiten
         self.kappa = kappa
@@ -223,6 +221,7 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         self.confidence = confidence
         self.metric = metric
         self.temperature = temperature
+        self.selection_episodes = selection_episodes
 
     def _check_params(self):
         super()._check_params()
@@ -234,13 +233,15 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
             raise ValueError(f"knn must be a positive integer, got {self.knn!r}")
         if self.kappa < 0 or self.kappa_new < 0:
             raise ValueError("kappa and kappa_new must be >= 0")
-        if self.whiten is not None and not 0.0 <= self.whiten <= 1.0:
-            raise ValueError(f"whiten must be None or a shrinkage in [0, 1], got {self.whiten!r}")
+        if self.whiten not in (None, "auto") and not (isinstance(self.whiten, (int, float))
+                                                      and 0.0 <= self.whiten <= 1.0):
+            raise ValueError(f"whiten must be None, 'auto' or a shrinkage in [0, 1], got {self.whiten!r}")
 
     def fit(self, X, y, source_emb=None, source_labels=None, unlabeled=None, class_mapping=None, whitening=None):
         """``whitening``: a Whitening learnt on other labelled embeddings of the source domain (such as
         its pseudo-classes, which the encoder trained on); by default source_whitening(source_emb,
-        source_labels, self.whiten). Either way only when ``whiten`` is not None."""
+        source_labels, whiten). Either way only when the whitening shrinkage is not None; it needs a
+        numeric ``whiten``, since "auto" compares shrinkages on the source itself."""
         X, y = check_X_y(X, y, dtype=np.float64)
         check_classification_targets(y)
         self._check_params()
@@ -258,14 +259,17 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
             source_classes, source_index = np.unique(source_labels, return_inverse=True)
             source = (source_emb, source_index, class_means(source_emb, source_index, len(source_classes)))
             mapped = self._mapped_source_classes(source_classes, class_mapping)
-        mode = self.mode
-        if mode == "auto":
-            mode = "center" if self.transductive or (mapped >= 0).any() else "translate"
-        self.mode_ = mode if source is not None else "none"
+        self.mode_, self.whiten_, self.selection_ = self.mode, self.whiten, {}
+        if source is None:
+            self.mode_, self.whiten_ = "none", None
+        elif "auto" in (self.mode, self.whiten):
+            if whitening is not None and self.whiten == "auto":
+                raise ValueError("a given whitening needs a numeric whiten; 'auto' chooses it on the source")
+            self._select(source_emb, source_labels, mapped, counts)
         self.source_center_, self.whitening_ = np.zeros(X.shape[1]), np.zeros((0, 0))
-        if self.mode_ != "none" and self.whiten is not None:
+        if self.mode_ != "none" and self.whiten_ is not None:
             if whitening is None:
-                whitening = source_whitening(source_emb, source_labels, self.whiten)
+                whitening = source_whitening(source_emb, source_labels, self.whiten_)
             self.source_center_, self.whitening_ = whitening.center, whitening.matrix
             X, unlabeled = self._whiten(X), None if unlabeled is None else self._whiten(unlabeled)
             support_means = class_means(X, index, len(self.classes_))
@@ -286,6 +290,20 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         if self.transductive and unlabeled is not None:
             self._refine(unlabeled, weights)
         return self
+
+    def _select(self, source_emb, source_labels, mapped, counts):
+        """Sets mode_, whiten_ and selection_ from episodes on the source (triplet_keras.selection)."""
+        from .selection import MODES as CANDIDATE_MODES, SHRINKAGES, candidates, halve_per_class, select_transfer
+
+        modes = CANDIDATE_MODES if self.mode == "auto" else (self.mode,)
+        shrinkages = SHRINKAGES if self.whiten == "auto" else (self.whiten,)
+        held_out = halve_per_class(source_labels)
+        choice = select_transfer({"features": (source_emb[~held_out], source_emb[held_out])}, source_labels[~held_out],
+                                 source_labels[held_out], not (mapped >= 0).any(), len(self.classes_),
+                                 max(1, int(counts.min())), candidates(modes, shrinkages), self.selection_episodes)
+        if choice.fallback and self.mode != "auto":
+            choice.mode = self.mode
+        self.mode_, self.whiten_, self.selection_ = choice.mode, choice.whiten, choice.scores
 
     def _mapped_source_classes(self, source_classes, class_mapping):
         """Index of the source class each target class maps to, or -1 for a new class."""
@@ -406,7 +424,7 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
 
     def get_state(self):
         config, arrays = super().get_state()
-        config.update(mode_=self.mode_, normalize_=bool(self.normalize_))
+        config.update(mode_=self.mode_, normalize_=bool(self.normalize_), whiten_=self.whiten_, selection_=self.selection_)
         return config, arrays
 
     @classmethod
@@ -419,6 +437,8 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         model = super().from_state(config, arrays)
         model.mode_ = str(config["mode_"])
         model.normalize_ = bool(config["normalize_"])
+        model.whiten_ = config.get("whiten_", model.whiten)  # version 2 and older: the whiten param
+        model.selection_ = dict(config.get("selection_", {}))
         return model
 
 

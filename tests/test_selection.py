@@ -1,0 +1,78 @@
+"""Choosing the transfer on episodes simulated on the source."""
+import numpy as np
+import pytest
+
+from triplet_keras.selection import (candidates, halve_per_class, select_transfer, simulated_tasks)
+from triplet_keras.transfer import fit_transfer
+
+
+def test_candidates_are_every_mode_and_shrinkage_but_unwhitened_translate():
+    names = list(candidates())
+    assert names[0] == "none" and "translate" not in names and "none whiten 0.3" not in names
+    assert len(names) == 1 + 3 + 4 + 4
+    assert candidates(("center",), (0.2,)) == {"center whiten 0.2": {"mode": "center", "whiten": 0.2}}
+
+
+def test_halve_per_class_is_seeded_and_per_class():
+    labels = np.repeat([0, 1, 2], [4, 5, 2])
+    held = halve_per_class(labels, seed=3)
+    assert [held[labels == c].sum() for c in range(3)] == [2, 2, 1]
+    np.testing.assert_array_equal(held, halve_per_class(labels, seed=3))
+
+
+def test_new_class_tasks_hold_out_every_class_and_train_on_the_others():
+    train, held = np.repeat(np.arange(7), 10), np.repeat(np.arange(7), 4)
+    tasks = simulated_tasks(train, held, True, n_way=5, k_shot=1)
+    assert all(way == 5 for _, _, way in tasks)  # min(5, 7 - 2)
+    covered = set()
+    for source_rows, target_rows, _ in tasks:
+        group = set(held[target_rows])
+        assert len(group) == 5 and not group & set(train[source_rows])
+        covered |= group
+    assert covered == set(range(7))
+    assert simulated_tasks(train, held, True, n_way=5, k_shot=4) == []  # 4 held-out rows: no 4-shot + query
+    assert simulated_tasks(train[:30], held[:12], True, n_way=5, k_shot=1) == []  # 3 classes: 1-way groups
+    [(source_rows, target_rows, way)] = simulated_tasks(train, held, False, n_way=10, k_shot=2)
+    assert way == 7 and len(source_rows) == 70 and len(target_rows) == 28
+
+
+def test_selection_scores_every_candidate_and_takes_the_best_first():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 30)
+    x = rng.normal(size=(180, 8)) + 2 * np.eye(8)[labels]
+    held = halve_per_class(labels)
+    features = {"a": (x[~held], x[held]), "b": (x[~held], x[held])}  # equal scores: "a" wins the ties
+    choice = select_transfer(features, labels[~held], labels[held], True, 5, 1, n_episodes=12)
+    assert len(choice.scores) == 2 * len(candidates()) and choice.features == "a"
+    best = max(choice.scores.values())
+    assert choice.scores[f"a: {choice.mode if choice.whiten is None else f'{choice.mode} whiten {choice.whiten:g}'}"] == best
+    assert choice.n_episodes == 12 and not choice.fallback
+
+
+def test_selection_prefers_centring_when_the_held_out_domain_is_shifted():
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(5, 10))
+    train_labels, held_labels = np.repeat(np.arange(5), 30), np.repeat(np.arange(5), 12)
+    train = centers[train_labels] + 0.8 * rng.normal(size=(150, 10))
+    held = centers[held_labels] + 3.0 + 0.8 * rng.normal(size=(60, 10))  # every held-out point moved
+    choice = select_transfer({"x": (train, held)}, train_labels, held_labels, False, 5, 1, n_episodes=20)
+    assert choice.mode in ("center", "calibrate")
+    assert max(choice.scores.values()) > choice.scores["x: none"] + 0.1
+
+
+def test_fallback_when_the_source_cannot_form_episodes():
+    x, labels = np.eye(4), np.array([0, 1, 2, 3])
+    choice = select_transfer({"x": (x, x)}, labels, labels, True, 5, 1)
+    assert (choice.mode, choice.whiten, choice.fallback, choice.scores) == ("none", None, True, {})
+    assert select_transfer({"x": (x, x)}, labels, labels, False, 5, 1).mode == "center"
+
+
+def test_fit_with_a_fixed_mode_chooses_only_the_shrinkage():
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(6), 20)
+    x = rng.normal(size=(120, 6)) + 3 * np.eye(6)[labels]
+    model = fit_transfer(x[labels < 4], labels[labels < 4], x[labels >= 4][::5], labels[labels >= 4][::5],
+                         mode="center", whiten="auto")
+    assert model.mode_ == "center" and all(": center" in name for name in model.selection_)
+    with pytest.raises(ValueError, match="whiten"):
+        fit_transfer(x, labels, x[:4], labels[:4], whiten="sometimes")

@@ -1,0 +1,134 @@
+"""Choose the transfer from the user's own data: few-shot episodes simulated on the source.
+
+Nothing is tuned on the target. The source's labelled embeddings stand in for it:
+
+* new classes: the source classes are cut into groups of h = min(n_way, C - 2) classes (C source
+  classes, seeded, every class in one group at least). For each group, the other classes play the
+  source (their ``train`` rows) and the group plays the new target classes (its ``held_out`` rows):
+  h-way K-shot episodes.
+* new domain (target classes are source classes): the ``train`` rows are the source, the ``held_out``
+  rows the target, with every class mapped to itself: N-way K-shot episodes.
+
+``held_out`` is the source's validation split when it has one; without it each class's rows are
+halved. Every candidate (features x mode x whitening shrinkage) is scored on the same episodes; the
+highest mean accuracy wins, ties going to the earlier, simpler candidate (``none`` first). When the
+source cannot form such episodes (fewer than K + 1 held-out rows in a class, or fewer than 4 source
+classes for new classes) the documented fallback is taken: ``none`` on the first feature kind for new
+classes (the support alone: no claim the source helps) and ``center`` unwhitened for a new domain
+(the original method's per-domain centring).
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .evaluation import evaluate_few_shot
+
+MODES = ("none", "translate", "center", "calibrate")
+SHRINKAGES = (None, 0.1, 0.3, 0.6)
+MAX_QUERIES = 15
+
+
+@dataclass
+class TransferChoice:
+    """The chosen ``features``, ``mode`` and ``whiten``; ``scores`` maps each candidate's name to its mean
+    accuracy on the source episodes (empty for the fallback), over ``n_episodes`` episodes."""
+    features: str
+    mode: str
+    whiten: float | None
+    scores: dict = field(default_factory=dict)
+    n_episodes: int = 0
+    fallback: bool = False
+
+    @property
+    def kwargs(self):
+        """fit_transfer keyword arguments of the choice."""
+        return {"mode": self.mode, "whiten": self.whiten}
+
+    def as_dict(self):
+        return {"features": self.features, "mode": self.mode, "whiten": self.whiten, "n_episodes": self.n_episodes,
+                "fallback": self.fallback, "scores": self.scores}
+
+
+def candidate_name(mode, whiten):
+    return mode if whiten is None else f"{mode} whiten {whiten:g}"
+
+
+def candidates(modes=MODES, shrinkages=SHRINKAGES):
+    """{name: fit_transfer kwargs}: ``none`` unwhitened, every other mode at every shrinkage (``translate``
+    unwhitened is ``none`` by nearest means, so it is left out)."""
+    methods = {}
+    for mode in modes:
+        for whiten in ((None,) if mode == "none" else shrinkages):
+            if not (mode == "translate" and whiten is None):
+                methods[candidate_name(mode, whiten)] = {"mode": mode, "whiten": whiten}
+    return methods
+
+
+def halve_per_class(labels, seed=0):
+    """Boolean mask choosing half of each class's rows (rounded down), seeded: the held-out half."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    held_out = np.zeros(len(labels), bool)
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        held_out[rows[: len(rows) // 2]] = True
+    return held_out
+
+
+def simulated_tasks(train_labels, held_out_labels, new_classes, n_way, k_shot, seed=0):
+    """[(train rows, held-out rows, n_way)]: the source-side stand-ins for the target; [] when none can
+    be formed (see the module docstring)."""
+    train_labels, held_out_labels = np.asarray(train_labels), np.asarray(held_out_labels)
+    counts = {c: int(np.sum(held_out_labels == c)) for c in np.unique(train_labels)}
+    usable = np.array([c for c, n in counts.items() if n >= k_shot + 1])
+    if not new_classes:
+        way = min(n_way, len(usable))
+        if way < 2:
+            return []
+        return [(np.arange(len(train_labels)), np.flatnonzero(np.isin(held_out_labels, usable)), way)]
+    classes = np.unique(train_labels)
+    group = min(n_way, len(classes) - 2)
+    if group < 2 or len(usable) < group:
+        return []
+    order = np.random.default_rng(seed).permutation(usable)
+    tasks = []
+    for start in range(0, len(order), group):
+        chosen = order[start: start + group]
+        if len(chosen) < group:  # the last group is filled up from the front
+            chosen = np.concatenate([chosen, order[: group - len(chosen)]])
+        tasks.append((np.flatnonzero(~np.isin(train_labels, chosen)), np.flatnonzero(np.isin(held_out_labels, chosen)),
+                      group))
+    return tasks
+
+
+def select_transfer(features, train_labels, held_out_labels, new_classes, n_way, k_shot, methods=None,
+                    n_episodes=100, seed=0):
+    """TransferChoice scored on source episodes.
+
+    ``features``: {name: (train vectors, held-out vectors)}, the same source rows under each kind of
+    transfer features; ``held_out_labels`` label the held-out rows (``halve_per_class`` makes them
+    when the source has no validation split). ``methods``: the candidates (default ``candidates()``).
+    ``n_episodes`` episodes in all, spread over the simulated tasks.
+    """
+    methods = candidates() if methods is None else methods
+    train_labels, held_out_labels = np.asarray(train_labels), np.asarray(held_out_labels)
+    tasks = simulated_tasks(train_labels, held_out_labels, new_classes, n_way, k_shot, seed)
+    first = next(iter(features))
+    if not tasks:
+        return TransferChoice(first, "none" if new_classes else "center", None, fallback=True)
+    per_task = max(1, -(-n_episodes // len(tasks)))
+    totals = {}
+    for name, (train, held_out) in features.items():
+        for source_rows, target_rows, way in tasks:
+            labels = held_out_labels[target_rows]
+            smallest = int(np.min(np.unique(labels, return_counts=True)[1]))
+            results = evaluate_few_shot(train[source_rows], train_labels[source_rows], held_out[target_rows], labels,
+                                        way, k_shot, methods, n_episodes=per_task,
+                                        n_query=min(MAX_QUERIES, smallest - k_shot), seed=seed)
+            for method in methods:
+                key = f"{name}: {method}"
+                totals[key] = totals.get(key, 0.0) + results[method]["mean"] / len(tasks)
+    best = max(totals, key=totals.get)  # the first of equal scores: candidates run simplest first
+    name, method = best.split(": ", 1)
+    return TransferChoice(name, methods[method]["mode"], methods[method]["whiten"],
+                          {key: round(value, 4) for key, value in totals.items()}, per_task * len(tasks))
