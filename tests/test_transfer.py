@@ -200,7 +200,7 @@ def test_modes_run_in_the_whitened_space(domains):
         other.apply(xs), ys, other.apply(xt[support]), yt[support], mode="center", whiten=None).transform(other.apply(xt)))
     assert fit_transfer(xs, ys, xt[support], yt[support], whitening=other, whiten=None).whitening_.size == 0
     with pytest.raises(ValueError, match="learnt on 16-d embeddings"):  # a whitening from other features
-        fit_transfer(xs[:, :8], ys, xt[support, :8], yt[support], whitening=other)
+        fit_transfer(xs[:, :8], ys, xt[support, :8], yt[support], whiten=0.5, whitening=other)
     none = fit_transfer(xs, ys, xt[support], yt[support], mode="none", whiten=0.3)
     assert none.whitening_.size == 0  # the baseline never sees the source
 
