@@ -173,8 +173,10 @@ def test_offline_without_files_fails_fast_saying_what_to_do(tmp_path, isolated):
 def test_archive_folder_lacking_a_file_names_it(tmp_path, isolated):
     write_parts(tmp_path)
     os.remove(tmp_path / "t10k-labels-idx1-ubyte.gz")
-    with pytest.raises(DatasetError, match=r"lacks \['t10k-labels-idx1-ubyte.gz'\]"):
+    with pytest.raises(DatasetError, match=r"must be a folder holding .* it lacks \['t10k-labels-idx1-ubyte.gz'\]"):
         load_dataset("fashion_mnist", archive=tmp_path)
+    with pytest.raises(DatasetError, match="must be a folder"):
+        load_dataset("fashion_mnist", archive=tmp_path / "train-images-idx3-ubyte.gz")
     assert isolated == []
 
 
@@ -203,6 +205,17 @@ def test_online_the_files_are_downloaded_into_the_keras_cache(tmp_path, monkeypa
     assert len(data.test) == 30 and len(fetched) == 4
     assert all(origin.startswith("https://storage.googleapis.com/cvdf-datasets/mnist/") for origin in fetched)
     assert sorted(os.listdir(tmp_path / "keras_home" / "datasets" / "mnist")) == sorted(idx.IDX_SOURCES["mnist"].sha256)
+
+
+def test_a_failed_download_says_what_to_do(tmp_path, monkeypatch, isolated):
+    monkeypatch.setattr("triplet_keras.models.host_reachable", lambda host: True)
+
+    def get_file(fname, origin, cache_dir, cache_subdir):
+        raise Exception(f"URL fetch failure on {origin}: 404")
+
+    monkeypatch.setattr("keras.utils.get_file", get_file)
+    with pytest.raises(DatasetError, match="downloading .*train-images-idx3-ubyte.gz failed .*404.*apt-get install"):
+        load_dataset("fashion_mnist", cache_dir=str(tmp_path))
 
 
 def test_max_per_class_caps_the_official_train_and_test_parts(tmp_path, monkeypatch):

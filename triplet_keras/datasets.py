@@ -277,12 +277,12 @@ def _split_in_memory(images, labels, class_names, image_size, validation_fractio
 def _official_splits(train_images, train_labels, test_images, test_labels, class_names, image_size,
                      validation_fraction, seed, max_per_class):
     """A Dataset keeping the source's test split; validation cut per class from its train split."""
-    train_kept = cap_per_class(train_labels, max_per_class, seed)
-    test_kept = cap_per_class(test_labels, max_per_class, seed)
-    whole = ArraySplit(train_images[train_kept], train_labels[train_kept], image_size)
-    train, validation, _ = stratified_split(whole.labels, validation_fraction, 0.0, seed)
-    return Dataset(class_names, whole.subset(train), whole.subset(validation),
-                   ArraySplit(test_images[test_kept], test_labels[test_kept], image_size))
+    kept = cap_per_class(train_labels, max_per_class, seed)
+    train, validation, _ = stratified_split(np.asarray(train_labels)[kept], validation_fraction, 0.0, seed)
+    official_train = ArraySplit(train_images, train_labels, image_size)
+    official_test = ArraySplit(test_images, test_labels, image_size)
+    return Dataset(class_names, official_train.subset(kept[train]), official_train.subset(kept[validation]),
+                   official_test.subset(cap_per_class(test_labels, max_per_class, seed)))
 
 
 def gray_to_rgb(gray):

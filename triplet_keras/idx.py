@@ -98,7 +98,7 @@ def find_idx_folder(name, archive=None, cache_dir="datasets"):
     if archive is not None:
         missing = [file for file in names if not os.path.isfile(os.path.join(archive, file))]
         if missing:
-            raise DatasetError(f"archive folder {os.fspath(archive)!r} lacks {missing}; it must hold {names}")
+            raise DatasetError(f"archive {os.fspath(archive)!r} must be a folder holding {names}; it lacks {missing}")
         return os.fspath(archive)
     download_folder = os.path.join(keras_home(), "datasets", source.keras_folder)
     candidates = [folder for folder in (source.system_folder, os.path.join(cache_dir, name), download_folder) if folder]
@@ -113,8 +113,12 @@ def find_idx_folder(name, archive=None, cache_dir="datasets"):
         raise DatasetError(f"{name}: the files {names} are not in {candidates} and {DOWNLOAD_HOST[0]} cannot be "
                            f"reached to download them; {source.offline_hint}")
     for file in names:
-        keras.utils.get_file(file, origin=source.origin + file, cache_dir=keras_home(),
-                             cache_subdir=os.path.join("datasets", source.keras_folder))
+        try:
+            keras.utils.get_file(file, origin=source.origin + file, cache_dir=keras_home(),
+                                 cache_subdir=os.path.join("datasets", source.keras_folder))
+        except Exception as error:  # get_file raises a plain Exception for every fetch failure
+            raise DatasetError(f"{name}: downloading {source.origin + file} failed ({error}); "
+                               f"{source.offline_hint}") from error
     return download_folder
 
 
@@ -137,7 +141,7 @@ def read_idx(path, item_shape, sha256):
     The header must be that of unsigned bytes with 1 + len(item_shape) dimensions and sizes
     (n, *item_shape); the decompressed data exactly n * prod(item_shape) bytes; the SHA-256 of the
     decompressed file ``sha256``. Each failure is a :class:`DatasetError` naming ``path``. The data is
-    read in chunks of at most its announced size, so a corrupt header cannot exhaust memory.
+    read in chunks, so memory follows the bytes really there, whatever size a corrupt header announces.
     """
     dimensions = 1 + len(item_shape)
     header_size = 4 + 4 * dimensions
