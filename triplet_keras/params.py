@@ -17,7 +17,7 @@ SCHEMA = {
     "dataset": ("digits", str, '"digits", "cifar10", "mnist", "fashion_mnist" or a folder of class subfolders'),
     "archive": (None, str, "offline data: the local cifar-10-python.tar.gz (CIFAR-10), or the folder holding the "
                 "four IDX .gz files (MNIST, Fashion-MNIST)"),
-    "image_size": (None, list, "[height, width], or one number for a square, images are resized to on load "
+    "image_size": (None, list, "size images are resized to on load: [height, width] or one number n for n x n "
                    "(folders: 224 x 224)"),
     "max_per_class": (None, int, "at most this many images per class in each part the dataset gives, drawn with "
                       "seed (a quick experiment on a big dataset)"),
@@ -26,11 +26,12 @@ SCHEMA = {
     "cache_mb": (2048, int, "folders: a split whose decoded, resized images fit in this many MB is kept in "
                  "memory after the first epoch (0: decode every epoch)"),
     "validation_fraction": (0.1, float, "share of each class held out for validation"),
-    "test_fraction": (0.2, float, "share of each class held out for testing"),
+    "test_fraction": (0.2, float, "share of each class held out for testing (unused by cifar10, mnist and "
+                      "fashion_mnist, which keep their official test split)"),
     "seed": (0, int, "seed for splits, mining, episodes and weights"),
     "backbone": ("resnet50", ("resnet50", "small_cnn"), "the CNN under the embedding"),
     "weights": ("imagenet", str, '"imagenet", "none" or a backbone weights file'),
-    "backbone_size": (None, list, "[height, width], or one number for a square, the model resizes images to "
+    "backbone_size": (None, list, "size the model resizes images to: [height, width] or one number n for n x n "
                       "(ResNet50: at least 32)"),
     "embedding_dim": (128, int, "size of the L2-normalised embedding"),
     "freeze_layers": (15, int, "number of leading backbone layers kept frozen"),
