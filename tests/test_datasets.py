@@ -43,6 +43,33 @@ def test_digits_image_size_resizes_on_load():
     data = load_dataset("digits", image_size=(16, 12), validation_fraction=0.0)
     assert len(data.validation) == 0 and data.validation.load([]).shape == (0, 16, 12, 3)
     assert data.train.image_shape == (16, 12, 3) and data.train.load([0, 5]).shape == (2, 16, 12, 3)
+    square = load_dataset("digits", image_size=16)
+    assert square.test.image_shape == (16, 16, 3) and square.test.load([1]).shape == (1, 16, 16, 3)
+    for bad in (0, -16, (16, 16, 3), "16"):
+        with pytest.raises(ValueError, match="image_size must be a positive int"):
+            load_dataset("digits", image_size=bad)
+
+
+def test_max_per_class_caps_each_digit_before_splitting():
+    from sklearn.datasets import load_digits
+
+    data = load_dataset("digits", max_per_class=10, validation_fraction=0.2, test_fraction=0.3, seed=5)
+    for split, count in ((data.train, 5), (data.validation, 2), (data.test, 3)):
+        assert np.bincount(split.labels).tolist() == [count] * 10
+    digits = load_digits()
+    reference = {bytes(np.round(image * 255 / 16).astype(np.uint8)): label
+                 for image, label in zip(digits.images, digits.target)}
+    images = np.concatenate([split.load(np.arange(len(split))) for split in (data.train, data.validation, data.test)])
+    labels = np.concatenate([data.train.labels, data.validation.labels, data.test.labels])
+    assert len({bytes(image[..., 0]) for image in images}) == 100
+    assert [reference[bytes(image[..., 0])] for image in images] == labels.tolist()
+    again = load_dataset("digits", max_per_class=10, validation_fraction=0.2, test_fraction=0.3, seed=5)
+    np.testing.assert_array_equal(again.train.load(np.arange(50)), data.train.load(np.arange(50)))
+    other = load_dataset("digits", max_per_class=10, validation_fraction=0.2, test_fraction=0.3, seed=6)
+    assert not np.array_equal(other.train.load(np.arange(50)), data.train.load(np.arange(50)))
+    for bad in (0, -1, 2.5, "3", True):
+        with pytest.raises(ValueError, match="max_per_class"):
+            load_dataset("digits", max_per_class=bad)
 
 
 def test_stratified_split_is_per_class_disjoint_and_keeps_a_training_row():
@@ -71,6 +98,10 @@ def test_batches_prefetch_in_order_and_match_load_and_subset():
     assert list(split.subset([]).batches(4)) == []
     with pytest.raises(DatasetError):
         ArraySplit(images.astype(np.float32), np.zeros(10))
+    square = ArraySplit(images, np.arange(10) % 3, image_size=4)
+    assert square.image_shape == (4, 4, 3) and square.subset([0, 1]).load([1]).shape == (1, 4, 4, 3)
+    with pytest.raises(ValueError, match="image_size"):
+        ArraySplit(images, np.arange(10) % 3, image_size=[4, 0])
 
 
 # ---------------------------------------------------------------------------------------- CIFAR-10
@@ -129,6 +160,20 @@ def test_cifar_archive_of_the_real_layout(tmp_path, monkeypatch):
     assert set(data.validation.labels) == set(range(10))
     resized = load_dataset("cifar10", archive=archive, image_size=(8, 8))
     assert resized.test.load([0]).shape == (1, 8, 8, 3)
+
+
+def test_max_per_class_caps_the_cifar_train_and_test_parts(tmp_path, monkeypatch):
+    archive = _cifar_archive(tmp_path / "small.tar.gz", skip=["test_batch"],
+                             extra=lambda tar: _add(tar, "cifar-10-batches-py/test_batch", _pickle_batch(30, 0)))
+    _accept(monkeypatch, archive)
+    data = load_dataset("cifar10", archive=archive, max_per_class=2, validation_fraction=0.5, seed=0)
+    for split in (data.train, data.validation):
+        assert np.bincount(split.labels).tolist() == [1] * 10
+    assert np.bincount(data.test.labels).tolist() == [2] * 10
+    test = data.test.load(np.arange(20))
+    assert ((test[:, 0, 0, 0] % 10) == data.test.labels).all() and len(set(test[:, 0, 0, 0])) == 20
+    other = load_dataset("cifar10", archive=archive, max_per_class=2, seed=1)
+    assert set(other.test.load(np.arange(20))[:, 0, 0, 0]) != set(test[:, 0, 0, 0])
 
 
 def test_cifar_archive_is_found_in_the_cache_dir(tmp_path, monkeypatch):
@@ -320,6 +365,29 @@ def test_presplit_layout_uses_the_given_splits_and_sorted_union_of_classes(tmp_p
     assert len(data.validation) == 0 and data.validation.load([]).shape == (0, 4, 4, 3)
     _class_folders(tmp_path / "d" / "validation", {"zebra": 1})
     assert load_dataset(str(tmp_path / "d")).validation.labels.tolist() == [2]
+
+
+def test_max_per_class_caps_each_class_folder_and_each_given_split(tmp_path):
+    root = _class_folders(tmp_path / "one", {"a": 5, "b": 3})
+    data = load_dataset(root, image_size=4, max_per_class=2, validation_fraction=0.0, test_fraction=0.0, seed=1)
+    assert data.train.labels.tolist() == [0, 0, 1, 1] and data.train.image_shape == (4, 4, 3)
+    assert all(os.path.dirname(path).endswith(("a", "b")) for path in data.train.paths)
+    other = load_dataset(root, image_size=4, max_per_class=2, validation_fraction=0.0, test_fraction=0.0, seed=2)
+    assert other.train.paths != data.train.paths
+    _class_folders(tmp_path / "two" / "train", {"a": 3, "b": 4})
+    _class_folders(tmp_path / "two" / "test", {"a": 3, "b": 1})
+    data = load_dataset(str(tmp_path / "two"), image_size=(4, 4), max_per_class=2)
+    assert data.train.labels.tolist() == [0, 0, 1, 1] and data.test.labels.tolist() == [0, 0, 1]
+
+
+def test_folder_image_size_may_be_one_int(tmp_path):
+    root = _class_folders(tmp_path / "root", {"a": 2, "b": 2})
+    split = datasets.load_folder(root, image_size=6, test_fraction=0.0, validation_fraction=0.0).train
+    assert split.image_shape == (6, 6, 3) and split.load([0, 3]).shape == (2, 6, 6, 3)
+    assert FileSplit(split.paths, split.labels, 5).load([1]).shape == (1, 5, 5, 3)
+    for bad in (0, (6, 6, 6), "6"):
+        with pytest.raises(ValueError, match="image_size must be a positive int"):
+            datasets.load_folder(root, image_size=bad)
 
 
 def test_folder_is_looked_for_in_cache_dir_and_unknown_sources_fail(tmp_path):

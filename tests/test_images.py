@@ -6,6 +6,7 @@ from images_factory import random_rgb, write_image, write_jpeg_with_orientation,
 from triplet_keras.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
+    as_image_size,
     has_image_signature,
     is_image_file,
     read_image,
@@ -120,3 +121,17 @@ def test_resize_shrinks_by_area_averaging_and_grows_bilinearly():
     assert big.shape == (8, 6, 3)
     np.testing.assert_array_equal(big, cv2.resize(image, (6, 8), interpolation=cv2.INTER_LINEAR))
     assert resize_image(image, (4, 4)) is image
+
+
+@pytest.mark.parametrize("size, expected", [(224, (224, 224)), (np.int64(5), (5, 5)), ([3, 4], (3, 4)),
+                                            ((7, 2), (7, 2)), (np.array([6, 9]), (6, 9)), (None, None)])
+def test_image_size_is_an_int_for_a_square_or_two_ints(size, expected):
+    result = as_image_size(size)
+    assert result == expected and (result is None or all(type(side) is int for side in result))
+
+
+@pytest.mark.parametrize("size", [0, -3, [0, 5], [4, -1], [1, 2, 3], [5], "224", "22", [2.0, 3], 8.0, True,
+                                  [True, 2], [[1, 2], [3, 4]], {"a": 1}])
+def test_bad_image_sizes_raise_naming_the_parameter(size):
+    with pytest.raises(ValueError, match="backbone_size must be a positive int"):
+        as_image_size(size, "backbone_size")

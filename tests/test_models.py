@@ -64,6 +64,15 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         build_encoder("small_cnn", weights=None, input_shape=(8, 8))
     with pytest.raises(ValueError, match="no ImageNet weights"):
         build_encoder("small_cnn", weights="imagenet", input_shape=SHAPE)
+    for bad in (0, -8, (8, 8, 3), "16"):
+        with pytest.raises(ValueError, match="backbone_size must be a positive int"):
+            build_encoder("small_cnn", weights=None, input_shape=SHAPE, backbone_size=bad)
+
+
+def test_backbone_size_may_be_one_int_for_a_square():
+    square = build_encoder("small_cnn", weights=None, input_shape=SHAPE, embedding_dim=4, backbone_size=16)
+    assert square.get_layer("resize").output.shape[1:3] == (16, 16)
+    assert square.predict(images(2), verbose=0).shape == (2, 4)
 
 
 def test_imagenet_offline_fails_fast_with_instructions(monkeypatch, tmp_path):

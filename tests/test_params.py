@@ -77,3 +77,22 @@ def test_init_rejects_bad_flag_value_before_training(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode != 0 and "epochs must be of type int" in result.stderr
     assert not (tmp_path / "state.json").exists()
+
+
+@pytest.mark.parametrize("key", ["image_size", "backbone_size"])
+def test_sizes_are_one_int_for_a_square_or_two_ints(tmp_path, key):
+    assert check_value(key, 224) == [224, 224] and check_value(key, [32, 48]) == [32, 48]
+    write(tmp_path, {key: 64})
+    assert load_params(str(tmp_path))[key] == [64, 64]
+    for bad in (0, -5, [1, 2, 3], "224", [32, 0], [1.5, 2], True):
+        with pytest.raises(ParamsError, match=f"{key} must be a positive int"):
+            check_value(key, bad)
+
+
+def test_max_per_class_is_null_or_at_least_one():
+    assert SCHEMA["max_per_class"][0] is None and check_value("max_per_class", None) is None
+    assert check_value("max_per_class", 300) == 300
+    with pytest.raises(ParamsError, match="max_per_class must be at least 1"):
+        check_value("max_per_class", 0)
+    with pytest.raises(ParamsError, match="max_per_class must be of type int"):
+        check_value("max_per_class", "300")

@@ -120,12 +120,25 @@ def test_rerun_resumes_and_restart_starts_over(experiment):
     (["--source_classes", json.dumps([str(d) for d in range(10)])], "leave some for the transfer target"),
     (["--transfer_whiten", "1.5"], "transfer_whiten must be null or a shrinkage between 0 and 1"),
     (["--transfer_shift_average", "8"], "transfer_shift_average: shift_average 8 moves the whole image"),
+    (["--image_size", "0"], "image_size must be a positive int (a square) or two positive ints"),
+    (["--backbone_size", "[32, 32, 3]"], "backbone_size must be a positive int"),
+    (["--max_per_class", "0"], "max_per_class must be at least 1"),
 ])
 def test_bad_configuration_fails_before_training(tmp_path, flags, message):
     (tmp_path / "params.json").write_text(json.dumps(TINY))
     result = run_init(tmp_path, *flags)
     assert result.returncode != 0 and message in result.stderr
     assert not (tmp_path / "last.keras").exists()
+
+
+def test_max_per_class_and_a_square_image_size_reach_the_dataset(tmp_path):
+    from triplet_keras.params import load_params
+    from triplet_keras.pipeline import prepare_data
+
+    data = prepare_data(load_params(str(tmp_path), {**TINY, "max_per_class": 10, "image_size": 12}))
+    labels = np.concatenate([data[name].labels for name in ("train", "validation", "test")])
+    assert np.bincount(labels).tolist() == [10] * 5 and data["train"].image_shape == (12, 12, 3)
+    assert sum(len(split) for split in data["target"]["splits"]) == 50
 
 
 def test_too_few_images_per_class_is_a_clear_error(tmp_path):

@@ -73,6 +73,14 @@ def test_inputs_single_image_resized_arrays_and_files(predictor, model_dir, imag
         predictor.predict(np.zeros((2, 12, 12)))
 
 
+def test_image_size_may_be_one_int_for_a_square(predictor, images):
+    square = Predictor(predictor.encoder, predictor.class_names, predictor.classifier, image_size=12)
+    assert square.image_size == SIZE and square.predict(images[0]) == predictor.predict(images[0])
+    for bad in (0, [12, 12, 12], "12"):
+        with pytest.raises(ValueError, match="image_size must be a positive int"):
+            Predictor(predictor.encoder, predictor.class_names, predictor.classifier, image_size=bad)
+
+
 def test_unreadable_image_names_the_file(predictor, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")

@@ -1,13 +1,14 @@
-"""Labelled image datasets: CIFAR-10, scikit-learn's 8x8 digits, or a folder of class subfolders.
+"""Labelled image datasets: CIFAR-10, MNIST, Fashion-MNIST, scikit-learn's 8x8 digits, or a folder of
+class subfolders.
 
 ``load_dataset`` returns a :class:`Dataset`: sorted ``class_names`` and three splits ``train``,
 ``validation`` (may be empty) and ``test``. A split holds an int64 ``labels`` array and hands out
 RGB uint8 images (n, H, W, 3) in 0..255 through ``load(indices)`` or ``batches(batch_size)``.
 Preprocessing belongs to the model, so nothing here scales or normalises pixels.
 
-In-memory datasets (digits, CIFAR-10) are :class:`ArraySplit`; a folder dataset is a
-:class:`FileSplit` that keeps only file paths and decodes each batch in worker threads, so a
-dataset larger than memory is never loaded whole.
+In-memory datasets (digits, CIFAR-10, and MNIST and Fashion-MNIST read by :mod:`triplet_keras.idx`)
+are :class:`ArraySplit`; a folder dataset is a :class:`FileSplit` that keeps only file paths and
+decodes each batch in worker threads, so a dataset larger than memory is never loaded whole.
 """
 import hashlib
 import io
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from triplet_keras.images import has_image_signature, is_image_file, read_image, resize_image
+from triplet_keras.images import as_image_size, has_image_signature, is_image_file, read_image, resize_image
 
 DEFAULT_IMAGE_SIZE = (224, 224)
 FULL_CHECK_LIMIT = 2000
@@ -36,6 +37,7 @@ CIFAR10_CHECKSUMS = {
     "sha256": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
 }
 CIFAR10_HOST = ("www.cs.toronto.edu", 443)
+IDX_DATASETS = ("mnist", "fashion_mnist")
 
 
 class DatasetError(ValueError):
@@ -70,8 +72,8 @@ def _stack(images, image_shape):
 
 
 class ArraySplit(Split):
-    """Images held in memory as a uint8 array (n, H, W, 3); ``image_size`` (H, W), when given,
-    resizes each loaded batch (the stored array keeps its own size)."""
+    """Images held in memory as a uint8 array (n, H, W, 3); ``image_size`` (H, W, or n for n x n),
+    when given, resizes each loaded batch (the stored array keeps its own size)."""
 
     def __init__(self, images, labels, image_size=None):
         self.images = np.asarray(images)
@@ -80,7 +82,7 @@ class ArraySplit(Split):
             raise DatasetError(f"images must be uint8 (n, H, W, 3), got {self.images.dtype} {self.images.shape}")
         if len(self.images) != len(self.labels):
             raise DatasetError(f"{len(self.images)} images but {len(self.labels)} labels")
-        self.image_size = None if image_size is None else tuple(image_size)
+        self.image_size = as_image_size(image_size)
 
     @property
     def image_shape(self):
@@ -98,7 +100,8 @@ class ArraySplit(Split):
 
 
 class FileSplit(Split):
-    """Images decoded from files on demand with ``workers`` threads and resized to ``image_size``.
+    """Images decoded from files on demand with ``workers`` threads and resized to ``image_size``
+    (H, W, or n for n x n).
 
     A file that fails to decode here (it passed the load-time check but is corrupt further in) is
     named in a warning and replaced by the next readable image of the same class, or a black image
@@ -113,7 +116,7 @@ class FileSplit(Split):
         self.labels = np.asarray(labels, np.int64).reshape(-1)
         if len(self.paths) != len(self.labels):
             raise DatasetError(f"{len(self.paths)} paths but {len(self.labels)} labels")
-        self.image_size = tuple(image_size)
+        self.image_size = as_image_size(image_size)
         self.strict = strict
         self.workers = workers
         self.cache_bytes = cache_bytes
@@ -183,31 +186,64 @@ def load_dataset(
     workers=4,
     verify="auto",
     cache_bytes=0,
+    max_per_class=None,
 ):
-    """Load ``source``: "cifar10", "digits", or a folder (a path, or a folder name inside ``cache_dir``).
+    """Load ``source``: "cifar10", "mnist", "fashion_mnist", "digits", or a folder (a path, or a
+    folder name inside ``cache_dir``).
 
     - "digits": scikit-learn's 1,797 8x8 digits (offline), gray 0..16 scaled to RGB 0..255.
     - "cifar10": the official ``cifar-10-python.tar.gz`` from ``archive``, else from ``cache_dir``,
-      else Keras' download (after a 3 s connectivity check). Its own test split is kept and
-      ``test_fraction`` is unused.
+      else Keras' download (after a 3 s connectivity check).
+    - "mnist", "fashion_mnist": the four official gzip IDX files from the folder ``archive``, else
+      from where a system package or Keras keeps them, else downloaded (see :mod:`triplet_keras.idx`);
+      28 x 28 gray images repeated to RGB.
     - a folder: class subfolders under one root, or ``train/`` plus ``validation/`` and/or
       ``test/`` each holding class subfolders (see :func:`load_folder`).
 
-    Splits not given by the source are cut per class with ``seed`` (:func:`stratified_split`).
+    CIFAR-10, MNIST and Fashion-MNIST keep their official test split (``test_fraction`` is unused)
+    and cut validation from their official train split. Splits not given by the source are cut per
+    class with ``seed`` (:func:`stratified_split`). ``max_per_class`` keeps at most that many images
+    of each class, drawn with ``seed``, in each part the source gives (the official train and test
+    parts; for digits and folders each class before splitting): a quick experiment on a big dataset.
     ``strict``, ``workers``, ``verify`` and ``cache_bytes`` concern folders only (see :func:`load_folder`).
-    ``image_size`` (H, W) resizes images as they are loaded; folders default to 224 x 224.
+    ``image_size`` (H, W, or n for n x n) resizes images as they are loaded; folders default to 224 x 224.
     """
-    if str(source).lower() == "digits":
+    image_size = as_image_size(image_size)
+    whole_number = isinstance(max_per_class, (int, np.integer)) and not isinstance(max_per_class, bool)
+    if max_per_class is not None and not (whole_number and max_per_class >= 1):
+        raise ValueError(f"max_per_class must be a whole number >= 1 or None, got {max_per_class!r}")
+    name = str(source).lower()
+    if name == "digits":
         images, labels = _digits()
-        return _split_in_memory(images, labels, [str(digit) for digit in range(10)], image_size,
+        kept = cap_per_class(labels, max_per_class, seed)
+        return _split_in_memory(images[kept], labels[kept], [str(digit) for digit in range(10)], image_size,
                                 validation_fraction, test_fraction, seed)
-    if str(source).lower() == "cifar10":
-        return _load_cifar10(archive, cache_dir, image_size, validation_fraction, seed)
+    if name == "cifar10":
+        return _official_splits(*_cifar10_arrays(archive, cache_dir), image_size, validation_fraction, seed,
+                                max_per_class)
+    if name in IDX_DATASETS:
+        from triplet_keras.idx import load_idx_dataset
+
+        train_gray, train_labels, test_gray, test_labels, class_names = load_idx_dataset(name, archive, cache_dir)
+        return _official_splits(gray_to_rgb(train_gray), train_labels, gray_to_rgb(test_gray), test_labels,
+                                class_names, image_size, validation_fraction, seed, max_per_class)
     for folder in (os.fspath(source), os.path.join(cache_dir, os.fspath(source))):
         if os.path.isdir(folder):
             return load_folder(folder, image_size or DEFAULT_IMAGE_SIZE, validation_fraction, test_fraction,
-                               seed, strict, workers, verify, cache_bytes)
-    raise DatasetError(f"unknown dataset {source!r}: not 'cifar10', 'digits' or a folder (also looked in {cache_dir!r})")
+                               seed, strict, workers, verify, cache_bytes, max_per_class)
+    raise DatasetError(f"unknown dataset {source!r}: not 'cifar10', 'mnist', 'fashion_mnist', 'digits' or a folder "
+                       f"(also looked in {cache_dir!r})")
+
+
+def cap_per_class(labels, max_per_class, seed=0):
+    """Sorted row indices keeping at most ``max_per_class`` rows of each class, drawn with ``seed``;
+    every row when ``max_per_class`` is None."""
+    labels = np.asarray(labels)
+    if max_per_class is None:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    kept = [rng.permutation(np.flatnonzero(labels == label))[:max_per_class] for label in np.unique(labels)]
+    return np.sort(np.concatenate(kept)).astype(np.int64) if kept else np.zeros(0, np.int64)
 
 
 def stratified_split(labels, validation_fraction=0.1, test_fraction=0.2, seed=0):
@@ -238,19 +274,34 @@ def _split_in_memory(images, labels, class_names, image_size, validation_fractio
     return Dataset(class_names, whole.subset(train), whole.subset(validation), whole.subset(test))
 
 
+def _official_splits(train_images, train_labels, test_images, test_labels, class_names, image_size,
+                     validation_fraction, seed, max_per_class):
+    """A Dataset keeping the source's test split; validation cut per class from its train split."""
+    kept = cap_per_class(train_labels, max_per_class, seed)
+    train, validation, _ = stratified_split(np.asarray(train_labels)[kept], validation_fraction, 0.0, seed)
+    official_train = ArraySplit(train_images, train_labels, image_size)
+    official_test = ArraySplit(test_images, test_labels, image_size)
+    return Dataset(class_names, official_train.subset(kept[train]), official_train.subset(kept[validation]),
+                   official_test.subset(cap_per_class(test_labels, max_per_class, seed)))
+
+
+def gray_to_rgb(gray):
+    """Gray uint8 images (n, H, W) as RGB (n, H, W, 3), the gray value repeated in each channel."""
+    return np.repeat(np.asarray(gray, np.uint8)[..., None], 3, axis=-1)
+
+
 def _digits():
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    gray = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=-1), digits.target
+    return gray_to_rgb(np.round(digits.images * (255.0 / 16.0))), digits.target
 
 
 # ----------------------------------------------------------------------------------------- folders
 
 
 def load_folder(root, image_size=DEFAULT_IMAGE_SIZE, validation_fraction=0.1, test_fraction=0.2, seed=0,
-                strict=False, workers=4, verify="auto", cache_bytes=0):
+                strict=False, workers=4, verify="auto", cache_bytes=0, max_per_class=None):
     """A :class:`Dataset` of :class:`FileSplit` from a folder of class subfolders.
 
     Layouts: ``root/<class>/...`` (split per class with ``seed``) or ``root/train/<class>/...``
@@ -266,8 +317,11 @@ def load_folder(root, image_size=DEFAULT_IMAGE_SIZE, validation_fraction=0.1, te
     Files failing the check are skipped and counted in one warning, or raise with ``strict``.
     Raises :class:`DatasetError`, naming the folder, for an empty class folder, fewer than two
     classes, or a training class with fewer than two images. ``cache_bytes``: each split keeps its
-    decoded images in memory when they fit (see :class:`FileSplit`).
+    decoded images in memory when they fit (see :class:`FileSplit`). ``max_per_class`` keeps at most
+    that many images of each class in each split folder (or the one root), drawn with ``seed`` before
+    any splitting. ``image_size`` is (H, W) or n for n x n.
     """
+    image_size = as_image_size(image_size)
     if verify not in ("auto", "full", "header"):
         raise ValueError(f"verify must be 'auto', 'full' or 'header', got {verify!r}")
     root = os.fspath(root)
@@ -291,8 +345,10 @@ def load_folder(root, image_size=DEFAULT_IMAGE_SIZE, validation_fraction=0.1, te
                                    "triplets need at least two per class")
             paths += kept
             labels += [class_names.index(name)] * len(kept)
-        splits[os.path.basename(folder) if folder != root else "all"] = FileSplit(
-            paths, labels, image_size, strict, workers, cache_bytes)
+        split = FileSplit(paths, labels, image_size, strict, workers, cache_bytes)
+        if max_per_class is not None:
+            split = split.subset(cap_per_class(split.labels, max_per_class, seed))
+        splits[os.path.basename(folder) if folder != root else "all"] = split
     if "all" in splits:
         indices = stratified_split(splits["all"].labels, validation_fraction, test_fraction, seed)
         return Dataset(class_names, *(splits["all"].subset(rows) for rows in indices))
@@ -334,19 +390,20 @@ def _check_files(paths, root, verify, strict, workers):
 # ---------------------------------------------------------------------------------------- CIFAR-10
 
 
-def _load_cifar10(archive, cache_dir, image_size, validation_fraction, seed):
+def _cifar10_arrays(archive, cache_dir):
+    """(train_images, train_labels, test_images, test_labels, class_names) of CIFAR-10."""
     cached = os.path.join(cache_dir, CIFAR10_ARCHIVE)
     if archive is None and os.path.isfile(cached):
         archive = cached
     if archive is not None:
-        train_images, train_labels, test_images, test_labels, class_names = read_cifar10_archive(archive)
-    else:
-        train_images, train_labels, test_images, test_labels = _keras_cifar10(cache_dir)
-        class_names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    train, validation, _ = stratified_split(train_labels, validation_fraction, 0.0, seed)
-    whole = ArraySplit(train_images, train_labels, image_size)
-    return Dataset(class_names, whole.subset(train), whole.subset(validation),
-                   ArraySplit(test_images, test_labels, image_size))
+        return read_cifar10_archive(archive)
+    class_names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    return (*_keras_cifar10(cache_dir), class_names)
+
+
+def keras_home():
+    """Where Keras keeps downloads: $KERAS_HOME, else ~/.keras."""
+    return os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
 
 
 def _keras_cifar10(cache_dir):
@@ -354,8 +411,7 @@ def _keras_cifar10(cache_dir):
 
     from triplet_keras.models import host_reachable  # a 3 s socket connect
 
-    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    keras_cached = os.path.isdir(os.path.join(keras_home, "datasets", "cifar-10-batches-py-target"))
+    keras_cached = os.path.isdir(os.path.join(keras_home(), "datasets", "cifar-10-batches-py-target"))
     if not keras_cached and not host_reachable(CIFAR10_HOST):
         raise DatasetError(
             f"CIFAR-10 is not cached and {CIFAR10_HOST[0]} cannot be reached. Download {CIFAR10_ARCHIVE} "

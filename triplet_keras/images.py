@@ -6,6 +6,7 @@ turned upright by its EXIF orientation tag where it has one.
 Files are read with ``np.fromfile`` and decoded with ``cv2.imdecode`` so paths with non-ASCII
 characters work on every platform (``cv2.imread`` does not handle them everywhere).
 """
+import numbers
 import os
 
 import cv2
@@ -88,6 +89,24 @@ def to_rgb_uint8(image, name="image"):
     if channels == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     raise ImageReadError(f"{name!r}: unsupported number of channels {channels}")
+
+
+def as_image_size(size, name="image_size"):
+    """``size`` as (height, width): an int n means n x n (as Keras and torchvision take it), else two
+    positive ints; None stays None. ValueError naming ``name`` for anything else."""
+    if size is None:
+        return None
+    size = size.tolist() if isinstance(size, np.ndarray) else size
+    pair = (size, size) if _is_whole(size) else size
+    if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+            and all(_is_whole(side) and side > 0 for side in pair)):
+        raise ValueError(f"{name} must be a positive int (a square) or two positive ints (height, width), "
+                         f"got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _is_whole(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def resize_image(image, size):

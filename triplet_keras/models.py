@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from triplet_keras import losses  # noqa: F401  (registers the losses for load_model)
 from triplet_keras.export import atomic_write
+from triplet_keras.images import as_image_size
 
 
 
@@ -247,9 +248,10 @@ def build_encoder(
     ``weights`` is "imagenet" (ResNet50 only; fails within seconds offline with what to do instead),
     None (random initialisation) or a path to a backbone weights file. The first ``freeze_layers``
     backbone layers are frozen; with pretrained weights every BatchNorm layer is frozen too.
-    ``backbone_size`` (H, W) resizes inside the model; by default images are fed at their own size,
-    raised to 32 x 32 for ResNet50, which needs at least that.
+    ``backbone_size`` (H, W, or n for n x n) resizes inside the model; by default images are fed at
+    their own size, raised to 32 x 32 for ResNet50, which needs at least that.
     """
+    backbone_size = as_image_size(backbone_size, "backbone_size")
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ValueError(f"input_shape must be (height, width, 3), got {input_shape!r}")
     if embedding_dim < 1 or freeze_layers < 0:

@@ -7,24 +7,32 @@ import argparse
 import json
 import os
 
+from triplet_keras.images import as_image_size
+
 OFFLINE_STRATEGIES = ("random", "semi_hard", "hard")
 ONLINE_STRATEGIES = ("batch_all", "batch_hard", "batch_semi_hard")
 
 # name: (default, type or tuple of allowed values, help)
 SCHEMA = {
-    "dataset": ("digits", str, '"digits", "cifar10" or a folder of class subfolders'),
-    "archive": (None, str, "local cifar-10-python.tar.gz (CIFAR-10 offline)"),
-    "image_size": (None, list, "[height, width] images are resized to on load (folders: 224 x 224)"),
+    "dataset": ("digits", str, '"digits", "cifar10", "mnist", "fashion_mnist" or a folder of class subfolders'),
+    "archive": (None, str, "offline data: the local cifar-10-python.tar.gz (CIFAR-10), or the folder holding the "
+                "four IDX .gz files (MNIST, Fashion-MNIST)"),
+    "image_size": (None, list, "size images are resized to on load: [height, width] or one number n for n x n "
+                   "(folders: 224 x 224)"),
+    "max_per_class": (None, int, "at most this many images per class in each part the dataset gives, drawn with "
+                      "seed (a quick experiment on a big dataset)"),
     "loader_workers": (4, int, "threads that prepare training batches ahead of the train step (Keras PyDataset "
                        "workers; 1 = in the training loop, no prefetch)"),
     "cache_mb": (2048, int, "folders: a split whose decoded, resized images fit in this many MB is kept in "
                  "memory after the first epoch (0: decode every epoch)"),
     "validation_fraction": (0.1, float, "share of each class held out for validation"),
-    "test_fraction": (0.2, float, "share of each class held out for testing"),
+    "test_fraction": (0.2, float, "share of each class held out for testing (unused by cifar10, mnist and "
+                      "fashion_mnist, which keep their official test split)"),
     "seed": (0, int, "seed for splits, mining, episodes and weights"),
     "backbone": ("resnet50", ("resnet50", "small_cnn"), "the CNN under the embedding"),
     "weights": ("imagenet", str, '"imagenet", "none" or a backbone weights file'),
-    "backbone_size": (None, list, "[height, width] the model resizes images to (ResNet50: at least 32)"),
+    "backbone_size": (None, list, "size the model resizes images to: [height, width] or one number n for n x n "
+                      "(ResNet50: at least 32)"),
     "embedding_dim": (128, int, "size of the L2-normalised embedding"),
     "freeze_layers": (15, int, "number of leading backbone layers kept frozen"),
     "strategy": ("semi_hard", OFFLINE_STRATEGIES + ONLINE_STRATEGIES,
@@ -67,10 +75,12 @@ SCHEMA = {
 
 NULLABLE = {"transfer_whiten"}
 AUTO_ALLOWED = {"transfer_whiten"}  # numeric keys that also take the string "auto"
+# Sizes: an int n for n x n or [height, width], stored as [height, width].
+SIZE_KEYS = {"image_size", "backbone_size"}
 # The least value of a whole-number parameter.
 MINIMUM = {"loader_workers": 1, "cache_mb": 0, "embedding_dim": 1, "freeze_layers": 0, "triplets_per_anchor": 1,
            "remine_every": 1, "batch_size": 1, "samples_per_class": 2, "epochs": 1, "augment_crop": 0,
-           "collapse_patience": 1, "transfer_shift_average": 0, "episodes": 1}
+           "collapse_patience": 1, "transfer_shift_average": 0, "episodes": 1, "max_per_class": 1}
 
 
 class ParamsError(ValueError):
@@ -90,6 +100,11 @@ def check_value(key, value):
         return None
     if value == "auto" and key in AUTO_ALLOWED:
         return value
+    if key in SIZE_KEYS:
+        try:
+            return list(as_image_size(value, key))
+        except ValueError as error:
+            raise ParamsError(str(error)) from None
     if isinstance(kind, tuple):
         if value not in kind:
             raise ParamsError(f"{key} must be one of {list(kind)}, got {value!r}")

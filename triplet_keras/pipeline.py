@@ -114,7 +114,7 @@ def prepare_data(params):
         data = load_dataset(params["dataset"], image_size=params["image_size"],
                             validation_fraction=params["validation_fraction"],
                             test_fraction=params["test_fraction"], seed=params["seed"], archive=params["archive"],
-                            cache_bytes=params["cache_mb"] * 2**20)
+                            cache_bytes=params["cache_mb"] * 2**20, max_per_class=params["max_per_class"])
     except (DatasetError, FileNotFoundError) as error:
         raise PipelineError(str(error)) from error
     try:

@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 
 from .export import atomic_write, write_text
-from .images import read_image, resize_image
+from .images import as_image_size, read_image, resize_image
 from .transfer import classifier_from_state
 
 FORMAT = "triplet_keras.predictor"
@@ -58,7 +58,7 @@ class ImageBatches:
 class Predictor:
     """Class names for images: encoder -> embeddings -> classifier (NearestMeanClassifier or
     TransferClassifier). ``class_names[i]`` names ``classifier.classes_[i]`` (default: str of each).
-    ``image_size`` (H, W): inputs are resized to it; default the encoder's input size."""
+    ``image_size`` (H, W, or n for n x n): inputs are resized to it; default the encoder's input size."""
 
     def __init__(self, encoder, class_names, classifier, image_size=None, batch_size=64):
         self.encoder = encoder
@@ -67,10 +67,11 @@ class Predictor:
         self.class_names = [str(c) for c in classes] if class_names is None else [str(n) for n in class_names]
         if len(self.class_names) != len(classes):
             raise ValueError(f"{len(self.class_names)} class names for {len(classes)} classifier classes")
-        image_size = image_size or encoder.input_shape[1:3]
-        if None in image_size:
-            raise ValueError("the encoder takes any image size: pass image_size=(height, width)")
-        self.image_size = tuple(int(s) for s in image_size)
+        if image_size is None:
+            image_size = encoder.input_shape[1:3]
+            if None in image_size:
+                raise ValueError("the encoder takes any image size: pass image_size=(height, width)")
+        self.image_size = as_image_size(image_size)
         self.batch_size = batch_size
 
     def embed(self, images, batch_size=None):
@@ -153,9 +154,10 @@ def _read_config(path):
                             f"{FORMAT!r} version {VERSION}")
         if not all(isinstance(name, str) for name in config["class_names"]):
             problems.append("'class_names' must be strings")
-        size = config["image_size"]
-        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-            problems.append("'image_size' must be two positive integers")
+        try:
+            as_image_size(config["image_size"], "'image_size'")
+        except ValueError as error:
+            problems.append(str(error))
         if not isinstance(config["classifier"].get("params"), dict):
             problems.append("'classifier' must hold a 'params' object")
     if problems:
