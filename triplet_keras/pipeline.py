@@ -4,8 +4,9 @@ Files left in ``model_dir`` (each written atomically, so a kill leaves no corrup
 ``best.keras`` and ``last.keras`` (the training model with its optimizer), ``state.json`` (epoch,
 best validation loss, history, the parameters it was trained with), ``history.csv``, ``logs/``
 (TensorBoard), ``embeddings/`` (vectors, metadata.tsv, npz; shown by TensorBoard's projector),
-``plots/`` (2-D maps before/after the transfer, loss curves, confusion matrix), ``predictor/``
-(source classes) and ``predictor_transfer/`` (target classes), and ``metrics.json``.
+``plots/`` (2-D maps before/after the transfer, loss curves, confusion matrix, reliability diagrams),
+``predictor/`` (source classes; the train split as its gallery) and ``predictor_transfer/`` (target
+classes; the support as its gallery), both calibrated (calibration_report), and ``metrics.json``.
 Re-running into the same folder resumes from ``last.keras`` unless ``restart`` is set.
 """
 import contextlib
@@ -318,6 +319,14 @@ def train(params, data, model_dir, restart):
 
 
 # ----------------------------------------------------------------------------------------- evaluation
+def image_ids(splits):
+    """Ids of the images of ``splits`` in order: their file paths when every split has them (folders),
+    else row numbers."""
+    if all(hasattr(split, "paths") for split in splits):
+        return np.array([path for split in splits for path in split.paths])
+    return np.arange(sum(len(split) for split in splits))
+
+
 def embed_splits(encoder, splits):
     """Concatenated embeddings and labels of several splits."""
     embeddings = [embed_images(encoder, s, description=f"embedding {len(s)} images") for s in splits]
@@ -353,19 +362,53 @@ def evaluate_transfer(params, source_emb, source_labels, target_emb, target_labe
     return results
 
 
-def fit_saved_transfer(params, source_emb, source_labels, target_emb, target_labels, whitening_data=None):
-    """The transfer classifier saved with the predictor: K = max(shots) labelled images per target
-    class, the rest held out to score it. Returns (classifier, held-out accuracy, support, held out)."""
+def transfer_split(params, target_labels):
+    """(support, calibration, report) indices into the target images: K = max(shots) labelled images
+    per target class for the support, and the rest cut at random (seed) into halves: one to calibrate
+    the saved predictor, the other to report on (never both)."""
     rng = np.random.default_rng(params["seed"])
     k = max(params["shots"])
     support = np.concatenate([rng.permutation(np.flatnonzero(target_labels == c))[:k]
                               for c in np.unique(target_labels)])
-    held_out = np.setdiff1d(np.arange(len(target_labels)), support)
+    held_out = rng.permutation(np.setdiff1d(np.arange(len(target_labels)), support))
+    return support, np.sort(held_out[:len(held_out) // 2]), np.sort(held_out[len(held_out) // 2:])
+
+
+def fit_saved_transfer(params, source_emb, source_labels, target_emb, target_labels, whitening_data=None):
+    """The transfer classifier saved with the predictor, fitted on the support of transfer_split.
+    Returns (classifier, accuracy on the report part, support, calibration part)."""
+    support, calibration, report = transfer_split(params, target_labels)
     whitening = None if whitening_data is None else source_whitening(*whitening_data, params["transfer_whiten"])
     classifier = fit_transfer(source_emb, source_labels, target_emb[support], target_labels[support],
                               mode=params["transfer_mode"], whiten=params["transfer_whiten"], whitening=whitening)
-    accuracy = classifier.score(target_emb[held_out], target_labels[held_out]) if len(held_out) else float("nan")
-    return classifier, accuracy, support
+    accuracy = classifier.score(target_emb[report], target_labels[report]) if len(report) else float("nan")
+    return classifier, accuracy, support, calibration
+
+
+def calibration_report(predictor, calibration, report, plot_path, unseen=None, accept_rate=0.95):
+    """Calibrate ``predictor`` on ``calibration`` = (embeddings, class names) and score it on another
+    held-out ``report`` pair: ECE (15 bins) before and after, the share of report images accepted (not
+    "unknown") and the accuracy among them, and with ``unseen`` (embeddings of classes the predictor
+    never saw) the share of those answered "unknown". Draws the reliability diagram at ``plot_path``."""
+    (calibration_emb, calibration_names), (report_emb, report_names) = calibration, report
+    if not len(calibration_names) or not len(report_names):
+        return {"skipped": "no held-out images to calibrate on or to report on"}
+    labels = np.array([predictor.class_names.index(name) for name in report_names])
+    before = predictor.classifier.predict_proba(report_emb)
+    fitted = predictor.calibrate_embeddings(calibration_emb, calibration_names, accept_rate)
+    after = predictor.predict_proba_embeddings(report_emb)
+    answers = np.array(predictor.predict_embeddings(report_emb))
+    accepted = answers != predictor.UNKNOWN
+    result = {**fitted._asdict(), "n_calibration": len(calibration_names), "n_report": len(report_names),
+              "ece_before": metrics.expected_calibration_error(before, labels),
+              "ece_after": metrics.expected_calibration_error(after, labels),
+              "accepted_share": float(accepted.mean()),
+              "accepted_accuracy": metrics.accuracy(np.asarray(report_names)[accepted], answers[accepted])
+              if accepted.any() else float("nan")}
+    if unseen is not None and len(unseen):
+        result["unseen_unknown_share"] = float(np.mean(np.array(predictor.predict_embeddings(unseen)) == predictor.UNKNOWN))
+    plots.plot_reliability_diagram(plot_path, {"before calibration": (before, labels), "after calibration": (after, labels)})
+    return result
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -394,8 +437,19 @@ def run(model_dir, params, restart=False):
     stage("evaluating on the test split (nearest class mean)")
     scores, classifier, train_emb, test_emb, predicted = evaluate_source(encoder, data)
     source_names = [names[c] for c in classifier.classes_]
-    Predictor(encoder, source_names, classifier).save(os.path.join(model_dir, "predictor"))
     plot_dir = os.path.join(model_dir, "plots")
+    target = data["target"]
+    target_in_source = None if target is None else embed_splits(encoder, target["splits"])[0]
+    stage("calibrating the predictors (source: on the validation split)")
+    source_predictor = Predictor(encoder, source_names, classifier)
+    source_predictor.add_gallery_embeddings(train_emb, [names[c] for c in data["train"].labels],
+                                            image_ids([data["train"]]))
+    validation_emb = embed_images(encoder, data["validation"], progress=False) if len(data["validation"]) else []
+    calibration = {"source": calibration_report(
+        source_predictor, (validation_emb, [names[c] for c in data["validation"].labels]),
+        (test_emb, [names[c] for c in data["test"].labels]), os.path.join(plot_dir, "reliability_source.png"),
+        target_in_source if target is not None and target["regime"] == "new classes" else None)}
+    source_predictor.save(os.path.join(model_dir, "predictor"))
     plots.plot_loss_curves(os.path.join(plot_dir, "loss_curves.png"), history)
     plots.plot_confusion_matrix(os.path.join(plot_dir, "confusion_matrix.png"),
                                 [names[c] for c in data["test"].labels], [names[c] for c in predicted], source_names)
@@ -404,7 +458,6 @@ def run(model_dir, params, restart=False):
     vectors = [test_emb]
 
     transfer = {}
-    target = data["target"]
     if target is not None:
         shift = params["transfer_shift_average"]
         stage(f"transfer to the target ({target['regime']}, {params['transfer_features']} features"
@@ -419,10 +472,18 @@ def run(model_dir, params, restart=False):
             pseudo = with_pseudo_classes(data["train"])
             whitening_data = embed_images(features, pseudo, description="features of the pseudo-classes"), pseudo.labels
         transfer = evaluate_transfer(params, source_emb, data["train"].labels, target_emb, target_labels, whitening_data)
-        transfer_classifier, scores["transfer_accuracy"], support = fit_saved_transfer(
+        transfer_classifier, scores["transfer_accuracy"], support, held = fit_saved_transfer(
             params, source_emb, data["train"].labels, target_emb, target_labels, whitening_data)
         target_names = [names[c] for c in transfer_classifier.classes_]
-        Predictor(features, target_names, transfer_classifier).save(os.path.join(model_dir, "predictor_transfer"))
+        transfer_predictor = Predictor(features, target_names, transfer_classifier)
+        transfer_predictor.add_gallery_embeddings(target_emb[support], [names[c] for c in target_labels[support]],
+                                                  image_ids(target["splits"])[support])
+        report = np.setdiff1d(np.arange(len(target_labels)), np.concatenate([support, held]))
+        calibration["transfer"] = calibration_report(
+            transfer_predictor, (target_emb[held], [names[c] for c in target_labels[held]]),
+            (target_emb[report], [names[c] for c in target_labels[report]]),
+            os.path.join(plot_dir, "reliability_transfer.png"))
+        transfer_predictor.save(os.path.join(model_dir, "predictor_transfer"))
         moved = transfer_classifier.transform(target_emb)
         plots.plot_embedding_transfer(
             os.path.join(plot_dir, "transfer_map.png"), (source_emb, [names[c] for c in data["train"].labels]),
@@ -430,7 +491,7 @@ def run(model_dir, params, restart=False):
             source_after=transfer_classifier.transform_source(source_emb),
             seed=params["seed"], method=params["plot_method"], max_points=1000)
         # The projector shows every split in one space: the embedding's.
-        vectors.append(target_emb if features is encoder else embed_splits(encoder, target["splits"])[0])
+        vectors.append(target_in_source)
         export["label"] += [names[c] for c in target_labels]
         in_support = np.isin(np.arange(len(target_labels)), support)
         export["split"] += ["support" if chosen else "target" for chosen in in_support]
@@ -438,7 +499,7 @@ def run(model_dir, params, restart=False):
     export_embeddings(os.path.join(model_dir, "embeddings"), np.concatenate(vectors), export,
                       log_dir=os.path.join(model_dir, "logs"))
 
-    result = {"params": params, "scores": scores, "transfer": transfer,
+    result = {"params": params, "scores": scores, "transfer": transfer, "calibration": calibration,
               "epochs_trained": len(history.get("loss", []))}
     write_json(os.path.join(model_dir, "metrics.json"), result)
     stage("summary")
