@@ -21,8 +21,6 @@ import os
 import platform
 import tempfile
 
-import numpy as np
-
 from triplet_keras.models import embed_images
 from triplet_keras.params import load_params
 from triplet_keras.pipeline import calibration_report, embed_splits, prepare_data, run, transfer_split
@@ -57,17 +55,15 @@ def reports(model_dir, accept_rate):
     plot_dir = tempfile.mkdtemp(prefix="reliability_")
     source = Predictor.load(os.path.join(model_dir, "predictor"))
     splits = data["target"]["splits"]
-    labelled = lambda split: (embed_images(source.encoder, split, progress=False),  # noqa: E731
-                              [names[c] for c in split.labels])
-    result = {"source": calibration_report(source, labelled(data["validation"]), labelled(data["test"]),
+    labelled = lambda split: (embed_images(source.encoder, split, progress=False), split.labels)  # noqa: E731
+    result = {"source": calibration_report(source, names, labelled(data["validation"]), labelled(data["test"]),
                                            os.path.join(plot_dir, "source.png"), embed_splits(source.encoder, splits)[0],
                                            accept_rate)}
     transfer = Predictor.load(os.path.join(model_dir, "predictor_transfer"))
     target_emb, target_labels = embed_splits(transfer.encoder, splits)
     _, calibration, report = transfer_split(params, target_labels)
-    target_names = np.array(names)[target_labels]
-    result["transfer"] = calibration_report(transfer, (target_emb[calibration], target_names[calibration]),
-                                            (target_emb[report], target_names[report]),
+    result["transfer"] = calibration_report(transfer, names, (target_emb[calibration], target_labels[calibration]),
+                                            (target_emb[report], target_labels[report]),
                                             os.path.join(plot_dir, "transfer.png"), accept_rate=accept_rate)
     print(f"reliability diagrams in {plot_dir}")
     return result

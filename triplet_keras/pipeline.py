@@ -376,21 +376,22 @@ def transfer_split(params, target_labels):
 
 def fit_saved_transfer(params, source_emb, source_labels, target_emb, target_labels, whitening_data=None):
     """The transfer classifier saved with the predictor, fitted on the support of transfer_split.
-    Returns (classifier, accuracy on the report part, support, calibration part)."""
+    Returns (classifier, accuracy on the report part, and the support, calibration and report indices)."""
     support, calibration, report = transfer_split(params, target_labels)
     whitening = None if whitening_data is None else source_whitening(*whitening_data, params["transfer_whiten"])
     classifier = fit_transfer(source_emb, source_labels, target_emb[support], target_labels[support],
                               mode=params["transfer_mode"], whiten=params["transfer_whiten"], whitening=whitening)
     accuracy = classifier.score(target_emb[report], target_labels[report]) if len(report) else float("nan")
-    return classifier, accuracy, support, calibration
+    return classifier, accuracy, support, calibration, report
 
 
-def calibration_report(predictor, calibration, report, plot_path, unseen=None, accept_rate=0.95):
-    """Calibrate ``predictor`` on ``calibration`` = (embeddings, class names) and score it on another
-    held-out ``report`` pair: ECE (15 bins) before and after, the share of report images accepted (not
+def calibration_report(predictor, names, calibration, report, plot_path, unseen=None, accept_rate=0.95):
+    """Calibrate ``predictor`` on ``calibration`` = (embeddings, labels indexing ``names``) and score it
+    on another held-out ``report`` pair: ECE (15 bins) before and after, the share of report images accepted (not
     "unknown") and the accuracy among them, and with ``unseen`` (embeddings of classes the predictor
     never saw) the share of those answered "unknown". Draws the reliability diagram at ``plot_path``."""
-    (calibration_emb, calibration_names), (report_emb, report_names) = calibration, report
+    (calibration_emb, calibration_names), (report_emb, report_names) = ((emb, np.asarray(names)[labels])
+                                                                          for emb, labels in (calibration, report))
     if not len(calibration_names) or not len(report_names):
         return {"skipped": "no held-out images to calibrate on or to report on"}
     labels = np.array([predictor.class_names.index(name) for name in report_names])
@@ -403,7 +404,7 @@ def calibration_report(predictor, calibration, report, plot_path, unseen=None, a
               "ece_before": metrics.expected_calibration_error(before, labels),
               "ece_after": metrics.expected_calibration_error(after, labels),
               "accepted_share": float(accepted.mean()),
-              "accepted_accuracy": metrics.accuracy(np.asarray(report_names)[accepted], answers[accepted])
+              "accepted_accuracy": metrics.accuracy(report_names[accepted], answers[accepted])
               if accepted.any() else float("nan")}
     if unseen is not None and len(unseen):
         result["unseen_unknown_share"] = float(np.mean(np.array(predictor.predict_embeddings(unseen)) == predictor.UNKNOWN))
@@ -446,8 +447,8 @@ def run(model_dir, params, restart=False):
                                             image_ids([data["train"]]))
     validation_emb = embed_images(encoder, data["validation"], progress=False) if len(data["validation"]) else []
     calibration = {"source": calibration_report(
-        source_predictor, (validation_emb, [names[c] for c in data["validation"].labels]),
-        (test_emb, [names[c] for c in data["test"].labels]), os.path.join(plot_dir, "reliability_source.png"),
+        source_predictor, names, (validation_emb, data["validation"].labels), (test_emb, data["test"].labels),
+        os.path.join(plot_dir, "reliability_source.png"),
         target_in_source if target is not None and target["regime"] == "new classes" else None)}
     source_predictor.save(os.path.join(model_dir, "predictor"))
     plots.plot_loss_curves(os.path.join(plot_dir, "loss_curves.png"), history)
@@ -472,17 +473,15 @@ def run(model_dir, params, restart=False):
             pseudo = with_pseudo_classes(data["train"])
             whitening_data = embed_images(features, pseudo, description="features of the pseudo-classes"), pseudo.labels
         transfer = evaluate_transfer(params, source_emb, data["train"].labels, target_emb, target_labels, whitening_data)
-        transfer_classifier, scores["transfer_accuracy"], support, held = fit_saved_transfer(
+        transfer_classifier, scores["transfer_accuracy"], support, held, report = fit_saved_transfer(
             params, source_emb, data["train"].labels, target_emb, target_labels, whitening_data)
         target_names = [names[c] for c in transfer_classifier.classes_]
         transfer_predictor = Predictor(features, target_names, transfer_classifier)
         transfer_predictor.add_gallery_embeddings(target_emb[support], [names[c] for c in target_labels[support]],
                                                   image_ids(target["splits"])[support])
-        report = np.setdiff1d(np.arange(len(target_labels)), np.concatenate([support, held]))
         calibration["transfer"] = calibration_report(
-            transfer_predictor, (target_emb[held], [names[c] for c in target_labels[held]]),
-            (target_emb[report], [names[c] for c in target_labels[report]]),
-            os.path.join(plot_dir, "reliability_transfer.png"))
+            transfer_predictor, names, (target_emb[held], target_labels[held]),
+            (target_emb[report], target_labels[report]), os.path.join(plot_dir, "reliability_transfer.png"))
         transfer_predictor.save(os.path.join(model_dir, "predictor_transfer"))
         moved = transfer_classifier.transform(target_emb)
         plots.plot_embedding_transfer(

@@ -390,9 +390,9 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
     def class_scores(self, X):
         """Nearest-prototype scores -d, or with knn the softmax(-d / temperature) weight of each
         class among the k nearest reference points (then predict_proba is these weights)."""
-        if not len(self.reference_index_):
-            return super().class_scores(X)
         queries = self._queries(X)
+        if not len(self.reference_index_):
+            return -distances(queries, self.means_, self.metric)
         d = distances(queries, self.reference_points_, self.metric)
         k = min(int(self.knn), d.shape[1])
         nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
