@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from triplet_keras.metrics import (accuracy, clustering_scores, map_at_r, precision_at_1, r_precision,
+from triplet_keras.metrics import (accuracy, clustering_scores, expected_calibration_error, map_at_r, precision_at_1, r_precision,
                                    recall_at_k, retrieval_scores, triplet_accuracy)
 
 
@@ -71,3 +71,31 @@ def test_accuracy_and_triplet_accuracy():
     assert triplet_accuracy(anchor, positive, negative) == pytest.approx(1 / 3)  # ties do not count
     unit = np.array([[1.0, 0.0], [2.0, 0.1], [0.0, 5.0]])
     assert triplet_accuracy(unit[[0]], unit[[1]], unit[[2]], metric="cosine") == 1.0
+
+
+def ece_loops(probabilities, labels, n_bins):
+    """ECE with a Python loop over equal-width bins (b/M, (b+1)/M], a confidence of 0 in the first."""
+    confidence, correct = probabilities.max(axis=1), probabilities.argmax(axis=1) == labels
+    total = 0.0
+    for b in range(n_bins):
+        low, high = b / n_bins, (b + 1) / n_bins
+        inside = [i for i in range(len(labels)) if low < confidence[i] <= high or (b == 0 and confidence[i] == 0)]
+        if inside:
+            total += len(inside) / len(labels) * abs(np.mean(correct[inside]) - np.mean(confidence[inside]))
+    return total
+
+
+def test_expected_calibration_error_matches_loops_and_known_values():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(5) * 0.5, 400)
+    labels = rng.integers(0, 5, 400)
+    for n_bins in (1, 10, 15):
+        assert expected_calibration_error(probabilities, labels, n_bins) == pytest.approx(
+            ece_loops(probabilities, labels, n_bins))
+    # one bin: |accuracy - mean confidence|; confident and right: 0; confident and wrong: 1
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    assert expected_calibration_error(p, [0, 1, 1], n_bins=1) == pytest.approx(abs(2 / 3 - (0.9 + 0.6 + 0.8) / 3))
+    assert expected_calibration_error(np.eye(3), [0, 1, 2]) == 0.0
+    assert expected_calibration_error(np.eye(3), [1, 2, 0]) == 1.0
+    with pytest.raises(ValueError, match="labels"):
+        expected_calibration_error(p, [0, 1])

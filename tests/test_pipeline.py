@@ -49,7 +49,9 @@ def test_run_leaves_every_artefact(experiment):
     for name in ("best.keras", "last.keras", "state.json", "history.csv", "metrics.json",
                  "embeddings/vectors.tsv", "embeddings/metadata.tsv", "embeddings/embeddings.npz",
                  "logs/projector_config.pbtxt", "plots/loss_curves.png", "plots/confusion_matrix.png",
-                 "plots/transfer_map.png", "predictor/predictor.json", "predictor_transfer/predictor.json"):
+                 "plots/transfer_map.png", "predictor/predictor.json", "predictor_transfer/predictor.json",
+                 "plots/reliability_source.png", "plots/reliability_transfer.png", "predictor/gallery.npz",
+                 "predictor_transfer/gallery.npz"):
         assert (model_dir / name).is_file(), name
     assert any(name.startswith("train") for name in os.listdir(model_dir / "logs"))
     assert not [name for name in os.listdir(model_dir) if name.startswith(".tmp")]
@@ -71,6 +73,15 @@ def test_metrics_are_useful_and_complete(experiment):
     for shots in ("1-shot", "5-shot"):
         assert {"none", "ceiling"} <= set(metrics["transfer"][shots])
     assert metrics["epochs_trained"] == 2
+    calibration = metrics["calibration"]
+    for report in calibration.values():
+        assert report["temperature"] > 0 and report["accept_rate"] == 0.95
+        assert 0 <= report["ece_after"] <= 1 and 0 <= report["ece_before"] <= 1
+        assert 0 < report["accepted_share"] <= 1 and 0 <= report["accepted_accuracy"] <= 1
+    assert 0 <= calibration["source"]["unseen_unknown_share"] <= 1  # digits 5-9 were never seen by it
+    assert "unseen_unknown_share" not in calibration["transfer"]
+    # the target images outside the support, cut in halves: one calibrates, the other is reported on
+    assert abs(calibration["transfer"]["n_calibration"] - calibration["transfer"]["n_report"]) <= 1
     assert "| test_accuracy |" in result.stdout and "==> summary" in result.stdout
 
 
@@ -87,11 +98,14 @@ def test_saved_predictors_classify_new_images(experiment):
     assert predictor.encoder.output_shape[-1] == 512
     assert predictor.encoder.get_layer("shifted_copies").shift == 1
     assert predictor.classifier.whitening_.shape == (512, 512)  # transfer_whiten 0.3 by default
-    predicted = predictor.predict(images)
+    predicted = predictor.predict(images, reject_unknown=False)
     assert np.mean(np.array(predicted) == labels.astype(str)) > 0.5
+    assert predictor.calibration is not None and len(predictor.gallery.ids) == 25  # the support
     source = Predictor.load(str(model_dir / "predictor"))
     assert source.class_names == ["0", "1", "2", "3", "4"]
     assert source.encoder.output_shape[-1] == 16
+    assert source.calibration is not None and set(source.gallery.labels) == set(source.class_names)
+    assert set(source.lookup(images[:3], k=2).labels.ravel()) <= set(source.class_names)
 
 
 def test_rerun_resumes_and_restart_starts_over(experiment):

@@ -124,3 +124,13 @@ def test_plot_confusion_matrix(tmp_path, classes, normalize):
 def test_plot_confusion_matrix_rejects_mismatched_lengths(tmp_path):
     with pytest.raises(ValueError, match="y_pred"):
         plots.plot_confusion_matrix(tmp_path / "cm.png", [0, 1, 1], [0, 1], ["a", "b"])
+
+
+def test_plot_reliability_diagram(tmp_path):
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(4), 300)
+    labels = rng.integers(0, 4, 300)
+    assert_png(plots.plot_reliability_diagram(tmp_path / "reliability.png",
+                                              {"raw": (probabilities, labels), "sharp": (probabilities ** 3, labels)}))
+    with pytest.raises(ValueError, match="no curves"):
+        plots.plot_reliability_diagram(tmp_path / "none.png", {})

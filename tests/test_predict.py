@@ -128,3 +128,181 @@ def test_command_line(model_dir, image_files, predictor, images, capsys, tmp_pat
         assert error.startswith("error:") and match in error and "Traceback" not in error
     assert main(["predict", "--model_dir", str(tmp_path)] + image_files) == 2
     assert "predictor.json" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- calibration, unknown, lookup
+def clusters(n, rng, noise=0.6):
+    """n 8-d embeddings of three overlapping classes around the first three axes, and their labels."""
+    labels = rng.integers(0, 3, n)
+    return np.eye(8)[labels] + rng.normal(0, noise, (n, 8)), labels
+
+
+@pytest.fixture()
+def synthetic(predictor):
+    """A fresh Predictor over the test encoder whose classifier was fitted on clusters(); names a, b, c."""
+    from triplet_keras.transfer import NearestMeanClassifier
+
+    x, y = clusters(300, np.random.default_rng(1))
+    return Predictor(predictor.encoder, ["a", "b", "c"], NearestMeanClassifier().fit(x, y), batch_size=100)
+
+
+def nll(probabilities, labels):
+    return -np.mean(np.log(probabilities[np.arange(len(labels)), labels]))
+
+
+def test_calibration_lowers_held_out_nll_and_accepts_the_requested_share(synthetic):
+    rng = np.random.default_rng(2)
+    (x, y), (held_x, held_y) = clusters(4000, rng), clusters(20000, rng)
+    names = np.array(["a", "b", "c"])
+    before = nll(synthetic.predict_proba_embeddings(held_x), held_y)
+    calibration = synthetic.calibrate_embeddings(x, names[y], accept_rate=0.9)
+    after = nll(synthetic.predict_proba_embeddings(held_x), held_y)
+    assert after < before - 0.05
+    # the fitted temperature is the NLL minimum on the calibration data
+    scores = synthetic.classifier.class_scores(x)
+    fit_nll = [nll(softmax_rows(scores / (calibration.temperature * f)), y) for f in (1 / 1.1, 1.0, 1.1)]
+    assert fit_nll[1] < min(fit_nll[0], fit_nll[2])
+    np.testing.assert_allclose(synthetic.predict_proba_embeddings(x), softmax_rows(scores / calibration.temperature))
+    # the threshold is the 0.9 quantile of the nearest-prototype distance: at least 90% of the calibration
+    # images are accepted, and 90% +- 1% of a large held-out sample
+    nearest = synthetic.classifier.prototype_distances(x).min(axis=1)
+    assert calibration.threshold in nearest and np.mean(nearest <= calibration.threshold) >= 0.9
+    answers = np.array(synthetic.predict_embeddings(held_x))
+    assert abs(np.mean(answers != Predictor.UNKNOWN) - 0.9) < 0.01
+    assert set(answers) == {"a", "b", "c", Predictor.UNKNOWN}
+
+
+def softmax_rows(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_unknown_for_far_inputs_and_reject_unknown_off(synthetic):
+    rng = np.random.default_rng(3)
+    x, y = clusters(500, rng, noise=0.2)
+    synthetic.calibrate_embeddings(x, np.array(["a", "b", "c"])[y], accept_rate=1.0)
+    far = np.eye(8)[rng.integers(4, 8, 20)] + rng.normal(0, 0.05, (20, 8))  # other axes: cosine distance ~1
+    assert synthetic.predict_embeddings(far) == [Predictor.UNKNOWN] * 20
+    assert Predictor.UNKNOWN not in synthetic.predict_embeddings(far, reject_unknown=False)
+    assert Predictor.UNKNOWN not in synthetic.predict_embeddings(x)  # accept_rate 1: the farthest is the threshold
+
+
+def test_calibrate_images_with_class_names_and_bad_arguments(predictor, images):
+    fresh = Predictor(predictor.encoder, predictor.class_names, predictor.classifier, batch_size=4)
+    x, y = images
+    names = np.array(fresh.class_names)[y]
+    uncalibrated = fresh.predict(x)
+    calibration = fresh.calibrate(x, names, accept_rate=1.0)
+    assert calibration.temperature > 0 and calibration.accept_rate == 1.0
+    assert fresh.predict(x) == uncalibrated == fresh.predict(x, reject_unknown=False)
+    for labels, rate, match in [(names, 0.0, "accept_rate"), (names, 1.5, "accept_rate"), ([], 0.9, "no labels"),
+                                (["dark"] * 17 + ["purple"], 0.9, "purple"), (names[:5], 0.9, "18 images but 5")]:
+        with pytest.raises(ValueError, match=match):
+            fresh.calibrate(x, labels, rate)
+
+
+def test_lookup_matches_brute_force(synthetic):
+    from triplet_keras.transfer import distances
+
+    rng = np.random.default_rng(4)
+    gallery, labels = clusters(200, rng)
+    queries = rng.normal(size=(30, 8))
+    names = np.array(["a", "b", "c"])[labels]
+    synthetic.add_gallery_embeddings(gallery[:150], names[:150])
+    synthetic.add_gallery_embeddings(gallery[150:], names[150:])  # appended; ids continue 150, 151, ...
+    found = synthetic.lookup_embeddings(queries, k=7)
+    d = distances(queries, gallery, "cosine")
+    order = np.argsort(d, axis=1)[:, :7]
+    np.testing.assert_array_equal(found.ids, order.astype(str))
+    np.testing.assert_array_equal(found.labels, names[order])
+    np.testing.assert_allclose(found.distances, np.take_along_axis(d, order, axis=1), atol=1e-5)
+    assert found.ids.shape == found.labels.shape == found.distances.shape == (30, 7)
+    assert np.all(np.diff(found.distances, axis=1) >= 0)
+
+
+def test_lookup_images_and_bad_arguments(predictor, images):
+    fresh = Predictor(predictor.encoder, predictor.class_names, predictor.classifier, batch_size=4)
+    x, y = images
+    with pytest.raises(ValueError, match="no gallery"):
+        fresh.lookup(x[:2])
+    paths = [f"image_{i}.png" for i in range(18)]
+    fresh.add_gallery(x, np.array(fresh.class_names)[y], ids=paths)
+    found = fresh.lookup(x[[0, 7]], k=1)
+    assert found.ids[:, 0].tolist() == ["image_0.png", "image_7.png"] and found.labels[:, 0].tolist() == ["dark", "bright"]
+    np.testing.assert_allclose(found.distances, 0.0, atol=1e-5)
+    for k in (0, 19):
+        with pytest.raises(ValueError, match="k must be between 1 and the gallery size 18"):
+            fresh.lookup(x[:1], k=k)
+    with pytest.raises(ValueError, match="purple"):
+        fresh.add_gallery(x[:1], ["purple"])
+    with pytest.raises(ValueError, match="1 gallery images, 1 labels and 2 ids"):
+        fresh.add_gallery(x[:1], ["dark"], ids=["a", "b"])
+
+
+@pytest.fixture(scope="module")
+def calibrated_dir(predictor, images, tmp_path_factory):
+    """A copy of the predictor calibrated on its images and with them as gallery, saved."""
+    x, y = images
+    names = np.array(predictor.class_names)[y]
+    calibrated = Predictor(predictor.encoder, predictor.class_names, predictor.classifier, batch_size=4)
+    calibrated.calibrate(x[::2], names[::2], accept_rate=0.6)
+    calibrated.add_gallery(x, names)
+    directory = tmp_path_factory.mktemp("calibrated")
+    calibrated.save(directory)
+    return calibrated, directory
+
+
+def test_calibration_and_gallery_round_trip(calibrated_dir, images):
+    calibrated, directory = calibrated_dir
+    x = images[0]
+    loaded = Predictor.load(directory)
+    assert loaded.calibration == calibrated.calibration
+    assert loaded.predict(x) == calibrated.predict(x) and Predictor.UNKNOWN in loaded.predict(x)
+    np.testing.assert_allclose(loaded.predict_proba(x), calibrated.predict_proba(x), atol=1e-5)
+    for got, expected in zip(loaded.lookup(x, k=3), calibrated.lookup(x, k=3)):
+        np.testing.assert_array_equal(got, expected)
+    with np.load(directory / "gallery.npz", allow_pickle=False) as stored:
+        assert stored["ids"].tolist() == [str(i) for i in range(18)] and stored["labels"].dtype.kind == "U"
+
+
+def test_old_format_folder_loads_uncalibrated(predictor, calibrated_dir, images, tmp_path):
+    """A version 1 folder (before calibration and galleries): predictor.json without those keys."""
+    calibrated, _ = calibrated_dir
+    calibrated.save(tmp_path)
+    (tmp_path / "gallery.npz").unlink()
+    edit_config(tmp_path, lambda c: [c.pop("calibration"), c.pop("gallery"), c.update(version=1)])
+    loaded = Predictor.load(tmp_path)
+    assert loaded.calibration is None and loaded.gallery is None
+    np.testing.assert_allclose(loaded.predict_proba(images[0]), predictor.predict_proba(images[0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda d: (d / "gallery.npz").unlink(), "gallery.npz"),
+    (lambda d: np.savez(d / "gallery.npz", embeddings=np.zeros((2, 3)), labels=np.array(["dark"] * 2),
+                        ids=np.array(["0", "1"])), "gallery.npz"),
+    (lambda d: edit_config(d, lambda c: c["calibration"].update(temperature=-1.0)), "temperature > 0"),
+    (lambda d: edit_config(d, lambda c: c.pop("calibration")), "calibration"),
+    (lambda d: edit_config(d, lambda c: c.update(gallery="yes")), "gallery"),
+])
+def test_bad_calibration_or_gallery_names_the_problem(calibrated_dir, tmp_path, damage, match):
+    calibrated_dir[0].save(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(PredictorFormatError, match=match):
+        Predictor.load(tmp_path)
+
+
+def test_command_line_lookup_and_no_unknown(calibrated_dir, model_dir, image_files, capsys):
+    calibrated, directory = calibrated_dir
+    assert main(["predict", "--model_dir", str(directory), "--lookup", "2"] + image_files) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    found = calibrated.lookup(image_files, k=2)
+    assert [line[1] for line in lines] == calibrated.predict(image_files)
+    for line, labels, ids, distances in zip(lines, *found):
+        assert line[2:] == [value for i, label, d in zip(ids, labels, distances) for value in (i, label, f"{d:.4f}")]
+    assert main(["predict", "--model_dir", str(directory), "--no-unknown"] + image_files) == 0
+    assert [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()] == \
+        calibrated.predict(image_files, reject_unknown=False)
+    assert main(["predict", "--model_dir", str(model_dir), "--lookup", "1"] + image_files) == 2
+    assert "no gallery" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", "--model_dir", str(directory), "--lookup", "0"] + image_files)

@@ -1,8 +1,11 @@
 """Command line: ``python -m triplet_keras <command> ...``.
 
-``predict --model_dir D [--proba] [--batch_size N] image ...`` prints one ``path<TAB>class`` line per
-image (``path<TAB>class<TAB>probability`` with --proba). A missing or unreadable image or a bad model
-directory prints one error line naming the file and exits with status 2.
+``predict --model_dir D [--proba] [--lookup K] [--no-unknown] [--batch_size N] image ...`` prints one
+``path<TAB>class`` line per image; --proba adds ``<TAB>probability`` (of the most likely class), and
+--lookup K adds ``<TAB>id<TAB>label<TAB>distance`` for each of the K nearest gallery items, nearest
+first (all of them when the gallery holds fewer). A calibrated predictor answers ``unknown`` for images far from every class unless --no-unknown
+is given. A missing or unreadable image, a bad model directory or a lookup without a gallery prints
+one error line and exits with status 2.
 """
 import argparse
 import os
@@ -17,12 +20,28 @@ def _predict(args):
     from .predict import Predictor
 
     predictor = Predictor.load(args.model_dir, batch_size=args.batch_size)
-    probabilities = predictor.predict_proba(args.images)
-    for path, row in zip(args.images, probabilities):
-        best = int(row.argmax())
-        line = f"{path}\t{predictor.class_names[best]}"
-        print(f"{line}\t{row[best]:.4f}" if args.proba else line)
+    if args.lookup is not None and predictor.gallery is None:
+        raise LookupError(f"{args.model_dir!r} holds no gallery to look up")
+    embeddings = predictor.embed(args.images)
+    names = predictor.predict_embeddings(embeddings, reject_unknown=not args.no_unknown)
+    columns = [[path, name] for path, name in zip(args.images, names)]
+    if args.proba:
+        for row, probabilities in zip(columns, predictor.predict_proba_embeddings(embeddings)):
+            row.append(f"{probabilities.max():.4f}")
+    if args.lookup is not None:
+        found = predictor.lookup_embeddings(embeddings, min(args.lookup, len(predictor.gallery.ids)))
+        for row, labels, ids, distances in zip(columns, *found):
+            row += [f"{i}\t{label}\t{distance:.4f}" for label, i, distance in zip(labels, ids, distances)]
+    for row in columns:
+        print("\t".join(row))
     return 0
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _add_predict(commands):
@@ -30,6 +49,10 @@ def _add_predict(commands):
                                  description="Print path<TAB>class for each image.")
     parser.add_argument("--model_dir", required=True, help="directory written by Predictor.save")
     parser.add_argument("--proba", action="store_true", help="also print the probability of the class")
+    parser.add_argument("--lookup", type=positive_int, metavar="K",
+                        help="also print the K nearest gallery items (id, label, distance)")
+    parser.add_argument("--no-unknown", action="store_true",
+                        help="always name a class, even for images the calibration would call unknown")
     parser.add_argument("--batch_size", type=int, default=64, help="images read and embedded at a time")
     parser.add_argument("images", nargs="+", help="image files")
     parser.set_defaults(run=_predict)
@@ -50,7 +73,7 @@ def main(argv=None):
 
     try:
         return args.run(args)
-    except (FileNotFoundError, ImageReadError, PredictorFormatError) as error:
+    except (FileNotFoundError, ImageReadError, PredictorFormatError, LookupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

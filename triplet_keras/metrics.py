@@ -101,3 +101,28 @@ def triplet_accuracy(anchor, positive, negative, metric="euclidean"):
     """Share of triplets with d(a, p) < d(a, n); pass embeddings[triplets.T] for an index array (n, 3)."""
     return float(np.mean(paired_distances(anchor, positive, metric=metric)
                          < paired_distances(anchor, negative, metric=metric)))
+
+
+def reliability_bins(probabilities, labels, n_bins=15):
+    """(count, accuracy, confidence) per bin, each an array (n_bins,): the rows of ``probabilities``
+    (n, n_classes) grouped by their confidence max_c p_c into equal-width bins (b/M, (b+1)/M] (a
+    confidence of 0 joins the first); accuracy is the share whose argmax is ``labels`` (column
+    indices), confidence the mean confidence (0 in an empty bin)."""
+    probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels)
+    if probabilities.ndim != 2 or labels.shape != (len(probabilities),) or not len(labels):
+        raise ValueError(f"probabilities {probabilities.shape} and labels {labels.shape} must be (n, C) and (n,), "
+                         "n > 0")
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    seen = np.maximum(count, 1)
+    return (count, np.bincount(bins, correct, minlength=n_bins) / seen,
+            np.bincount(bins, confidence, minlength=n_bins) / seen)
+
+
+def expected_calibration_error(probabilities, labels, n_bins=15):
+    """ECE = sum_b (|B_b| / n) |accuracy(B_b) - confidence(B_b)| over the bins of reliability_bins
+    (Guo et al., "On Calibration of Modern Neural Networks", 2017)."""
+    count, accuracy_in_bin, confidence = reliability_bins(probabilities, labels, n_bins)
+    return float(np.sum(count * np.abs(accuracy_in_bin - confidence)) / count.sum())

@@ -4,8 +4,9 @@ Files left in ``model_dir`` (each written atomically, so a kill leaves no corrup
 ``best.keras`` and ``last.keras`` (the training model with its optimizer), ``state.json`` (epoch,
 best validation loss, history, the parameters it was trained with), ``history.csv``, ``logs/``
 (TensorBoard), ``embeddings/`` (vectors, metadata.tsv, npz; shown by TensorBoard's projector),
-``plots/`` (2-D maps before/after the transfer, loss curves, confusion matrix), ``predictor/``
-(source classes) and ``predictor_transfer/`` (target classes), and ``metrics.json``.
+``plots/`` (2-D maps before/after the transfer, loss curves, confusion matrix, reliability diagrams),
+``predictor/`` (source classes; the train split as its gallery) and ``predictor_transfer/`` (target
+classes; the support as its gallery), both calibrated (calibration_report), and ``metrics.json``.
 Re-running into the same folder resumes from ``last.keras`` unless ``restart`` is set.
 """
 import contextlib
@@ -324,6 +325,14 @@ def train(params, data, model_dir, restart):
 
 
 # ----------------------------------------------------------------------------------------- evaluation
+def image_ids(splits):
+    """Ids of the images of ``splits`` in order: their file paths when every split has them (folders),
+    else row numbers."""
+    if all(hasattr(split, "paths") for split in splits):
+        return np.array([path for split in splits for path in split.paths])
+    return np.arange(sum(len(split) for split in splits))
+
+
 def embed_splits(encoder, splits):
     """Concatenated embeddings and labels of several splits."""
     embeddings = [embed_images(encoder, s, description=f"embedding {len(s)} images") for s in splits]
@@ -425,18 +434,54 @@ def evaluate_transfer(params, vectors, train_labels, target_labels, choices, bas
     return results
 
 
-def fit_saved_transfer(params, vectors, train_labels, target_labels, choice):
-    """The transfer classifier saved with the predictor: K = max(shots) labelled images per target
-    class, the rest held out to score it. Returns (classifier, held-out accuracy, support)."""
+def transfer_split(params, target_labels):
+    """(support, calibration, report) indices into the target images: K = max(shots) labelled images
+    per target class for the support, and the rest cut at random (seed) into halves: one to calibrate
+    the saved predictor, the other to report on (never both)."""
     rng = np.random.default_rng(params["seed"])
     k = max(params["shots"])
     support = np.concatenate([rng.permutation(np.flatnonzero(target_labels == c))[:k]
                               for c in np.unique(target_labels)])
-    held_out = np.setdiff1d(np.arange(len(target_labels)), support)
+    held_out = rng.permutation(np.setdiff1d(np.arange(len(target_labels)), support))
+    return support, np.sort(held_out[:len(held_out) // 2]), np.sort(held_out[len(held_out) // 2:])
+
+
+def fit_saved_transfer(params, vectors, train_labels, target_labels, choice):
+    """The transfer classifier saved with the predictor, fitted on the support of transfer_split with
+    the choice for K = max(shots). Returns (classifier, accuracy on the report part, and the support,
+    calibration and report indices)."""
+    support, calibration, report = transfer_split(params, target_labels)
     classifier = fit_transfer(vectors.train, train_labels, vectors.target[support], target_labels[support],
                               **choice.kwargs)
-    accuracy = classifier.score(vectors.target[held_out], target_labels[held_out]) if len(held_out) else float("nan")
-    return classifier, accuracy, support
+    accuracy = classifier.score(vectors.target[report], target_labels[report]) if len(report) else float("nan")
+    return classifier, accuracy, support, calibration, report
+
+
+def calibration_report(predictor, names, calibration, report, plot_path, unseen=None, accept_rate=0.95):
+    """Calibrate ``predictor`` on ``calibration`` = (embeddings, labels indexing ``names``) and score it
+    on another held-out ``report`` pair: ECE (15 bins) before and after, the share of report images accepted (not
+    "unknown") and the accuracy among them, and with ``unseen`` (embeddings of classes the predictor
+    never saw) the share of those answered "unknown". Draws the reliability diagram at ``plot_path``."""
+    (calibration_emb, calibration_names), (report_emb, report_names) = ((emb, np.asarray(names)[labels])
+                                                                          for emb, labels in (calibration, report))
+    if not len(calibration_names) or not len(report_names):
+        return {"skipped": "no held-out images to calibrate on or to report on"}
+    labels = np.array([predictor.class_names.index(name) for name in report_names])
+    before = predictor.classifier.predict_proba(report_emb)
+    fitted = predictor.calibrate_embeddings(calibration_emb, calibration_names, accept_rate)
+    after = predictor.predict_proba_embeddings(report_emb)
+    answers = np.array(predictor.predict_embeddings(report_emb))
+    accepted = answers != predictor.UNKNOWN
+    result = {**fitted._asdict(), "n_calibration": len(calibration_names), "n_report": len(report_names),
+              "ece_before": metrics.expected_calibration_error(before, labels),
+              "ece_after": metrics.expected_calibration_error(after, labels),
+              "accepted_share": float(accepted.mean()),
+              "accepted_accuracy": metrics.accuracy(report_names[accepted], answers[accepted])
+              if accepted.any() else float("nan")}
+    if unseen is not None and len(unseen):
+        result["unseen_unknown_share"] = float(np.mean(np.array(predictor.predict_embeddings(unseen)) == predictor.UNKNOWN))
+    plots.plot_reliability_diagram(plot_path, {"before calibration": (before, labels), "after calibration": (after, labels)})
+    return result
 
 
 def fine_tuning_verdict(transfer):
@@ -452,8 +497,8 @@ def fine_tuning_verdict(transfer):
 
 def run_transfer(params, encoder, data, model_dir, names):
     """The transfer stage: features and mode chosen on the source, episodes with baselines, the saved
-    transfer predictor and its plot. Returns (transfer results, choices, saved accuracy, target
-    embedding-space vectors, target labels, support rows)."""
+    transfer predictor (calibrated on held-out target images) and its plot. Returns (transfer
+    results, choices, saved accuracy, calibration report, target labels, support rows)."""
     target = data["target"]
     vectors, train_labels, held_out_labels, target_labels, halved = embed_for_transfer(
         params, encoder, data, target["splits"])
@@ -469,9 +514,16 @@ def run_transfer(params, encoder, data, model_dir, names):
     transfer = evaluate_transfer(params, vectors, train_labels, target_labels, choices, baselines)
     saved_choice = choices[max(params["shots"])]
     chosen = vectors[saved_choice.features]
-    classifier, accuracy, support = fit_saved_transfer(params, chosen, train_labels, target_labels, saved_choice)
+    classifier, accuracy, support, held, report = fit_saved_transfer(
+        params, chosen, train_labels, target_labels, saved_choice)
+    predictor = Predictor(chosen.model, [names[c] for c in classifier.classes_], classifier)
+    predictor.add_gallery_embeddings(chosen.target[support], [names[c] for c in target_labels[support]],
+                                     image_ids(target["splits"])[support])
+    calibration = calibration_report(
+        predictor, names, (chosen.target[held], target_labels[held]), (chosen.target[report], target_labels[report]),
+        os.path.join(model_dir, "plots", "reliability_transfer.png"))
     folder = os.path.join(model_dir, "predictor_transfer")
-    Predictor(chosen.model, [names[c] for c in classifier.classes_], classifier).save(folder)
+    predictor.save(folder)
     write_json(os.path.join(folder, "selection.json"), saved_choice.as_dict())
     plots.plot_embedding_transfer(
         os.path.join(model_dir, "plots", "transfer_map.png"), (chosen.train, [names[c] for c in train_labels]),
@@ -479,9 +531,8 @@ def run_transfer(params, encoder, data, model_dir, names):
         (classifier.transform(chosen.target), [names[c] for c in target_labels]),
         source_after=classifier.transform_source(chosen.train), seed=params["seed"], method=params["plot_method"],
         max_points=1000)
-    # The projector shows every split in one space: the embedding's.
-    embedded = vectors["embedding"].target if "embedding" in vectors else embed_splits(encoder, target["splits"])[0]
-    return transfer, {f"{k}-shot": c.as_dict() for k, c in choices.items()}, accuracy, embedded, target_labels, support
+    return (transfer, {f"{k}-shot": c.as_dict() for k, c in choices.items()}, accuracy, calibration, target_labels,
+            support)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -510,8 +561,19 @@ def run(model_dir, params, restart=False):
     stage("evaluating on the test split (nearest class mean)")
     scores, classifier, train_emb, test_emb, predicted = evaluate_source(encoder, data)
     source_names = [names[c] for c in classifier.classes_]
-    Predictor(encoder, source_names, classifier).save(os.path.join(model_dir, "predictor"))
     plot_dir = os.path.join(model_dir, "plots")
+    target = data["target"]
+    target_in_source = None if target is None else embed_splits(encoder, target["splits"])[0]
+    stage("calibrating the predictors (source: on the validation split)")
+    source_predictor = Predictor(encoder, source_names, classifier)
+    source_predictor.add_gallery_embeddings(train_emb, [names[c] for c in data["train"].labels],
+                                            image_ids([data["train"]]))
+    validation_emb = embed_images(encoder, data["validation"], progress=False) if len(data["validation"]) else []
+    calibration = {"source": calibration_report(
+        source_predictor, names, (validation_emb, data["validation"].labels), (test_emb, data["test"].labels),
+        os.path.join(plot_dir, "reliability_source.png"),
+        target_in_source if target is not None and target["regime"] == "new classes" else None)}
+    source_predictor.save(os.path.join(model_dir, "predictor"))
     plots.plot_loss_curves(os.path.join(plot_dir, "loss_curves.png"), history)
     plots.plot_confusion_matrix(os.path.join(plot_dir, "confusion_matrix.png"),
                                 [names[c] for c in data["test"].labels], [names[c] for c in predicted], source_names)
@@ -520,21 +582,21 @@ def run(model_dir, params, restart=False):
     vectors = [test_emb]
 
     transfer, choices = {}, {}
-    if data["target"] is not None:
-        stage(f"transfer to the target ({data['target']['regime']})")
-        transfer, choices, scores["transfer_accuracy"], target_emb, target_labels, support = run_transfer(
+    if target is not None:
+        stage(f"transfer to the target ({target['regime']})")
+        transfer, choices, scores["transfer_accuracy"], calibration["transfer"], target_labels, support = run_transfer(
             params, encoder, data, model_dir, names)
-        vectors.append(target_emb)
+        vectors.append(target_in_source)  # the projector shows every split in one space: the embedding's
         export["label"] += [names[c] for c in target_labels]
         in_support = np.isin(np.arange(len(target_labels)), support)
         export["split"] += ["support" if chosen else "target" for chosen in in_support]
-        export["domain"] += ["target"] * len(target_emb)
+        export["domain"] += ["target"] * len(target_labels)
     export_embeddings(os.path.join(model_dir, "embeddings"), np.concatenate(vectors), export,
                       log_dir=os.path.join(model_dir, "logs"))
 
     verdict = fine_tuning_verdict(transfer)
     result = {"params": params, "scores": scores, "transfer": transfer, "transfer_choice": choices,
-              "fine_tuning_verdict": verdict, "epochs_trained": len(history.get("loss", []))}
+              "fine_tuning_verdict": verdict, "calibration": calibration, "epochs_trained": len(history.get("loss", []))}
     write_json(os.path.join(model_dir, "metrics.json"), result)
     stage("summary")
     print(summary_table(scores, transfer))

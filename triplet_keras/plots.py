@@ -1,5 +1,5 @@
-"""PNG plots of a run: 2-D embedding maps (t-SNE or PCA), the transfer before/after, loss curves and
-the confusion matrix.
+"""PNG plots of a run: 2-D embedding maps (t-SNE or PCA), the transfer before/after, loss curves, the
+confusion matrix and reliability diagrams.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (never pyplot, so a user's pyplot
 state and backend are left alone) and saved atomically. Every function returns the path it wrote.
@@ -12,6 +12,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from triplet_keras.export import atomic_write
+from triplet_keras.metrics import expected_calibration_error, reliability_bins
 
 MAX_LEGEND_LABELS = 20
 MAX_CONFUSION_VALUES = 20
@@ -219,4 +220,26 @@ def plot_confusion_matrix(path, y_true, y_pred, class_names, normalize="true"):
         include_values=count <= MAX_CONFUSION_VALUES, values_format=".2f" if normalize else "d",
         xticks_rotation="vertical" if count > 10 or max(map(len, class_names)) > 8 else "horizontal")
     axes.set_title("confusion matrix" + (f" (normalised over {normalize})" if normalize else ""))
+    return _save(figure, path)
+
+
+def plot_reliability_diagram(path, curves, n_bins=15):
+    """Reliability diagram: accuracy against mean confidence in each of ``n_bins`` equal-width
+    confidence bins (metrics.reliability_bins; empty bins left out), one line per entry of ``curves``
+    {name: (probabilities (n, C), labels (n,) column indices)}, its ECE in the legend, and the diagonal
+    of perfect calibration."""
+    if not curves:
+        raise ValueError("no curves to plot")
+    figure = _figure(5.5, 5)
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for name, (probabilities, labels) in curves.items():
+        count, accuracy, confidence = reliability_bins(probabilities, labels, n_bins)
+        seen = count > 0
+        ece = expected_calibration_error(probabilities, labels, n_bins)
+        axes.plot(confidence[seen], accuracy[seen], marker="o", markersize=4, label=f"{name} (ECE {ece:.3f})")
+    axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence", ylabel="accuracy",
+             title=f"reliability ({n_bins} bins)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
     return _save(figure, path)

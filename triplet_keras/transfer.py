@@ -149,22 +149,26 @@ class NearestMeanClassifier(ClassifierMixin, BaseEstimator):
                              f"is expecting {self.n_features_in_} features as input")
         return X
 
-    def _scores(self, X):
-        """(n, n_classes) scores, larger is better."""
-        return -distances(self._queries(X), self.means_, self.metric)
+    def prototype_distances(self, X):
+        """(n, n_classes) distances d(x, mean_c) in the classifier's own space (after any query transform)."""
+        return distances(self._queries(X), self.means_, self.metric)
+
+    def class_scores(self, X):
+        """(n, n_classes) scores, larger is better; predict_proba = softmax(scores / temperature)."""
+        return -self.prototype_distances(X)
 
     def decision_function(self, X):
-        scores = self._scores(X)
+        scores = self.class_scores(X)
         return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
 
     def predict_proba(self, X):
-        return self._proba(self._scores(X))
+        return self._proba(self.class_scores(X))
 
     def _proba(self, scores):
         return softmax(scores / self.temperature, axis=1)
 
     def predict(self, X):
-        best = np.argmax(self._scores(X), axis=1)
+        best = np.argmax(self.class_scores(X), axis=1)
         return self.classes_[best]
 
     def get_state(self):
@@ -401,9 +405,9 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
     def _queries(self, X):
         return self.transform(X)
 
-    def _scores(self, X):
+    def class_scores(self, X):
         """Nearest-prototype scores -d, or with knn the softmax(-d / temperature) weight of each
-        class among the k nearest reference points."""
+        class among the k nearest reference points (then predict_proba is these weights)."""
         queries = self._queries(X)
         if not len(self.reference_index_):
             return -distances(queries, self.means_, self.metric)

@@ -1,0 +1,94 @@
+"""Calibration and "unknown" answers of the two saved predictors of an init.py run (new classes).
+
+For a run folder (--model_dir, trained by init.py; older predictors load uncalibrated) or a fresh one
+(the experiments/digits parameters, with --dataset, --source_classes, --epochs and --backbone_size
+overriding them, trained into a temporary folder), recalibrates both predictors exactly as init.py
+does (pipeline.calibration_report) and prints, for each:
+
+* the fitted temperature and distance threshold (accept rate --accept_rate on the calibration images);
+* ECE (15 bins) before and after, on held-out images of its own classes it was not calibrated on
+  (source predictor: calibrated on the validation split, scored on the test split; transfer
+  predictor: calibrated and scored on two halves of the target images outside the support);
+* the share of those images accepted (not "unknown") and the accuracy among them;
+* for the source predictor, the share of images of the target classes (never seen by it) answered
+  "unknown".
+
+    python benchmarks/bench_calibration.py [--model_dir DIR] [--dataset digits] [--source_classes 0 1 2 3 4]
+"""
+import argparse
+import json
+import os
+import platform
+import tempfile
+
+from triplet_keras.models import embed_images
+from triplet_keras.params import load_params
+from triplet_keras.pipeline import calibration_report, embed_splits, prepare_data, run, transfer_split
+from triplet_keras.predict import Predictor
+
+EXPERIMENT = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "digits")
+COLUMNS = ("temperature", "threshold", "ece_before", "ece_after", "accepted_share", "accepted_accuracy",
+           "unseen_unknown_share")
+
+
+def train_run(args):
+    """A fresh init.py run of the digits experiment with the given overrides; returns its folder."""
+    model_dir = tempfile.mkdtemp(prefix="bench_calibration_")
+    params = load_params(EXPERIMENT, {"dataset": args.dataset, "source_classes": args.source_classes,
+                                      "plot_method": "pca",
+                                      **{key: value for key, value in (("epochs", args.epochs),
+                                                                       ("backbone_size", args.backbone_size))
+                                         if value is not None}})
+    with open(os.path.join(model_dir, "params.json"), "w", encoding="utf-8") as handle:
+        json.dump(params, handle)
+    run(model_dir, params)
+    return model_dir
+
+
+def reports(model_dir, accept_rate):
+    """{"source": ..., "transfer": ...} calibration_report of each saved predictor of ``model_dir``."""
+    params = load_params(model_dir)
+    data = prepare_data(params)
+    if data["target"] is None or data["target"]["regime"] != "new classes":
+        raise SystemExit("error: the run has no new target classes (set source_classes)")
+    names = data["names"]
+    plot_dir = tempfile.mkdtemp(prefix="reliability_")
+    source = Predictor.load(os.path.join(model_dir, "predictor"))
+    splits = data["target"]["splits"]
+    labelled = lambda split: (embed_images(source.encoder, split, progress=False), split.labels)  # noqa: E731
+    result = {"source": calibration_report(source, names, labelled(data["validation"]), labelled(data["test"]),
+                                           os.path.join(plot_dir, "source.png"), embed_splits(source.encoder, splits)[0],
+                                           accept_rate)}
+    transfer = Predictor.load(os.path.join(model_dir, "predictor_transfer"))
+    target_emb, target_labels = embed_splits(transfer.encoder, splits)
+    _, calibration, report = transfer_split(params, target_labels)
+    result["transfer"] = calibration_report(transfer, names, (target_emb[calibration], target_labels[calibration]),
+                                            (target_emb[report], target_labels[report]),
+                                            os.path.join(plot_dir, "transfer.png"), accept_rate=accept_rate)
+    print(f"reliability diagrams in {plot_dir}")
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", help="a folder trained by init.py (default: train a fresh one)")
+    parser.add_argument("--dataset", default="digits", help="passed to triplet_keras.load_dataset")
+    parser.add_argument("--source_classes", nargs="+", default=["0", "1", "2", "3", "4"],
+                        help="class names the encoder trains on; the others are the never-seen targets")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the digits experiment's)")
+    parser.add_argument("--backbone_size", type=int, nargs=2, help="small_cnn's internal image size")
+    parser.add_argument("--accept_rate", type=float, default=0.95)
+    args = parser.parse_args()
+    model_dir = args.model_dir or train_run(args)
+    result = reports(model_dir, args.accept_rate)
+    print(f"\nrun folder {model_dir}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print("| predictor | n calibration | n report | " + " | ".join(COLUMNS) + " |")
+    print("|---|---|---|" + "---|" * len(COLUMNS))
+    for name, row in result.items():
+        cells = [f"{row[key]:.3f}" if key in row else "-" for key in COLUMNS]
+        print(f"| {name} | {row['n_calibration']} | {row['n_report']} | " + " | ".join(cells) + " |")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
