@@ -59,6 +59,9 @@ def test_nullable_keys_accept_null():
     assert check_value("image_size", None) is None
     assert check_value("transfer_whiten", None) is None
     assert check_value("transfer_whiten", 1) == 1.0
+    assert check_value("transfer_whiten", "auto") == "auto" and check_value("transfer_features", "auto") == "auto"
+    with pytest.raises(ParamsError, match="transfer_whiten"):
+        check_value("transfer_whiten", "sometimes")
 
 
 def test_whole_number_minimums_are_inclusive():

@@ -71,7 +71,16 @@ def test_metrics_are_useful_and_complete(experiment):
                 "transfer_accuracy"):
         assert 0.0 <= scores[key] <= 1.0, key
     for shots in ("1-shot", "5-shot"):
-        assert {"none", "ceiling"} <= set(metrics["transfer"][shots])
+        rows = metrics["transfer"][shots]
+        assert set(rows) == {"none", "translate", "center", "calibrate", "auto", "pixels", "initial_encoder", "ceiling"}
+        assert all(rows[name]["n_episodes"] == 5 for name in rows)  # every row on the same episodes
+        choice = metrics["transfer_choice"][shots]
+        assert rows["auto"]["mean"] == rows[choice["mode"]]["mean"]  # auto is the chosen mode, same shrinkage
+        assert choice["features"] == "grid" and len(choice["scores"]) == 12  # transfer_features fixed: 12 candidates
+        assert max(choice["scores"], key=choice["scores"].get) == f"grid: {choice['mode']}" + (
+            "" if choice["whiten"] is None else f" whiten {choice['whiten']:g}")
+    assert len(metrics["fine_tuning_verdict"]) == 2
+    assert all(line in result.stdout for line in metrics["fine_tuning_verdict"])
     assert metrics["epochs_trained"] == 2
     calibration = metrics["calibration"]
     for report in calibration.values():
@@ -97,7 +106,10 @@ def test_saved_predictors_classify_new_images(experiment):
     # small_cnn's last 2 x 2 x 128 map (grid features), not the 16-d embedding, averaged over shifted copies
     assert predictor.encoder.output_shape[-1] == 512
     assert predictor.encoder.get_layer("shifted_copies").shift == 1
-    assert predictor.classifier.whitening_.shape == (512, 512)  # transfer_whiten 0.3 by default
+    selection = json.loads((model_dir / "predictor_transfer" / "selection.json").read_text())
+    assert predictor.classifier.mode_ == selection["mode"]  # the 5-shot choice, saved with the predictor
+    assert predictor.classifier.whitening_.shape == ((0, 0) if selection["whiten"] is None or selection["mode"] == "none"
+                                                     else (512, 512))
     predicted = predictor.predict(images, reject_unknown=False)
     assert np.mean(np.array(predicted) == labels.astype(str)) > 0.5
     assert predictor.calibration is not None and len(predictor.gallery.ids) == 25  # the support
@@ -132,7 +144,7 @@ def test_rerun_resumes_and_restart_starts_over(experiment):
     (["--source_classes", '["0"]'], "triplets need at least two such classes"),
     (["--pseudo_classes", "true", "--image_size", "[8, 6]"], "pseudo_classes need square images"),
     (["--source_classes", json.dumps([str(d) for d in range(10)])], "leave some for the transfer target"),
-    (["--transfer_whiten", "1.5"], "transfer_whiten must be null or a shrinkage between 0 and 1"),
+    (["--transfer_whiten", "1.5"], "a shrinkage between 0 and 1"),
     (["--transfer_shift_average", "8"], "transfer_shift_average: shift_average 8 moves the whole image"),
     (["--image_size", "0"], "image_size must be a positive int (a square) or two positive ints"),
     (["--backbone_size", "[32, 32, 3]"], "backbone_size must be a positive int"),
