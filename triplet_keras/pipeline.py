@@ -351,10 +351,14 @@ def evaluate_source(encoder, data):
     return scores, classifier, train_emb, test_emb, predicted
 
 
-def transfer_feature_models(params, encoder):
+def transfer_feature_models(params, encoder, new_classes=False):
     """{kind: model} of the transfer features to choose from: ``transfer_features``, or with "auto" every
-    kind of models.TRANSFER_FEATURES whose vectors are at most MAX_AUTO_WIDTH wide (a d x d whitening)."""
+    kind of models.TRANSFER_FEATURES whose vectors are at most MAX_AUTO_WIDTH wide (a d x d whitening),
+    but for ``new_classes`` not the embedding: its head is trained to separate exactly the source
+    classes, so episodes on them always favour it, while on classes it never saw it did worst."""
     kinds = TRANSFER_FEATURES if params["transfer_features"] == "auto" else (params["transfer_features"],)
+    if params["transfer_features"] == "auto" and new_classes:
+        kinds = tuple(kind for kind in kinds if kind != "embedding")
     models = {kind: feature_encoder(encoder, kind, params["transfer_shift_average"]) for kind in kinds}
     return {kind: model for kind, model in models.items()
             if params["transfer_features"] != "auto" or model.output_shape[-1] <= MAX_AUTO_WIDTH}
@@ -370,7 +374,7 @@ class TransferVectors:
     target: np.ndarray
 
 
-def embed_for_transfer(params, encoder, data, target_splits):
+def embed_for_transfer(params, encoder, data, target_splits, new_classes):
     """({kind: TransferVectors}, train labels, held-out labels, target labels). The held-out rows are
     the source validation split, or half of each train class when there is none (selection.halve_per_class);
     the train rows are every train image either way (the selection uses the rest when halving)."""
@@ -378,7 +382,7 @@ def embed_for_transfer(params, encoder, data, target_splits):
     halved = None if len(data["validation"]) else selection.halve_per_class(train_labels, params["seed"])
     held_out_labels = train_labels[halved] if halved is not None else data["validation"].labels
     vectors = {}
-    for kind, model in transfer_feature_models(params, encoder).items():
+    for kind, model in transfer_feature_models(params, encoder, new_classes).items():
         train = embed_images(model, data["train"], description=f"{kind} features of train")
         held_out = train[halved] if halved is not None else embed_images(
             model, data["validation"], description=f"{kind} features of validation")
@@ -500,10 +504,10 @@ def run_transfer(params, encoder, data, model_dir, names):
     transfer predictor (calibrated on held-out target images) and its plot. Returns (transfer
     results, choices, saved accuracy, calibration report, target labels, support rows)."""
     target = data["target"]
-    vectors, train_labels, held_out_labels, target_labels, halved = embed_for_transfer(
-        params, encoder, data, target["splits"])
-    n_way = len(np.unique(target_labels))
     new_classes = target["regime"] == "new classes"
+    vectors, train_labels, held_out_labels, target_labels, halved = embed_for_transfer(
+        params, encoder, data, target["splits"], new_classes)
+    n_way = len(np.unique(target_labels))
     choices = {}
     for k in params["shots"]:
         choices[k] = choose_transfer(params, vectors, train_labels, held_out_labels, halved, new_classes, n_way, k)

@@ -23,7 +23,9 @@ import numpy as np
 
 from .evaluation import evaluate_few_shot
 
-MODES = ("none", "translate", "center", "calibrate")
+# ``calibrate`` stays a mode to ask for, but it was below ``center`` in every benchmark row (digits and
+# Fashion-MNIST, both regimes), so ``auto`` does not spend episodes on it.
+MODES = ("none", "translate", "center")
 SHRINKAGES = (None, 0.1, 0.3, 0.6)
 MAX_QUERIES = 15
 
