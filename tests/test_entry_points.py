@@ -83,7 +83,12 @@ print(json.dumps(report))
 """
 
 
-@pytest.mark.parametrize("imports", ["import triplet_keras\nimport keras", "import keras\nimport triplet_keras"])
+@pytest.mark.parametrize("imports", [
+    "import triplet_keras\nimport keras",
+    "import keras\nimport triplet_keras",
+    # a library that looks for keras before importing it (TensorFlow does)
+    "import importlib.util, triplet_keras\nassert importlib.util.find_spec('keras')\nimport keras",
+])
 def test_import_alone_registers_what_load_model_needs(saved_models, imports):
     folder, saved = saved_models
     report = python(LOAD.format(imports=imports, folder=str(folder), names=sorted(saved)), {})

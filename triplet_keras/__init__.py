@@ -24,31 +24,40 @@ def _register_keras_objects():
 
 
 class _ThenRegister(importlib.abc.Loader):
-    """Keras' own loader (put back in place before keras runs), then the import of KERAS_OBJECT_MODULES."""
+    """Keras' own loader, put back in place before keras runs; then the finder leaves sys.meta_path
+    and KERAS_OBJECT_MODULES are imported."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, finder):
         self.loader = loader
+        self.finder = finder
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
         module.__spec__.loader = module.__loader__ = self.loader
+        if self.finder in sys.meta_path:
+            sys.meta_path.remove(self.finder)
         self.loader.exec_module(module)
         _register_keras_objects()
 
 
 class _RegisterWithKeras(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: on the first ``import keras`` it removes itself and hands back keras'
-    usual spec, with the loader wrapped in :class:`_ThenRegister`."""
+    """Finds nothing itself: asked for keras, it hands back keras' usual spec with the loader wrapped in
+    :class:`_ThenRegister` (a find_spec that loads nothing, as some libraries make, leaves it in place)."""
+
+    searching = False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "keras":
+        if fullname != "keras" or self.searching:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("keras")
+        self.searching = True
+        try:
+            spec = importlib.util.find_spec("keras")
+        finally:
+            self.searching = False
         if spec is not None:
-            spec.loader = _ThenRegister(spec.loader)
+            spec.loader = _ThenRegister(spec.loader, self)
         return spec
 
 
