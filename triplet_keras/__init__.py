@@ -5,7 +5,9 @@ so the command-line help is quick; the backend is the one ``KERAS_BACKEND`` name
 Keras (the entry scripts pick JAX when it is unset: :mod:`triplet_keras.backend_choice`). Public
 names are imported lazily. Every Keras object of the package (layers, losses) is registered as soon
 as keras is imported, before or after this package, so ``keras.saving.load_model`` reads the files
-the package writes in safe mode without importing anything else first.
+the package writes in safe mode without importing anything else first. When keras comes later, a
+finder on ``sys.meta_path`` waits for it and leaves once keras has run: the one thing importing the
+package changes.
 """
 import importlib
 import importlib.abc
