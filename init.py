@@ -5,11 +5,14 @@
     python init.py --model_dir experiments/my_photos --data_dir datasets/my_photos
 
 Parameters come from <model_dir>/params.json; any --key VALUE flag overrides one (values parse as
-JSON: --epochs 5, --weights none, --source_classes '["cat", "dog"]').
+JSON: --epochs 5, --weights none, --source_classes '["cat", "dog"]'). The Keras backend is
+KERAS_BACKEND, or JAX when that is unset and jax is installed.
 """
 import argparse
 import errno
 import sys
+
+from triplet_keras.backend_choice import choose_backend
 
 
 def parse_args(argv=None):
@@ -51,4 +54,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    choose_backend()  # before keras is imported
     main()

@@ -21,10 +21,13 @@ import os
 import platform
 import tempfile
 
-from triplet_keras.models import embed_images
-from triplet_keras.params import load_params
-from triplet_keras.pipeline import calibration_report, embed_splits, prepare_data, run, transfer_split
-from triplet_keras.predict import Predictor
+from triplet_keras.backend_choice import choose_backend
+
+choose_backend()  # before keras is imported, as in init.py
+from triplet_keras.models import embed_images  # noqa: E402
+from triplet_keras.params import load_params  # noqa: E402
+from triplet_keras.pipeline import calibration_report, embed_splits, prepare_data, run, transfer_split  # noqa: E402
+from triplet_keras.predict import Predictor  # noqa: E402
 
 EXPERIMENT = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "digits")
 COLUMNS = ("temperature", "threshold", "ece_before", "ece_after", "accepted_share", "accepted_accuracy",

@@ -35,6 +35,9 @@ class GeneratedImages:
 def measure(count, batch_size):
     """Predict ``count`` images in one call; returns a dict of the figures."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from triplet_keras.backend_choice import choose_backend
+
+    choose_backend()  # before keras is imported, as in init.py
     from triplet_keras.models import build_encoder
     from triplet_keras.predict import Predictor
     from triplet_keras.transfer import NearestMeanClassifier

@@ -4,8 +4,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import numpy as np
-import pytest
+from triplet_keras.backend_choice import choose_backend  # noqa: E402
+
+choose_backend()  # the XLA flags of the entry scripts under JAX, before keras is imported
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

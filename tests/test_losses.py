@@ -2,6 +2,7 @@
 import keras
 import numpy as np
 import pytest
+from gradients import gradient
 from keras import ops
 
 from triplet_keras.losses import (
@@ -13,6 +14,7 @@ from triplet_keras.losses import (
     semi_hard_triplet_loss,
     triplet_margin_loss,
 )
+from triplet_keras.params import ONLINE_STRATEGIES
 
 MARGIN = 0.5
 LABEL_LAYOUTS = {
@@ -166,25 +168,7 @@ def test_known_values_perfect_and_bad_batches():
 
 def _gradient(function, emb, labels):
     """Gradient of function(labels, emb) w.r.t. emb on the active backend."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return np.asarray(jax.grad(lambda e: function(labels, e))(emb))
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.Variable(emb)
-        with tf.GradientTape() as tape:
-            value = function(labels, x)
-        return tape.gradient(value, x).numpy()
-    if backend == "torch":
-        import torch
-
-        x = torch.tensor(emb, requires_grad=True)
-        function(labels, x).backward()
-        return x.grad.numpy()
-    pytest.skip(f"no gradient helper for backend {backend}")
+    return gradient(lambda e: function(labels, e), emb)
 
 
 ONLINE = {
@@ -254,3 +238,17 @@ def test_merge_loss_class_unstacks_triplets():
     value = TripletMarginLoss(margin=0.2)(np.zeros(5), stacked)
     np.testing.assert_allclose(float(value), float(np.mean(ops.convert_to_numpy(triplet_margin_loss(a, p, n)))),
                                rtol=1e-5)
+
+
+def test_online_strategies_take_the_params_names():
+    labels = LABEL_LAYOUTS["balanced"]
+    emb = random_embeddings(len(labels), seed=9)
+    for strategy in ONLINE_STRATEGIES:
+        loss = OnlineTripletLoss(strategy, margin=MARGIN)
+        assert loss.get_config()["strategy"] == strategy
+        assert np.isfinite(float(loss(labels, emb)))
+    older = OnlineTripletLoss("semi_hard", margin=MARGIN)  # the name in Keras files written before
+    assert older.strategy == "batch_semi_hard" and older.name == "semi_hard_triplet_loss"
+    np.testing.assert_allclose(float(older(labels, emb)), float(semi_hard_triplet_loss(labels, emb, MARGIN)), rtol=1e-6)
+    restored = keras.losses.deserialize(keras.losses.serialize(older))
+    assert restored.get_config() == older.get_config()

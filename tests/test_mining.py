@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from triplet_keras.mining import mine_triplets
+from triplet_keras.params import OFFLINE_STRATEGIES
 
 
 def _data(n=300, dim=8, classes=6, seed=0):
@@ -72,6 +73,14 @@ def test_known_semi_hard_choice_in_one_dimension():
     assert hard[0].tolist() == [0, 1, 2]
 
 
+def test_semi_hard_negative_found_past_a_negative_as_far_as_the_positive():
+    # anchor 0 at 0; positive at 0.3; negatives at -0.3 (exactly as far as the positive) and 0.4
+    points = np.array([[0.0], [0.3], [-0.3], [0.4], [5.0]], np.float32)
+    labels = np.array([0, 0, 1, 1, 1])
+    triplets = mine_triplets(points, labels, "semi_hard", margin=0.2, progress=False)
+    assert triplets[0].tolist() == [0, 1, 3]
+
+
 def test_positives_are_distinct_and_random_negatives_cover_other_classes():
     embeddings, labels = _data(n=200, classes=4)
     triplets = mine_triplets(embeddings, labels, "random", triplets_per_anchor=3, progress=False)
@@ -84,7 +93,7 @@ def test_positives_are_distinct_and_random_negatives_cover_other_classes():
 
 def test_deterministic_with_a_seed_and_independent_of_block_size():
     embeddings, labels = _data()
-    for strategy in ("semi_hard", "hard", "random"):
+    for strategy in OFFLINE_STRATEGIES:
         first = mine_triplets(embeddings, labels, strategy, seed=5, block_size=1024, progress=False)
         np.testing.assert_array_equal(first, mine_triplets(embeddings, labels, strategy, seed=5, block_size=7,
                                                            progress=False))

@@ -1,17 +1,72 @@
 """triplet_keras: triplet-loss fine-tuning in Keras and few-shot transfer by nearest class means.
 
-Public names are imported lazily, so ``import triplet_keras`` is cheap and the command-line help does
-not wait for a deep-learning backend. JAX is the default Keras backend when it is installed and
-``KERAS_BACKEND`` is unset (it trains faster than TensorFlow on CPU and GPU; see the README).
+Importing the package changes no environment variable and does not import a deep-learning backend,
+so the command-line help is quick; the backend is the one ``KERAS_BACKEND`` names, as always with
+Keras (the entry scripts pick JAX when it is unset: :mod:`triplet_keras.backend_choice`). Public
+names are imported lazily. Every Keras object of the package (layers, losses) is registered as soon
+as keras is imported, before or after this package, so ``keras.saving.load_model`` reads the files
+the package writes in safe mode without importing anything else first. When keras comes later, a
+finder on ``sys.meta_path`` waits for it and leaves once keras has run: the one thing importing the
+package changes.
 """
 import importlib
+import importlib.abc
 import importlib.util
-import os
+import sys
 
 __version__ = "0.1.0"
 
-if "KERAS_BACKEND" not in os.environ and importlib.util.find_spec("jax") is not None:
-    os.environ["KERAS_BACKEND"] = "jax"
+# The modules that define registered Keras objects (keras.saving.register_keras_serializable).
+KERAS_OBJECT_MODULES = ("triplet_keras.losses", "triplet_keras.models", "triplet_keras.distribution")
+
+
+def _register_keras_objects():
+    for name in KERAS_OBJECT_MODULES:
+        importlib.import_module(name)
+
+
+class _ThenRegister(importlib.abc.Loader):
+    """Keras' own loader, put back in place before keras runs; then the finder leaves sys.meta_path
+    and KERAS_OBJECT_MODULES are imported."""
+
+    def __init__(self, loader, finder):
+        self.loader = loader
+        self.finder = finder
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__spec__.loader = module.__loader__ = self.loader
+        if self.finder in sys.meta_path:
+            sys.meta_path.remove(self.finder)
+        self.loader.exec_module(module)
+        _register_keras_objects()
+
+
+class _RegisterWithKeras(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: asked for keras, it hands back keras' usual spec with the loader wrapped in
+    :class:`_ThenRegister` (a find_spec that loads nothing, as some libraries make, leaves it in place)."""
+
+    searching = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "keras" or self.searching:
+            return None
+        self.searching = True
+        try:
+            spec = importlib.util.find_spec("keras")
+        finally:
+            self.searching = False
+        if spec is not None:
+            spec.loader = _ThenRegister(spec.loader, self)
+        return spec
+
+
+if "keras" in sys.modules:
+    _register_keras_objects()
+else:
+    sys.meta_path.insert(0, _RegisterWithKeras())
 
 _EXPORTS = {
     "triplet_margin_loss": "losses",

@@ -6,10 +6,15 @@
 first (all of them when the gallery holds fewer). A calibrated predictor answers ``unknown`` for images far from every class unless --no-unknown
 is given. A missing or unreadable image, a bad model directory or a lookup without a gallery prints
 one error line and exits with status 2.
+
+The Keras backend is ``KERAS_BACKEND``, or JAX when that is unset and jax is installed
+(:func:`triplet_keras.backend_choice.choose_backend`).
 """
 import argparse
 import os
 import sys
+
+from triplet_keras.backend_choice import choose_backend
 
 
 def _predict(args):
@@ -79,4 +84,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    choose_backend()  # before keras is imported
     sys.exit(main())

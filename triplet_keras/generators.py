@@ -13,6 +13,7 @@ so a run is reproducible whatever the number of data workers.
 import keras
 import numpy as np
 
+from triplet_keras.distances import distance_name, paired
 from triplet_keras.mining import mine_triplets
 from triplet_keras.models import embed_images
 
@@ -104,9 +105,8 @@ class RemineCallback(keras.callbacks.Callback):
         self.generator.set_triplets(triplets)
         if logs is not None:
             anchors, positives, negatives = (embeddings[triplets[:, column]] for column in range(3))
-            d_ap, d_an = (np.sum((anchors - other) ** 2, axis=1) for other in (positives, negatives))
-            if not self.mining_kwargs.get("squared", True):
-                d_ap, d_an = np.sqrt(d_ap), np.sqrt(d_an)
+            metric = distance_name(None, self.mining_kwargs.get("squared", True))
+            d_ap, d_an = (paired(anchors, other, metric) for other in (positives, negatives))
             logs["remined_active_fraction"] = float(np.mean(d_ap + self.margin > d_an))
 
 

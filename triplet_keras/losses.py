@@ -1,10 +1,9 @@
 """Triplet losses over ``keras.ops``: they run on the TensorFlow, JAX and PyTorch backends.
 
 Notation: for embeddings e_i with labels y_i, d(i, j) is a distance between e_i and e_j, one of
-
-* ``"squared_l2"``: |e_i - e_j|^2, computed as |e_i|^2 - 2 e_i.e_j + |e_j|^2 clamped at 0;
-* ``"l2"``: the square root of that, with a zero-safe gradient;
-* ``"cosine"``: 1 - e_i.e_j / (|e_i| |e_j|).
+:mod:`triplet_keras.distances`: ``"squared_l2"`` (|e_i - e_j|^2, from |e_i|^2 - 2 e_i.e_j + |e_j|^2
+clamped at 0), ``"l2"`` (its square root, with a zero-safe gradient) or ``"cosine"`` (1 - cos); the
+legacy ``squared`` flag picks squared_l2 or l2 when ``distance`` is None.
 
 A triplet (a, p, n) has y_a = y_p, a != p and y_a != y_n. Its hinge loss is
 max(d(a, p) - d(a, n) + margin, 0); with ``soft=True`` it is the soft margin log(1 + exp(d(a, p) - d(a, n))).
@@ -15,23 +14,9 @@ minima or maxima.
 import keras
 from keras import ops
 
-DISTANCES = ("squared_l2", "l2", "cosine")
-ONLINE_STRATEGIES = ("batch_all", "batch_hard", "semi_hard")
-
-
-def _distance_name(squared, distance):
-    """Resolve the legacy ``squared`` flag and the ``distance`` name into one of DISTANCES."""
-    if distance is None:
-        return "squared_l2" if squared else "l2"
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-    return distance
-
-
-def _safe_sqrt(squared_distances):
-    """sqrt with a zero gradient at 0 instead of NaN: mask the zeros before the root."""
-    zero = ops.cast(ops.less_equal(squared_distances, 0.0), "float32")
-    return ops.sqrt(squared_distances + zero * 1e-16) * (1.0 - zero)
+from triplet_keras import distances_ops
+from triplet_keras.distances import distance_name
+from triplet_keras.strategies import online_strategy
 
 
 def _hinge(difference, margin, soft):
@@ -42,32 +27,14 @@ def _hinge(difference, margin, soft):
 
 
 def pairwise_distances(embeddings, squared=False, distance=None):
-    """Matrix D with D[i, j] = d(e_i, e_j) for a batch of embeddings (B, D), in float32.
-
-    Squared L2 is |e_i|^2 - 2 e_i.e_j + |e_j|^2 clamped at 0 with an exact 0 on the diagonal.
-    """
-    distance = _distance_name(squared, distance)
-    x = ops.cast(embeddings, "float32")
-    if distance == "cosine":
-        x = x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
-        return ops.maximum(1.0 - ops.matmul(x, ops.transpose(x)), 0.0)
-    square_norm = ops.sum(ops.square(x), axis=-1)
-    d2 = ops.expand_dims(square_norm, 1) - 2.0 * ops.matmul(x, ops.transpose(x)) + ops.expand_dims(square_norm, 0)
-    off_diagonal = 1.0 - ops.eye(ops.shape(x)[0], dtype="float32")
-    d2 = ops.maximum(d2, 0.0) * off_diagonal
-    return d2 if distance == "squared_l2" else _safe_sqrt(d2)
+    """Matrix D with D[i, j] = d(e_i, e_j) for a batch of embeddings (B, D), in float32, with an exact
+    0 on the diagonal (:func:`triplet_keras.distances_ops.pairwise`)."""
+    return distances_ops.pairwise(embeddings, None, distance_name(distance, squared))
 
 
 def triplet_distance(x, y, squared=True, distance=None):
     """Row-wise d(x_i, y_i) for two (B, D) tensors, in float32."""
-    distance = _distance_name(squared, distance)
-    x = ops.cast(x, "float32")
-    y = ops.cast(y, "float32")
-    if distance == "cosine":
-        cos = ops.sum(x * y, axis=-1) / ops.maximum(ops.norm(x, axis=-1) * ops.norm(y, axis=-1), 1e-12)
-        return 1.0 - cos
-    d2 = ops.sum(ops.square(x - y), axis=-1)
-    return d2 if distance == "squared_l2" else _safe_sqrt(d2)
+    return distances_ops.paired(x, y, distance_name(distance, squared))
 
 
 def triplet_margin_loss(anchor, positive, negative, margin=0.2, squared=True, distance=None, soft=False):
@@ -152,6 +119,13 @@ def semi_hard_triplet_loss(labels, embeddings, margin, squared=False, distance=N
     return _safe_mean(_hinge(d - d_neg, margin, soft), positive * has_negative)
 
 
+ONLINE_LOSSES = {
+    "batch_all": batch_all_triplet_loss,
+    "batch_hard": batch_hard_triplet_loss,
+    "batch_semi_hard": semi_hard_triplet_loss,
+}
+
+
 @keras.saving.register_keras_serializable(package="triplet_keras")
 class TripletMarginLoss(keras.losses.Loss):
     """Keras loss for the merge model: y_pred is (B, 3, D) = stacked (anchor, positive, negative).
@@ -163,7 +137,7 @@ class TripletMarginLoss(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
         self.margin = float(margin)
         self.squared = bool(squared)
-        self.distance = _distance_name(squared, distance) if distance is not None else None
+        self.distance = distance_name(distance, squared) if distance is not None else None
         self.soft = bool(soft)
 
     def call(self, y_true, y_pred):
@@ -181,28 +155,24 @@ class TripletMarginLoss(keras.losses.Loss):
 class OnlineTripletLoss(keras.losses.Loss):
     """Keras loss over (labels, embeddings) that mines triplets inside the batch.
 
-    ``strategy`` is "batch_all", "batch_hard" or "semi_hard" (see the functions of those names).
+    ``strategy`` is one of :data:`triplet_keras.strategies.ONLINE_STRATEGIES`: "batch_all",
+    "batch_hard" or "batch_semi_hard" ("semi_hard" too), computed by the function ONLINE_LOSSES names.
     """
 
     def __init__(
         self, strategy="batch_hard", margin=0.2, squared=False, distance=None, soft=False, name=None, **kwargs
     ):
-        if strategy not in ONLINE_STRATEGIES:
-            raise ValueError(f"strategy must be one of {ONLINE_STRATEGIES}, got {strategy!r}")
-        super().__init__(name=name or f"{strategy}_triplet_loss", **kwargs)
+        strategy = online_strategy(strategy)
+        super().__init__(name=name or ONLINE_LOSSES[strategy].__name__, **kwargs)
         self.strategy = strategy
         self.margin = float(margin)
         self.squared = bool(squared)
-        self.distance = _distance_name(squared, distance) if distance is not None else None
+        self.distance = distance_name(distance, squared) if distance is not None else None
         self.soft = bool(soft)
 
     def call(self, y_true, y_pred):
-        args = (y_true, y_pred, self.margin, self.squared, self.distance, self.soft)
-        if self.strategy == "batch_all":
-            return batch_all_triplet_loss(*args)[0]
-        if self.strategy == "batch_hard":
-            return batch_hard_triplet_loss(*args)
-        return semi_hard_triplet_loss(*args)
+        loss = ONLINE_LOSSES[self.strategy](y_true, y_pred, self.margin, self.squared, self.distance, self.soft)
+        return loss[0] if self.strategy == "batch_all" else loss
 
     def get_config(self):
         config = super().get_config()

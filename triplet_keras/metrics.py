@@ -14,9 +14,8 @@ Each is averaged over the queries with R >= 1 (a query without any relevant refe
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import accuracy_score, adjusted_mutual_info_score, normalized_mutual_info_score
-from sklearn.metrics.pairwise import paired_distances
 
-from .transfer import distances
+from .distances import paired, pairwise
 
 
 def accuracy(y_true, y_pred):
@@ -41,7 +40,7 @@ def ranked_relevance(embeddings, labels, queries=None, query_labels=None, depth=
     relevance = np.zeros((len(queries), depth), dtype=bool)
     for start in range(0, len(queries), batch_size):
         stop = min(start + batch_size, len(queries))
-        d = distances(queries[start:stop], embeddings, metric)
+        d = pairwise(queries[start:stop], embeddings, metric)
         if leave_one_out:
             d[np.arange(stop - start), np.arange(start, stop)] = np.inf
         order = np.argsort(d, axis=1, kind="stable")[:, :depth]
@@ -98,9 +97,9 @@ def clustering_scores(embeddings, labels, n_clusters=None, seed=0):
 
 
 def triplet_accuracy(anchor, positive, negative, metric="euclidean"):
-    """Share of triplets with d(a, p) < d(a, n); pass embeddings[triplets.T] for an index array (n, 3)."""
-    return float(np.mean(paired_distances(anchor, positive, metric=metric)
-                         < paired_distances(anchor, negative, metric=metric)))
+    """Share of triplets with d(a, p) < d(a, n), ``metric`` one of :mod:`triplet_keras.distances`; pass
+    embeddings[triplets.T] for an index array (n, 3)."""
+    return float(np.mean(paired(anchor, positive, metric) < paired(anchor, negative, metric)))
 
 
 def reliability_bins(probabilities, labels, n_bins=15):

@@ -3,16 +3,18 @@
 Every point of a class with at least two members is an anchor (points alone in their class are
 skipped). Each anchor a gets ``triplets_per_anchor`` = k positives p drawn at random from its own
 class (distinct while the class is large enough) and, for each, one negative n from another class
-chosen by ``strategy``, with d the squared Euclidean distance (Euclidean if not ``squared``):
+chosen by ``strategy`` (:mod:`triplet_keras.strategies`), with d the squared Euclidean distance
+(Euclidean if not ``squared``):
 
 - ``"random"``: uniformly among all negatives.
 - ``"hard"``: the negative closest to the anchor; the j-th positive gets the j-th closest.
 - ``"semi_hard"`` (FaceNet): the closest negative farther than the positive, d(a, p) < d(a, n),
   when it lies within the margin, d(a, n) < d(a, p) + margin; where no negative is semi-hard,
   the closest negative (the ``"hard"`` choice) is used instead, so no triplet is wasted on a
-  negative that already satisfies the margin while a harder one exists.
+  negative that already satisfies the margin while a harder one exists. (The online loss of
+  that name differs: see :mod:`triplet_keras.strategies`.)
 
-Distances d(a, j) = |x_a|^2 - 2 x_a.x_j + |x_j|^2 (clamped at 0) are computed for ``block_size``
+Distances (:func:`triplet_keras.distances.pairwise`) are computed for ``block_size``
 anchors against all N points at a time, so memory is O(block_size x N): the N x N matrix is never
 built. Points are sorted by label first, so each block masks its own classes as column ranges.
 The result depends only on the inputs and ``seed``, not on ``block_size``.
@@ -20,7 +22,8 @@ The result depends only on the inputs and ``seed``, not on ``block_size``.
 import numpy as np
 from tqdm.auto import tqdm
 
-STRATEGIES = ("semi_hard", "hard", "random")
+from triplet_keras.distances import distance_name, pairwise
+from triplet_keras.strategies import OFFLINE_STRATEGIES
 
 
 def mine_triplets(embeddings, labels, strategy="semi_hard", margin=0.2, triplets_per_anchor=1, seed=0,
@@ -31,8 +34,8 @@ def mine_triplets(embeddings, labels, strategy="semi_hard", margin=0.2, triplets
     labels = np.asarray(labels).reshape(-1)
     if embeddings.ndim != 2 or len(embeddings) != len(labels):
         raise ValueError(f"need embeddings (N, D) and N labels, got {embeddings.shape} and {labels.shape}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy not in OFFLINE_STRATEGIES:
+        raise ValueError(f"strategy must be one of {OFFLINE_STRATEGIES}, got {strategy!r}")
     if triplets_per_anchor < 1 or block_size < 1:
         raise ValueError("triplets_per_anchor and block_size must be >= 1")
     if not np.isfinite(embeddings).all():
@@ -73,20 +76,14 @@ def _draw_positives(anchors, start, size, count, rng):
 
 
 def _mine_negatives(points, anchors, positives, start, size, strategy, margin, block_size, squared, progress):
-    minus_two_points = -2.0 * points
-    squared_norms = np.einsum("ij,ij->i", points, points)
+    metric = distance_name(None, squared)
     # Two block buffers, allocated once: fresh 100 MB arrays per block would cost page faults.
     buffer, scratch = np.empty((2, min(block_size, len(anchors)), len(points)), np.float32)
     negatives = np.empty_like(positives)
     with tqdm(total=len(anchors), desc=f"mining {strategy}", unit="anchor", disable=not progress, leave=False) as bar:
         for low in range(0, len(anchors), block_size):
             rows = anchors[low : low + block_size]
-            distances = buffer[: len(rows)]
-            np.matmul(points[rows], minus_two_points.T, out=distances)
-            distances += squared_norms
-            if not squared:  # else d(a, j) - |x_a|^2: a per-row constant changes no choice within a row
-                distances += squared_norms[rows, None]
-                np.sqrt(np.maximum(distances, 0.0, out=distances), out=distances)
+            distances = pairwise(points[rows], points, metric, out=buffer[: len(rows)])
             anchor_positive = np.take_along_axis(distances, positives[low : low + block_size], axis=1)
             _mask_own_classes(distances, start[rows], size[rows])
             if strategy == "hard":
@@ -119,15 +116,15 @@ def _closest(distances, count):
 def _semi_hard(distances, anchor_positive, margin, scratch):
     """(rows, k): per (anchor, positive) the closest negative with d_ap < d_an < d_ap + margin, else
     the closest negative. The smallest d_an above d_ap is found without a slow masked write: it
-    has the largest 1 / (d_an - d_ap), as every d_an <= d_ap gives a value <= 0 (and own-class
-    +inf gives 0)."""
+    has the smallest 1 / (d_ap - d_an), the only negative values (d_an = d_ap gives +inf, own-class
+    +inf gives -0)."""
     rows = np.arange(len(distances))
     closest = distances.argmin(axis=1)
     chosen = np.empty(anchor_positive.shape, np.int64)
     for j, threshold in enumerate(anchor_positive.T):
-        np.subtract(distances, threshold[:, None], out=scratch)
+        np.subtract(threshold[:, None], distances, out=scratch)
         with np.errstate(divide="ignore"):
-            candidate = np.reciprocal(scratch, out=scratch).argmax(axis=1)
+            candidate = np.reciprocal(scratch, out=scratch).argmin(axis=1)
         found = distances[rows, candidate]
         semi_hard = (found > threshold) & (found < threshold + margin)
         chosen[:, j] = np.where(semi_hard, candidate, closest)

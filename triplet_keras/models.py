@@ -14,27 +14,9 @@ import numpy as np
 from keras import layers, ops
 from tqdm.auto import tqdm
 
-from triplet_keras import losses  # noqa: F401  (registers the losses for load_model)
+from triplet_keras import distances_ops
 from triplet_keras.export import atomic_write
 from triplet_keras.images import as_image_size
-
-
-
-def _use_xnnpack():
-    """XLA's XNNPACK kernels train ResNet50 faster on CPU than its default ones (benchmarks/README.md).
-
-    JAX reads XLA_FLAGS when it first computes, so setting it here still applies; a user's own
-    setting wins. Only for jaxlib 0.10+, where it was measured (XLA aborts on a flag it does not know).
-    """
-    if keras.backend.backend() != "jax" or "xla_cpu_use_xnnpack" in os.environ.get("XLA_FLAGS", ""):
-        return
-    import jaxlib
-
-    if tuple(int(part) for part in jaxlib.__version__.split(".")[:2]) >= (0, 10):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_xnnpack=true".strip()
-
-
-_use_xnnpack()
 
 BACKBONES = ("resnet50", "small_cnn")
 MIN_RESNET_SIZE = 32
@@ -81,8 +63,7 @@ class L2Normalize(layers.Layer):
         super().__init__(**kwargs)
 
     def call(self, x):
-        x = ops.cast(x, "float32")
-        return x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
+        return distances_ops.l2_normalize(x)
 
 
 @keras.saving.register_keras_serializable(package="triplet_keras")

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from triplet_keras.models import embed_images
-from triplet_keras.transfer import distances
+from triplet_keras.distances import distance_name, pairwise
 
 
 class TrainingDivergedError(RuntimeError):
@@ -94,7 +94,7 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
 def active_fraction(embeddings, labels, margin, squared=True):
     """Share of all valid triplets (a, p, n) of a batch with d(a, p) + margin > d(a, n); None if there are none."""
     x = np.asarray(embeddings, np.float64)
-    d = distances(x, x, "euclidean") ** (2 if squared else 1)
+    d = pairwise(x, None, distance_name(None, squared))
     labels = np.asarray(labels)
     same = labels[:, None] == labels[None, :]
     positive = same & ~np.eye(len(labels), dtype=bool)
@@ -107,8 +107,7 @@ def active_fraction(embeddings, labels, margin, squared=True):
 def mean_distance(embeddings):
     """Mean L2 distance over all pairs of distinct rows."""
     x = np.asarray(embeddings, np.float64)
-    d = distances(x, x, "euclidean")
-    np.fill_diagonal(d, 0.0)
+    d = pairwise(x, None, "l2")
     return float(d.sum() / max(len(x) * (len(x) - 1), 1))
 
 

@@ -8,9 +8,7 @@ import json
 import os
 
 from triplet_keras.images import as_image_size
-
-OFFLINE_STRATEGIES = ("random", "semi_hard", "hard")
-ONLINE_STRATEGIES = ("batch_all", "batch_hard", "batch_semi_hard")
+from triplet_keras.strategies import OFFLINE_STRATEGIES, ONLINE_STRATEGIES
 
 # name: (default, type or tuple of allowed values, help)
 SCHEMA = {

@@ -233,8 +233,7 @@ def build_training_model(params, image_shape):
     optimizer = keras.optimizers.Adam(params["learning_rate"])
     if params["strategy"] in ONLINE_STRATEGIES:
         model = build_online_model(encoder, augmentation)
-        loss = OnlineTripletLoss(params["strategy"].replace("batch_semi_hard", "semi_hard"),
-                                 params["margin"], params["squared"])
+        loss = OnlineTripletLoss(params["strategy"], params["margin"], params["squared"])
         if params["distribute"]:
             loss = GlobalBatchLoss(loss)  # mines over the global batch under tf.distribute too
     else:

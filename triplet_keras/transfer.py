@@ -47,27 +47,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
+from .distances import l2_normalize
+from .distances import pairwise as distances  # the name callers import from here
+
 METRICS = ("cosine", "euclidean")
 MODES = ("none", "translate", "center", "calibrate")
 STATE_VERSION = 3
 WHITEN_DEFAULT = "auto"
-
-
-def l2_normalize(x):
-    """Rows of x divided by their L2 norm (zero rows stay zero)."""
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
-def distances(queries, prototypes, metric="cosine"):
-    """Matrix D[i, c] = d(queries[i], prototypes[c]): cosine is 1 - cos (0 for a zero vector's cosine),
-    euclidean is sqrt(max(|q|^2 - 2 q.p + |p|^2, 0))."""
-    if metric == "cosine":
-        return 1.0 - l2_normalize(queries) @ l2_normalize(prototypes).T
-    if metric == "euclidean":
-        squared = (queries ** 2).sum(axis=1)[:, None] - 2.0 * queries @ prototypes.T + (prototypes ** 2).sum(axis=1)
-        return np.sqrt(np.maximum(squared, 0.0))
-    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
 def class_means(x, label_index, n_classes):

@@ -1,0 +1,130 @@
+"""Importing the package changes no environment variable and registers every Keras object it defines;
+init.py and ``python -m triplet_keras`` choose the backend. Each check runs in a fresh interpreter."""
+import importlib.metadata
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from triplet_keras.distribution import GlobalBatchLoss
+from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss
+from triplet_keras.models import (build_augmentation, build_encoder, build_merge_model, build_online_model,
+                                  feature_encoder, save_model)
+
+ROOT = Path(__file__).resolve().parents[1]
+JAX_INSTALLED = importlib.util.find_spec("jax") is not None
+
+
+def python(code, env_changes):
+    """Run ``code`` in a fresh interpreter at the repository root; its last stdout line, parsed as JSON."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for name, value in env_changes.items():
+        env.pop(name, None) if value is None else env.__setitem__(name, value)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_import_changes_no_environment_variable():
+    # (not a module that imports cv2: OpenCV's own import sets LD_LIBRARY_PATH)
+    code = ("import json, os; before = dict(os.environ); import triplet_keras, triplet_keras.backend_choice, "
+            "triplet_keras.strategies, triplet_keras.distances; "
+            "print(json.dumps([os.environ == before, 'keras' in __import__('sys').modules]))")
+    assert python(code, {"KERAS_BACKEND": None, "XLA_FLAGS": None}) == [True, False]
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """{name: (path, expected output)} for every kind of model the package writes, and the test images."""
+    folder = tmp_path_factory.mktemp("saved")
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    encoder = build_encoder("small_cnn", None, (16, 16, 3), 8, 0)
+    augmentation = build_augmentation(flip=True, crop_padding=2, seed=0)
+    merge = build_merge_model(encoder, augmentation)
+    merge.compile(optimizer="adam", loss=TripletMarginLoss(0.3))
+    online = build_online_model(encoder, augmentation)
+    online.compile(optimizer="adam", loss=GlobalBatchLoss(OnlineTripletLoss("batch_semi_hard", 0.3)))
+    models = {
+        "encoder": (encoder, images),
+        "merge_model": (merge, [images, images[::-1], images[:, ::-1]]),
+        "online_model": (online, images),
+        "feature_encoder": (feature_encoder(encoder, "grid", shift_average=1), images),
+    }
+    np.save(folder / "images.npy", images)
+    saved = {}
+    for name, (model, inputs) in models.items():
+        path = folder / f"{name}.keras"
+        save_model(model, path)
+        np.save(folder / f"{name}.npy", model.predict(inputs, verbose=0))
+        saved[name] = str(path)
+    return folder, saved
+
+
+LOAD = """
+import json, numpy as np
+{imports}
+folder, report = {folder!r}, {{}}
+images = np.load(folder + "/images.npy")
+for name in {names!r}:
+    model = keras.saving.load_model(folder + "/" + name + ".keras")  # safe mode
+    inputs = [images, images[::-1], images[:, ::-1]] if name == "merge_model" else images
+    expected = np.load(folder + "/" + name + ".npy")
+    loss = getattr(model, "loss", None)
+    report[name] = [float(np.abs(model.predict(inputs, verbose=0) - expected).max()),
+                    None if loss is None else keras.losses.serialize(loss)["config"]]
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize("imports", [
+    "import triplet_keras\nimport keras",
+    "import keras\nimport triplet_keras",
+    # a library that looks for keras before importing it (TensorFlow does)
+    "import importlib.util, triplet_keras\nassert importlib.util.find_spec('keras')\nimport keras",
+])
+def test_import_alone_registers_what_load_model_needs(saved_models, imports):
+    folder, saved = saved_models
+    report = python(LOAD.format(imports=imports, folder=str(folder), names=sorted(saved)), {})
+    assert sorted(report) == sorted(saved)
+    for name, (difference, _) in report.items():
+        assert difference < 1e-5, name
+    assert report["merge_model"][1]["margin"] == 0.3
+    assert report["online_model"][1]["loss"]["config"]["strategy"] == "batch_semi_hard"
+    assert report["encoder"][1] is None
+
+
+ENTRY = """
+import json, os, runpy, sys
+sys.argv = [{entry!r}, "--help"]
+try:
+    runpy.{run}({target!r}, run_name="__main__")
+except SystemExit:
+    pass
+state = [os.environ.get("KERAS_BACKEND"), os.environ.get("XLA_FLAGS")]
+if {import_keras}:
+    import keras
+    state.append(keras.backend.backend())
+print(json.dumps(state))
+"""
+ENTRIES = {"init.py": ("run_path", "init.py"), "python -m triplet_keras": ("run_module", "triplet_keras")}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRIES))
+def test_entry_points_choose_jax_when_unset_and_respect_a_set_backend(entry):
+    run, target = ENTRIES[entry]
+    unset = python(ENTRY.format(entry=entry, run=run, target=target, import_keras=entry == "init.py"),
+                   {"KERAS_BACKEND": None, "XLA_FLAGS": None})
+    if JAX_INSTALLED:
+        new_jaxlib = tuple(int(part) for part in importlib.metadata.version("jaxlib").split(".")[:2]) >= (0, 10)
+        assert unset == ["jax", "--xla_cpu_use_xnnpack=true" if new_jaxlib else None] + ["jax"] * (entry == "init.py")
+    else:
+        assert unset[:2] == [None, None]
+    chosen = python(ENTRY.format(entry=entry, run=run, target=target, import_keras=False),
+                    {"KERAS_BACKEND": "numpy", "XLA_FLAGS": "--xla_cpu_use_xnnpack=false"})
+    assert chosen == ["numpy", "--xla_cpu_use_xnnpack=false"]
