@@ -21,7 +21,9 @@ import platform
 import tempfile
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "jax")  # as init.py: JAX unless a backend is chosen
+from triplet_keras.backend_choice import choose_backend
+
+choose_backend()  # before keras is imported, as in init.py
 
 import keras  # noqa: E402
 

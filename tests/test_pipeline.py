@@ -76,7 +76,7 @@ def test_metrics_are_useful_and_complete(experiment):
         assert all(rows[name]["n_episodes"] == 5 for name in rows)  # every row on the same episodes
         choice = metrics["transfer_choice"][shots]
         assert rows["auto"]["mean"] == rows[choice["mode"]]["mean"]  # auto is the chosen mode, same shrinkage
-        assert choice["features"] == "grid" and len(choice["scores"]) == 12  # transfer_features fixed: 12 candidates
+        assert choice["features"] == "grid" and len(choice["scores"]) == 8  # transfer_features fixed: 8 candidates
         assert max(choice["scores"], key=choice["scores"].get) == f"grid: {choice['mode']}" + (
             "" if choice["whiten"] is None else f" whiten {choice['whiten']:g}")
     assert len(metrics["fine_tuning_verdict"]) == 2
