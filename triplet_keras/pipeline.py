@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+import time
 from dataclasses import dataclass
 
 import keras
@@ -60,7 +61,12 @@ class PipelineError(ValueError):
 
 
 def stage(text):
-    print(f"==> {text}", flush=True)
+    """Print the stage and the seconds since the first stage of this process."""
+    elapsed = time.perf_counter() - STARTED.setdefault("at", time.perf_counter())
+    print(f"==> {text} [{elapsed:.0f} s]", flush=True)
+
+
+STARTED = {}
 
 
 # ----------------------------------------------------------------------------------------------- data
