@@ -17,7 +17,7 @@ import pytest
 
 import init
 from triplet_keras import pipeline
-from triplet_keras.models import load_model
+from triplet_keras.models import load_model, read_model_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {
@@ -46,8 +46,9 @@ def start(model_dir, stdout=subprocess.PIPE):
 
 
 def saved_epoch(model_dir):
-    path = model_dir / "state.json"
-    return json.loads(path.read_text())["epoch"] if path.exists() else -1
+    """The epoch committed in last.keras (the state inside it), -1 before the first."""
+    path = model_dir / "last.keras"
+    return read_model_state(path)["epoch"] if path.exists() else -1
 
 
 def kill_when(process, ready, timeout=240):
