@@ -209,3 +209,14 @@ def test_a_damaged_model_inside_an_intact_zip_is_a_pipeline_error(tmp_path):
             target.writestr(item, b"\x00" * 16 if item.endswith(".h5") else source.read(item))
     with pytest.raises(pipeline.PipelineError, match="cannot load .*bad.keras.*--restart"):
         pipeline.load_checkpoint(str(tmp_path / "bad.keras"))
+
+
+def test_init_reports_a_model_folder_it_cannot_make_in_one_line(tmp_path):
+    import init
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as raised:
+        init.main(["--model_dir", str(tmp_path / "a_file" / "run")])
+    message = str(raised.value.code)
+    assert message.startswith("error: cannot write to the model folder") and "a_file" in message
+    assert "\n" not in message

@@ -34,6 +34,11 @@ def _safe_sqrt(squared_distances):
     return ops.sqrt(squared_distances + zero * 1e-16) * (1.0 - zero)
 
 
+def _norm(x):
+    """Row norms |x_i| (keepdims) with a zero gradient at a zero row (ops.norm's is NaN there)."""
+    return _safe_sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
+
+
 def _hinge(difference, margin, soft):
     """max(difference + margin, 0), or the soft margin log(1 + exp(difference))."""
     if soft:
@@ -49,7 +54,7 @@ def pairwise_distances(embeddings, squared=False, distance=None):
     distance = _distance_name(squared, distance)
     x = ops.cast(embeddings, "float32")
     if distance == "cosine":
-        x = x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
+        x = x / ops.maximum(_norm(x), 1e-12)
         return ops.maximum(1.0 - ops.matmul(x, ops.transpose(x)), 0.0)
     square_norm = ops.sum(ops.square(x), axis=-1)
     d2 = ops.expand_dims(square_norm, 1) - 2.0 * ops.matmul(x, ops.transpose(x)) + ops.expand_dims(square_norm, 0)
@@ -64,7 +69,7 @@ def triplet_distance(x, y, squared=True, distance=None):
     x = ops.cast(x, "float32")
     y = ops.cast(y, "float32")
     if distance == "cosine":
-        cos = ops.sum(x * y, axis=-1) / ops.maximum(ops.norm(x, axis=-1) * ops.norm(y, axis=-1), 1e-12)
+        cos = ops.sum(x * y, axis=-1) / ops.maximum(ops.squeeze(_norm(x) * _norm(y), -1), 1e-12)
         return 1.0 - cos
     d2 = ops.sum(ops.square(x - y), axis=-1)
     return d2 if distance == "squared_l2" else _safe_sqrt(d2)

@@ -119,15 +119,15 @@ def _closest(distances, count):
 def _semi_hard(distances, anchor_positive, margin, scratch):
     """(rows, k): per (anchor, positive) the closest negative with d_ap < d_an < d_ap + margin, else
     the closest negative. The smallest d_an above d_ap is found without a slow masked write: it
-    has the largest 1 / (d_an - d_ap), as every d_an <= d_ap gives a value <= 0 (and own-class
-    +inf gives 0)."""
+    has the smallest 1 / (d_ap - d_an), as every d_an < d_ap gives a value > 0, a tie d_an == d_ap
+    gives 1 / +0 = +inf and own-class +inf gives -0."""
     rows = np.arange(len(distances))
     closest = distances.argmin(axis=1)
     chosen = np.empty(anchor_positive.shape, np.int64)
     for j, threshold in enumerate(anchor_positive.T):
-        np.subtract(distances, threshold[:, None], out=scratch)
+        np.subtract(threshold[:, None], distances, out=scratch)
         with np.errstate(divide="ignore"):
-            candidate = np.reciprocal(scratch, out=scratch).argmax(axis=1)
+            candidate = np.reciprocal(scratch, out=scratch).argmin(axis=1)
         found = distances[rows, candidate]
         semi_hard = (found > threshold) & (found < threshold + margin)
         chosen[:, j] = np.where(semi_hard, candidate, closest)

@@ -75,7 +75,7 @@ class ImagePreprocessing(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="triplet_keras")
 class L2Normalize(layers.Layer):
-    """x / max(|x|, 1e-12) along the last axis, computed in float32."""
+    """x / max(|x|, 1e-12) along the last axis, computed in float32 (finite gradient at x = 0)."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -83,7 +83,7 @@ class L2Normalize(layers.Layer):
 
     def call(self, x):
         x = ops.cast(x, "float32")
-        return x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
+        return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-24))
 
 
 @keras.saving.register_keras_serializable(package="triplet_keras")

@@ -151,6 +151,8 @@ def prepare_data(params):
         target = {"regime": f"new domain ({params['target_transform']})", "splits": [styled], "mapping": None}
     train, validation, test = (select_classes(s, source_classes) for s in (data.train, data.validation, data.test))
     check_trainable(train, "training")
+    if not len(test):
+        raise PipelineError("the test split is empty: raise test_fraction (the run is scored on the test images)")
     if params["pseudo_classes"] and train.image_shape[0] != train.image_shape[1]:
         raise PipelineError(f"pseudo_classes need square images, got {train.image_shape[:2]}; "
                             "set image_size to a square such as [224, 224]")
