@@ -5,6 +5,8 @@ import pytest
 
 from triplet_keras.mining import mine_triplets
 
+pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+
 
 def _data(n=300, dim=8, classes=6, seed=0):
     rng = np.random.default_rng(seed)

@@ -7,6 +7,8 @@ import pytest
 
 from triplet_keras.params import SCHEMA, ParamsError, check_value, load_params
 
+pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+
 
 def write(folder, params):
     (folder / "params.json").write_text(json.dumps(params), encoding="utf-8")
