@@ -265,7 +265,8 @@ def test_l2_normalize_is_exact_and_has_a_finite_gradient_at_zero():
 
     x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(L2Normalize()(x)), [[0.6, 0.8], [0.0, 0.0]], atol=1e-7)
-    grad = _gradient(lambda labels, e: keras.ops.sum(L2Normalize()(e) * labels), x, np.array([[1.0, 2.0]] * 2))
+    weights = np.array([[1.0, 2.0]] * 2, np.float32)
+    grad = _gradient(lambda w, e: keras.ops.sum(L2Normalize()(e) * keras.ops.convert_to_tensor(w)), x, weights)
     assert np.all(np.isfinite(grad))
     np.testing.assert_allclose(grad[0], [-0.064, 0.048], atol=1e-6)  # (w - u (u.w)) / |x|, u = x / |x|
 
