@@ -185,9 +185,7 @@ class TrainingState(keras.callbacks.Callback):
             state["history"].setdefault(key, []).append(value)
         value = logs.get(self.monitor, logs.get("loss"))
         improved = state["best"] is None or (value is not None and value < state["best"])
-        if improved:
-            state["best"] = value
-        state.update(epoch=epoch, params=self.fingerprint)
+        state.update(epoch=epoch, params=self.fingerprint, best=value if improved else state["best"])
         if improved:
             save_model(self.model, os.path.join(self.model_dir, "best.keras"), state=state)
         save_model(self.model, os.path.join(self.model_dir, "last.keras"), state=state)
