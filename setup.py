@@ -21,6 +21,7 @@ setup(
         "tensorboard>=2.15",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6.80"]},
+    # torch: the PyTorch backend (KERAS_BACKEND=torch); 2.13.0 as a CPU wheel, not the multi-GB CUDA build.
+    extras_require={"test": ["pytest>=7", "hypothesis>=6.80"], "torch": ["torch==2.13.0"]},
     entry_points={"console_scripts": ["triplet-keras=triplet_keras.__main__:main"]},
 )

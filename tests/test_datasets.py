@@ -12,6 +12,8 @@ from images_factory import random_rgb, write_image, write_truncated_jpeg
 from triplet_keras import datasets
 from triplet_keras.datasets import ArraySplit, DatasetError, FileSplit, load_dataset, stratified_split
 
+pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+
 
 # ------------------------------------------------------------------------------------------ digits
 

@@ -5,6 +5,8 @@ import pytest
 from triplet_keras.datasets import ArraySplit, load_dataset
 from triplet_keras.domain_shift import apply_style, apply_to_split
 
+pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+
 
 def test_style_is_deterministic_and_keeps_shape():
     images = load_dataset("digits").test.load(np.arange(20))

@@ -5,6 +5,8 @@ import pytest
 from triplet_keras.evaluation import evaluate_few_shot, mean_ci, sample_episodes, support_centered_accuracy
 from triplet_keras.transfer import fit_transfer, source_whitening
 
+pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+
 
 def test_episodes_are_reproducible_disjoint_and_balanced():
     labels = np.repeat(np.arange(8), 12)

@@ -7,6 +7,8 @@ import pytest
 
 from triplet_keras.export import atomic_write, export_embeddings, write_json, write_text
 
+pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+
 
 def test_atomic_write_replaces_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "out.txt"

@@ -17,7 +17,7 @@ import pytest
 
 import init
 from triplet_keras import pipeline
-from triplet_keras.models import load_model
+from triplet_keras.models import load_model, read_model_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {
@@ -46,8 +46,9 @@ def start(model_dir, stdout=subprocess.PIPE):
 
 
 def saved_epoch(model_dir):
-    path = model_dir / "state.json"
-    return json.loads(path.read_text())["epoch"] if path.exists() else -1
+    """The epoch committed in last.keras (the state inside it), -1 before the first."""
+    path = model_dir / "last.keras"
+    return read_model_state(path)["epoch"] if path.exists() else -1
 
 
 def kill_when(process, ready, timeout=240):
@@ -88,8 +89,9 @@ def test_sigkill_during_checkpoints_and_at_random_moments_then_resume(tmp_path):
         (tmp_path / name / "params.json").write_text(json.dumps(FAST))
     log = open(tmp_path / "uninterrupted.log", "w")
     tmp_path = tmp_path / "killed"
-    # 1. Killed as the checkpoint that ends epoch 2 is being written: epoch 1's must survive.
-    output = kill_when(start(tmp_path), lambda: saved_epoch(tmp_path) == 0 and temporaries(tmp_path))
+    # 1. Killed as a model file of the checkpoint that ends epoch 2 is being written: epoch 1 must survive.
+    writing_model = lambda: [path for path in temporaries(tmp_path) if path.endswith(".keras")]  # noqa: E731
+    output = kill_when(start(tmp_path), lambda: saved_epoch(tmp_path) == 0 and writing_model())
     saved = saved_epoch(tmp_path)
     assert epochs_started(output)[-1] == 2 and saved in (0, 1)
     check_every_file_loads(tmp_path)

@@ -112,11 +112,13 @@ def test_merge_model_fits_from_the_generator_and_remines_with_the_current_encode
     remine = RemineCallback(generator, encoder, every=1, seed=3, progress=False)
     history = model.fit(generator, epochs=2, callbacks=[remine], verbose=0)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
-    assert 0.0 <= history.history["remined_active_fraction"][-1] <= 1.0
     # the last re-mining (after epoch index 1, seed 3 + 2) used the trained encoder
-    expected = mine_triplets(embed_images(encoder, digits_split, progress=False), digits_split.labels, "semi_hard",
-                             seed=5, progress=False)
+    embeddings = embed_images(encoder, digits_split, progress=False)
+    expected = mine_triplets(embeddings, digits_split.labels, "semi_hard", seed=5, progress=False)
     np.testing.assert_array_equal(generator.triplets, expected)
+    anchors, positives, negatives = (embeddings[expected[:, column]] for column in range(3))
+    active = np.sum((anchors - positives) ** 2, axis=1) + 0.2 > np.sum((anchors - negatives) ** 2, axis=1)
+    assert history.history["remined_active_fraction"][-1] == pytest.approx(np.mean(active), abs=1e-6)
     assert not np.array_equal(generator.triplets, triplets)
 
 

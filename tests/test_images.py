@@ -13,6 +13,8 @@ from triplet_keras.images import (
     resize_image,
 )
 
+pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+
 LOSSLESS = [".png", ".bmp", ".tif", ".tiff", ".PNG"]
 
 

@@ -252,3 +252,29 @@ def test_online_strategies_take_the_params_names():
     np.testing.assert_allclose(float(older(labels, emb)), float(semi_hard_triplet_loss(labels, emb, MARGIN)), rtol=1e-6)
     restored = keras.losses.deserialize(keras.losses.serialize(older))
     assert restored.get_config() == older.get_config()
+
+
+def _online(name, distance, soft):
+    functions = {"batch_all": lambda labels, e: batch_all_triplet_loss(labels, e, MARGIN, distance=distance,
+                                                                       soft=soft)[0],
+                 "batch_hard": lambda labels, e: batch_hard_triplet_loss(labels, e, MARGIN, distance=distance, soft=soft),
+                 "semi_hard": lambda labels, e: semi_hard_triplet_loss(labels, e, MARGIN, distance=distance, soft=soft)}
+    return functions[name]
+
+
+@pytest.mark.parametrize("fill", ["zero", "equal"])
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("name", ["batch_all", "batch_hard", "semi_hard", "merge"])
+def test_all_zero_or_all_equal_embeddings_give_the_margin_and_finite_gradients(name, distance, soft, fill):
+    """Every distance is 0, so every triplet's loss is hinge(0 - 0): the margin (soft: log 2)."""
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    emb = np.zeros((6, 4), np.float32) if fill == "zero" else np.tile(random_embeddings(1, 4), (6, 1))
+    if name == "merge":
+        function = lambda labels, e: ops.mean(triplet_margin_loss(  # noqa: E731
+            e[:3], e[3:], ops.flip(e[:3], axis=0), MARGIN, distance=distance, soft=soft))
+    else:
+        function = _online(name, distance, soft)
+    expected = np.log(2.0) if soft else MARGIN
+    np.testing.assert_allclose(float(function(labels, emb)), expected, rtol=1e-5)
+    assert np.all(np.isfinite(_gradient(function, emb, labels)))

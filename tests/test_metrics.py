@@ -5,6 +5,8 @@ import pytest
 from triplet_keras.metrics import (accuracy, clustering_scores, expected_calibration_error, map_at_r, precision_at_1, r_precision,
                                    recall_at_k, retrieval_scores, triplet_accuracy)
 
+pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+
 
 def loop_reference(queries, query_labels, references, reference_labels, leave_one_out, ks):
     """Musgrave et al.'s definitions, one query at a time."""

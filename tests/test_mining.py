@@ -6,6 +6,8 @@ import pytest
 from triplet_keras.mining import mine_triplets
 from triplet_keras.params import OFFLINE_STRATEGIES
 
+pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+
 
 def _data(n=300, dim=8, classes=6, seed=0):
     rng = np.random.default_rng(seed)
@@ -30,23 +32,42 @@ def _check_valid(triplets, labels, per_anchor):
     np.testing.assert_array_equal(anchors, np.repeat(eligible, per_anchor))  # ordered by anchor
 
 
-@pytest.mark.parametrize("squared", [True, False])
-def test_semi_hard_matches_a_brute_force_reference(squared):
-    embeddings, labels = _data()
-    margin = 0.2 if squared else 0.1
+def _check_semi_hard(embeddings, labels, margin, squared):
+    """mine_triplets' semi-hard choice against a brute-force one: the closest negative strictly
+    farther than the positive and within the margin, else the closest negative. Returns
+    (number of semi-hard rows, number of rows with a negative exactly as far as the positive)."""
     triplets = mine_triplets(embeddings, labels, "semi_hard", margin, triplets_per_anchor=2, block_size=37,
                              squared=squared, progress=False)
     _check_valid(triplets, labels, 2)
     distances = _reference_distances(embeddings, squared)
-    semi_hard_rows = 0
+    semi_hard_rows = tied_rows = 0
     for anchor, positive, negative in triplets:
         d_ap, row = distances[anchor, positive], distances[anchor]
         others = labels != labels[anchor]
         semi = others & (row > d_ap) & (row < d_ap + margin)
         expected = row[semi].min() if semi.any() else row[others].min()
         semi_hard_rows += semi.any()
+        tied_rows += np.any(others & (row == d_ap))
         assert row[negative] == pytest.approx(expected, abs=1e-5)
-    assert semi_hard_rows > len(triplets) // 2
+    return semi_hard_rows, tied_rows
+
+
+@pytest.mark.parametrize("squared", [True, False])
+def test_semi_hard_matches_a_brute_force_reference(squared):
+    embeddings, labels = _data()
+    semi_hard_rows, _ = _check_semi_hard(embeddings, labels, 0.2 if squared else 0.1, squared)
+    assert semi_hard_rows > 2 * len(labels) // 2 * 0.5
+
+
+@pytest.mark.parametrize("squared", [True, False])
+def test_ties_between_negative_and_positive_distances_match_the_reference(squared):
+    """Points on a coarse grid (exact float32 distances): many negatives lie exactly as far as the
+    positive (d_an == d_ap), which is not farther, so not semi-hard."""
+    rng = np.random.default_rng(3)
+    embeddings = (rng.integers(0, 4, size=(60, 2)) * 0.25).astype(np.float32)
+    labels = rng.integers(0, 4, 60)
+    semi_hard_rows, tied_rows = _check_semi_hard(embeddings, labels, 0.1 if squared else 0.3, squared)
+    assert tied_rows > 20 and semi_hard_rows > 10
 
 
 def test_hard_gives_the_k_closest_negatives_in_order():

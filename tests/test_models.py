@@ -266,3 +266,26 @@ def test_random_pad_crop_takes_windows_of_the_padded_image():
         assert any(np.array_equal(image, window) for window in windows)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(crop(x)), x)
     assert models.RandomPadCrop.from_config(crop.get_config()).padding == 2
+
+
+def test_l2_normalize_is_exact_and_has_a_finite_gradient_at_zero():
+    from test_losses import _gradient
+    from triplet_keras.models import L2Normalize
+
+    x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(L2Normalize()(x)), [[0.6, 0.8], [0.0, 0.0]], atol=1e-7)
+    weights = np.array([[1.0, 2.0]] * 2, np.float32)
+    grad = _gradient(lambda w, e: keras.ops.sum(L2Normalize()(e) * keras.ops.convert_to_tensor(w)), x, weights)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad[0], [-0.064, 0.048], atol=1e-6)  # (w - u (u.w)) / |x|, u = x / |x|
+
+
+def test_safe_mode_refuses_a_lambda_layer(tmp_path):
+    """A .keras file with a Lambda layer (arbitrary code) is refused when loaded, as Predictor files are."""
+    from triplet_keras.models import load_model, save_model
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2.0)(inputs))
+    save_model(model, tmp_path / "lambda.keras")
+    with pytest.raises(ValueError, match="safe_mode"):
+        load_model(tmp_path / "lambda.keras")

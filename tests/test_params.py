@@ -7,6 +7,8 @@ import pytest
 
 from triplet_keras.params import SCHEMA, ParamsError, check_value, load_params
 
+pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+
 
 def write(folder, params):
     (folder / "params.json").write_text(json.dumps(params), encoding="utf-8")
@@ -34,6 +36,19 @@ def test_missing_file_gives_defaults(tmp_path):
     ("epochs", 0, "epochs must be at least 1"),
     ("transfer_shift_average", -1, "transfer_shift_average must be at least 0"),
     ("samples_per_class", 1, "samples_per_class must be at least 2"),
+    ("shots", None, "shots must be of type list"),
+    ("shots", [], r"shots must be a list of one or more ints >= 1, got \[\]"),
+    ("shots", [1, 0], "shots must be a list of one or more ints >= 1"),
+    ("shots", [1, "5"], "shots must be a list of one or more ints >= 1"),
+    ("shots", [True], "shots must be a list of one or more ints >= 1"),
+    ("image_size", [8], "image_size must be a positive int"),
+    ("image_size", [8, 8.5], "image_size must be a positive int"),
+    ("backbone_size", [0, 32], "backbone_size must be a positive int"),
+    ("source_classes", ["cat", 1.5], "source_classes must be a list of one or more str or ints"),
+    ("source_classes", [[0]], "source_classes must be a list of one or more str or ints"),
+    ("source_classes", [], "source_classes must be a list of one or more"),
+    ("validation_fraction", 1.0, "validation_fraction must be at least 0 and below 1"),
+    ("test_fraction", -0.1, "test_fraction must be at least 0 and below 1"),
 ])
 def test_wrong_types_are_errors(tmp_path, key, value, message):
     write(tmp_path, {key: value})
@@ -62,6 +77,34 @@ def test_nullable_keys_accept_null():
     assert check_value("transfer_whiten", "auto") == "auto" and check_value("transfer_features", "auto") == "auto"
     with pytest.raises(ParamsError, match="transfer_whiten"):
         check_value("transfer_whiten", "sometimes")
+
+
+def test_good_lists_pass_unchanged():
+    assert check_value("shots", [1, 5, 10]) == [1, 5, 10]
+    assert check_value("image_size", [8, 6]) == [8, 6]
+    assert check_value("source_classes", ["cat", 3]) == ["cat", 3]
+    assert check_value("validation_fraction", 0) == 0.0
+
+
+def test_fractions_must_leave_training_images(tmp_path):
+    write(tmp_path, {"validation_fraction": 0.6})
+    with pytest.raises(ParamsError, match=r"validation_fraction \+ test_fraction must be below 1.*0.6 \+ 0.5"):
+        load_params(str(tmp_path), {"test_fraction": 0.5})
+    assert load_params(str(tmp_path), {"test_fraction": 0.3})["test_fraction"] == 0.3
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--shots", "null"], "error: shots must be of type list"),
+    (["--validation_fraction", "0.6", "--test_fraction", "0.5"], "error: validation_fraction + test_fraction"),
+    (["--image_size", '[8, "x"]'], "error: image_size must be a positive int (a square) or two positive ints"),
+])
+def test_init_reports_bad_lists_and_fractions_in_one_line(tmp_path, flags, message):
+    import init
+
+    with pytest.raises(SystemExit) as raised:
+        init.main(["--model_dir", str(tmp_path), *flags])
+    assert str(raised.value.code).startswith(message) and "\n" not in str(raised.value.code)
+    assert not (tmp_path / "last.keras").exists()
 
 
 def test_whole_number_minimums_are_inclusive():

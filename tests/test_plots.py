@@ -7,6 +7,8 @@ import pytest
 
 from triplet_keras import plots
 
+pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+
 
 def clusters(count=4, per_class=20, dims=16, spread=8.0, seed=0):
     """Well-separated Gaussian clusters: embeddings (count * per_class, dims) and integer labels."""

@@ -4,6 +4,8 @@ import pytest
 from triplet_keras.datasets import ArraySplit
 from triplet_keras.pseudo_classes import N_VARIANTS, symmetries, with_pseudo_classes
 
+pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+
 
 def test_symmetries_are_the_eight_distinct_maps_of_the_square():
     image = np.arange(9, dtype=np.uint8).reshape(1, 3, 3, 1)

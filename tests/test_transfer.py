@@ -14,6 +14,8 @@ from sklearn.utils.estimator_checks import check_estimator
 from triplet_keras.transfer import (NearestMeanClassifier, TransferClassifier, classifier_from_state,
                                     fit_transfer, source_whitening)
 
+pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+
 DIM, N_CLASSES = 16, 6
 
 

@@ -5,8 +5,10 @@ float32 embeddings (B, embedding_dim). Everything an image needs (casting, resiz
 backbone's input size, the backbone's own preprocessing) happens inside the model, so a saved
 encoder is all that is needed to embed new images.
 """
+import json
 import os
 import socket
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import keras
@@ -15,7 +17,7 @@ from keras import layers, ops
 from tqdm.auto import tqdm
 
 from triplet_keras import distances_ops
-from triplet_keras.export import atomic_write
+from triplet_keras.export import atomic_write, to_jsonable
 from triplet_keras.images import as_image_size
 
 BACKBONES = ("resnet50", "small_cnn")
@@ -56,7 +58,7 @@ class ImagePreprocessing(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="triplet_keras")
 class L2Normalize(layers.Layer):
-    """x / max(|x|, 1e-12) along the last axis, computed in float32."""
+    """x / max(|x|, 1e-12) along the last axis, computed in float32 (finite gradient at x = 0)."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -372,12 +374,37 @@ def build_online_model(encoder, augmentation=None, name="online_model"):
     return keras.Model(images, encoder(x), name=name)
 
 
-def save_model(model, path):
-    """Save a .keras file atomically (temporary file beside it, then a rename over the target)."""
+STATE_MEMBER = "training_state.json"
+
+
+def save_model(model, path, state=None):
+    """Save a .keras file atomically (temporary file beside it, then a rename over the target).
+
+    ``state``, a JSON-able dict, is stored inside the same zip (as ``training_state.json``, which
+    Keras ignores when loading), so the weights and the state they belong to move in one rename.
+    """
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"model files end in .keras, got {path!r}")
-    atomic_write(path, model.save)
+
+    def write(temporary):
+        model.save(temporary)
+        if state is not None:
+            with zipfile.ZipFile(temporary, "a") as archive:
+                archive.writestr(STATE_MEMBER, json.dumps(to_jsonable(state), allow_nan=False))
+
+    atomic_write(path, write)
+
+
+def read_model_state(path):
+    """The state dict stored by ``save_model(..., state=...)`` in a .keras file, or None if it has none.
+
+    Raises ``zipfile.BadZipFile`` or ``ValueError`` for a file that is not an intact .keras zip.
+    """
+    with zipfile.ZipFile(os.fspath(path)) as archive:
+        if STATE_MEMBER not in archive.namelist():
+            return None
+        return json.loads(archive.read(STATE_MEMBER).decode("utf-8"))
 
 
 def load_model(path, compile=False):

@@ -81,6 +81,11 @@ MINIMUM = {"loader_workers": 1, "cache_mb": 0, "embedding_dim": 1, "freeze_layer
            "collapse_patience": 1, "transfer_shift_average": 0, "episodes": 1, "max_per_class": 1}
 
 
+# What the elements of a list parameter must be: (type or types, least value or None, length or None).
+ELEMENTS = {"shots": (int, 1, None), "source_classes": ((str, int), 0, None)}  # sizes: SIZE_KEYS
+FRACTIONS = ("validation_fraction", "test_fraction")
+
+
 class ParamsError(ValueError):
     """A parameter file or flag is invalid; the message lists the valid keys."""
 
@@ -94,7 +99,7 @@ def check_value(key, value):
     if key not in SCHEMA:
         raise ParamsError(f"unknown parameter {key!r}; {_valid_keys()}")
     default, kind, _ = SCHEMA[key]
-    if value is None and (default is None or kind is list or key in NULLABLE):
+    if value is None and (default is None or key in NULLABLE):
         return None
     if value == "auto" and key in AUTO_ALLOWED:
         return value
@@ -113,7 +118,32 @@ def check_value(key, value):
         raise ParamsError(f"{key} must be of type {kind.__name__}, got {value!r}; {_valid_keys()}")
     if key in MINIMUM and value < MINIMUM[key]:
         raise ParamsError(f"{key} must be at least {MINIMUM[key]}, got {value!r}")
+    if key in FRACTIONS and not 0.0 <= value < 1.0:
+        raise ParamsError(f"{key} must be at least 0 and below 1, got {value!r}")
+    if isinstance(value, list) and key in ELEMENTS:
+        check_elements(key, value)
     return value
+
+
+def check_elements(key, value):
+    """ParamsError unless the list ``value`` has the length and element types ELEMENTS gives ``key``."""
+    kinds, least, length = ELEMENTS[key]
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    names = " or ".join(kind.__name__ for kind in kinds)
+    wanted = f"a list of {length or 'one or more'} {names}s" + (f" >= {least}" if int in kinds else "")
+    if not value or (length is not None and len(value) != length):
+        raise ParamsError(f"{key} must be {wanted}, got {value!r}")
+    for item in value:
+        if not isinstance(item, kinds) or isinstance(item, bool) or (isinstance(item, int) and item < least):
+            raise ParamsError(f"{key} must be {wanted}, got {value!r}")
+
+
+def check_params(params):
+    """ParamsError for values that are wrong together: the fractions must leave images to train on."""
+    if params["validation_fraction"] + params["test_fraction"] >= 1.0:
+        raise ParamsError(f"validation_fraction + test_fraction must be below 1 to leave training images, got "
+                          f"{params['validation_fraction']} + {params['test_fraction']}")
+    return params
 
 
 def load_params(model_dir, overrides=None):
@@ -130,7 +160,7 @@ def load_params(model_dir, overrides=None):
             raise ParamsError(f"{path} must hold a JSON object of parameters; {_valid_keys()}")
         params.update({key: check_value(key, value) for key, value in loaded.items()})
     params.update({key: check_value(key, value) for key, value in (overrides or {}).items()})
-    return params
+    return check_params(params)
 
 
 def _parse_flag(text):

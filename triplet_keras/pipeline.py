@@ -1,13 +1,15 @@
 """What init.py runs: data -> train -> evaluate -> transfer -> predictors -> report, in one model folder.
 
 Files left in ``model_dir`` (each written atomically, so a kill leaves no corrupt file):
-``best.keras`` and ``last.keras`` (the training model with its optimizer), ``state.json`` (epoch,
-best validation loss, history, the parameters it was trained with), ``history.csv``, ``logs/``
+``best.keras`` and ``last.keras`` (the training model with its optimizer and, inside the same zip,
+its training state: epoch, best validation loss, history, the parameters it was trained with),
+``state.json`` (a readable copy of last.keras's state), ``history.csv``, ``logs/``
 (TensorBoard), ``embeddings/`` (vectors, metadata.tsv, npz; shown by TensorBoard's projector),
 ``plots/`` (2-D maps before/after the transfer, loss curves, confusion matrix, reliability diagrams),
 ``predictor/`` (source classes; the train split as its gallery) and ``predictor_transfer/`` (target
 classes; the support as its gallery), both calibrated (calibration_report), and ``metrics.json``.
-Re-running into the same folder resumes from ``last.keras`` unless ``restart`` is set.
+Re-running into the same folder resumes from ``last.keras`` unless ``restart`` is set; only the
+parameters in RESUMABLE_KEYS may differ from those it was trained with.
 """
 import contextlib
 import copy
@@ -15,7 +17,9 @@ import csv
 import io
 import json
 import os
+import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 
 import keras
@@ -25,7 +29,7 @@ from triplet_keras import domain_shift, metrics, plots, selection
 from triplet_keras.datasets import DatasetError, load_dataset
 from triplet_keras.distribution import GlobalBatchLoss, data_parallel, replica_count
 from triplet_keras.evaluation import BASELINES, evaluate_few_shot
-from triplet_keras.export import export_embeddings, write_json, write_text
+from triplet_keras.export import export_embeddings, to_jsonable, write_json, write_text
 from triplet_keras.generators import PKBatchGenerator, RemineCallback, TripletGenerator
 from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss
 from triplet_keras.mining import mine_triplets
@@ -40,6 +44,7 @@ from triplet_keras.models import (
     embed_images,
     feature_encoder,
     load_model,
+    read_model_state,
     save_model,
     TRANSFER_FEATURES,
 )
@@ -47,9 +52,12 @@ from triplet_keras.params import ONLINE_STRATEGIES
 from triplet_keras.predict import Predictor
 from triplet_keras.transfer import NearestMeanClassifier, fit_transfer
 
-# Parameters that change the trained model: resuming with other values needs --restart.
-MODEL_KEYS = ("dataset", "backbone", "weights", "backbone_size", "embedding_dim", "freeze_layers", "strategy",
-              "image_size", "source_classes", "seed", "precision")
+# Parameters that may differ when a run resumes: they change neither the model, the loss, the optimiser,
+# the training data nor the label space. Every other parameter is recorded in the checkpoint, and a
+# resumed run whose value differs stops before loading it (--restart trains anew).
+RESUMABLE_KEYS = ("epochs", "episodes", "shots", "plot_method", "loader_workers", "cache_mb", "collapse_patience",
+                  "archive", "target_dataset", "target_transform", "transfer_mode", "transfer_whiten",
+                  "transfer_features", "transfer_shift_average")
 
 
 # The widest transfer features "auto" tries: whitening them takes a d x d float64 matrix (32 MB).
@@ -156,6 +164,8 @@ def prepare_data(params):
         target = {"regime": f"new domain ({params['target_transform']})", "splits": [styled], "mapping": None}
     train, validation, test = (select_classes(s, source_classes) for s in (data.train, data.validation, data.test))
     check_trainable(train, "training")
+    if not len(test):
+        raise PipelineError("the test split is empty: raise test_fraction (the run is scored on the test images)")
     if params["pseudo_classes"] and train.image_shape[0] != train.image_shape[1]:
         raise PipelineError(f"pseudo_classes need square images, got {train.image_shape[:2]}; "
                             "set image_size to a square such as [224, 224]")
@@ -164,30 +174,42 @@ def prepare_data(params):
 
 
 # ------------------------------------------------------------------------------------------- training
+def training_fingerprint(params):
+    """The parameters a checkpoint records: every one not in RESUMABLE_KEYS, as JSON values."""
+    return json.loads(json.dumps(to_jsonable({k: v for k, v in params.items() if k not in RESUMABLE_KEYS})))
+
+
 class TrainingState(keras.callbacks.Callback):
-    """Each epoch: last.keras, best.keras (lowest monitored loss), state.json and history.csv, atomically."""
+    """Each epoch: best.keras (when the monitored loss improves), then last.keras, each holding the
+    training state inside its own zip, so the rename of last.keras commits the epoch; then the
+    readable copies state.json and history.csv. A kill at any instant resumes from a whole epoch."""
 
     def __init__(self, model_dir, params, monitor, state=None):
         super().__init__()
         self.model_dir = model_dir
-        self.model_params = {key: params[key] for key in MODEL_KEYS}
+        self.fingerprint = training_fingerprint(params)
         self.monitor = monitor
-        self.state = state or {"epoch": -1, "best": None, "history": {}}
+        self.state = copy.deepcopy(state) if state else {"epoch": -1, "best": None, "history": {}}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {key: float(value) for key, value in (logs or {}).items()}
-        history = self.state["history"]
+        state = copy.deepcopy(self.state)
         for key, value in logs.items():
-            history.setdefault(key, []).append(value)
+            state["history"].setdefault(key, []).append(value)
         value = logs.get(self.monitor, logs.get("loss"))
-        improved = self.state["best"] is None or (value is not None and value < self.state["best"])
-        save_model(self.model, os.path.join(self.model_dir, "last.keras"))
+        improved = state["best"] is None or (value is not None and value < state["best"])
+        state.update(epoch=epoch, params=self.fingerprint, best=value if improved else state["best"])
         if improved:
-            save_model(self.model, os.path.join(self.model_dir, "best.keras"))
-            self.state["best"] = value
-        self.state.update(epoch=epoch, params=self.model_params)
-        write_text(os.path.join(self.model_dir, "history.csv"), history_csv(history))
-        write_json(os.path.join(self.model_dir, "state.json"), self.state)
+            save_model(self.model, os.path.join(self.model_dir, "best.keras"), state=state)
+        save_model(self.model, os.path.join(self.model_dir, "last.keras"), state=state)
+        self.state = state
+        write_state_copies(self.model_dir, state)
+
+
+def write_state_copies(model_dir, state):
+    """history.csv and state.json: readable copies of the state inside last.keras."""
+    write_text(os.path.join(model_dir, "history.csv"), history_csv(state["history"]))
+    write_json(os.path.join(model_dir, "state.json"), state)
 
 
 def history_csv(history):
@@ -215,17 +237,51 @@ class ValidationRetrieval(keras.callbacks.Callback):
 
 
 def read_state(model_dir, params, restart):
-    """The saved training state to resume from, or None; PipelineError when it does not fit ``params``."""
-    path = os.path.join(model_dir, "state.json")
-    if restart or not (os.path.exists(path) and os.path.exists(os.path.join(model_dir, "last.keras"))):
+    """The training state stored in ``last.keras`` to resume from, or None to start anew; PipelineError
+    when it cannot be read or was trained with other values of a parameter outside RESUMABLE_KEYS.
+    A folder written before the state moved into the zip resumes from its ``state.json``."""
+    path = os.path.join(model_dir, "last.keras")
+    if restart or not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as handle:
-        state = json.load(handle)
-    changed = [key for key in MODEL_KEYS if state.get("params", {}).get(key) != params[key]]
+    try:
+        state = read_model_state(path)
+        if state is None:
+            path = os.path.join(model_dir, "state.json")
+            with open(path, encoding="utf-8") as handle:
+                state = json.load(handle)
+        if not (isinstance(state.get("epoch"), int) and isinstance(state.get("history"), dict)
+                and isinstance(state.get("params"), dict)):
+            raise ValueError("no epoch, history or params in it")
+    except (OSError, ValueError, AttributeError, zipfile.BadZipFile) as error:
+        raise PipelineError(f"cannot resume from {path}: it is damaged or unreadable ({error}); "
+                            f"pass --restart to train anew in {model_dir}") from error
+    recorded, current = state["params"], training_fingerprint(params)
+    changed = [f"{key} {json.dumps(recorded[key])} -> {json.dumps(current[key])}"
+               for key in sorted(current) if key in recorded and recorded[key] != current[key]]
     if changed:
-        raise PipelineError(f"{model_dir} holds a model trained with other {', '.join(changed)}; "
-                            "pass --restart to train a new one there")
+        raise PipelineError(f"{model_dir} holds a model trained with other parameters: {'; '.join(changed)}. "
+                            f"Pass --restart to train a new one there (only {', '.join(RESUMABLE_KEYS)} "
+                            "may change on resume)")
     return state
+
+
+def load_checkpoint(path, compile=False):
+    """load_model(path) in safe mode; PipelineError naming the file when it is damaged."""
+    try:
+        return load_model(path, compile=compile)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        raise PipelineError(f"cannot load {path}: it is damaged or unreadable ({error}); "
+                            f"pass --restart to train anew") from error
+
+
+def check_model_dir(model_dir):
+    """Make ``model_dir``; PipelineError unless it is a folder this process can write in."""
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=model_dir):
+            pass
+    except OSError as error:
+        raise PipelineError(f"cannot write to the model folder {model_dir!r}: {error}") from error
 
 
 def build_training_model(params, image_shape):
@@ -300,7 +356,8 @@ def train(params, data, model_dir, restart):
             model, encoder = build_training_model(params, data["train"].image_shape)
         else:
             stage(f"resuming from {os.path.join(model_dir, 'last.keras')} after epoch {state['epoch'] + 1}")
-            model = load_model(os.path.join(model_dir, "last.keras"), compile=True)
+            model = load_checkpoint(os.path.join(model_dir, "last.keras"), compile=True)
+            write_state_copies(model_dir, state)  # a kill may have left them an epoch behind
             encoder = model.get_layer("encoder")
     initial_epoch = 0 if state is None else state["epoch"] + 1
     if initial_epoch < params["epochs"]:
@@ -321,12 +378,12 @@ def train(params, data, model_dir, restart):
             TrainingState(model_dir, params, monitor, state),
             EpochTensorBoard(os.path.join(model_dir, "logs")),
         ]
-        model.fit(train_data, validation_data=validation_data, epochs=params["epochs"],
+        # The generators order each epoch from (seed, epoch) themselves; Keras' own shuffle of the batch
+        # order draws from the global RNG, which a resumed run would not continue where the killed one was.
+        model.fit(train_data, validation_data=validation_data, epochs=params["epochs"], shuffle=False,
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)
-    with open(os.path.join(model_dir, "state.json"), encoding="utf-8") as handle:
-        history = json.load(handle)["history"]
-    best = load_model(os.path.join(model_dir, "best.keras"))
-    return best.get_layer("encoder"), history
+    best = load_checkpoint(os.path.join(model_dir, "best.keras"))
+    return best.get_layer("encoder"), read_state(model_dir, params, restart=False)["history"]
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -557,7 +614,7 @@ def summary_table(scores, transfer):
 
 def run(model_dir, params, restart=False):
     """The whole run; returns the metrics dict also written to ``model_dir/metrics.json``."""
-    os.makedirs(model_dir, exist_ok=True)
+    check_model_dir(model_dir)
     remove_temporary_files(model_dir)
     keras.config.set_dtype_policy(params["precision"])
     stage(f"loading {params['dataset']}")
