@@ -32,7 +32,7 @@ from triplet_keras.params import load_params  # noqa: E402
 from triplet_keras.pipeline import run  # noqa: E402
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
-COLUMNS = ("none", "translate", "center", "calibrate", "auto", "pixels", "initial_encoder", "ceiling")
+COLUMNS = ("none", "translate", "center", "auto", "pixels", "initial_encoder", "ceiling")
 
 
 def class_splits(names, kind):
@@ -97,22 +97,28 @@ def main():
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     report = {"args": vars(args), "backend": keras.backend.backend(), "machine": platform.platform(),
               "processor": platform.processor(), "cpus": os.cpu_count(), "results": {}}
+    with open(args.output, "w", encoding="utf-8") as handle:
+        json.dump(report, handle)
     tables = []
     for dataset in args.datasets:
         for regime, overrides in settings(dataset, args.splits.get(dataset, "halves")):
+            title = f"{dataset}, {regime}"
             runs, seconds = [], []
             for seed in range(args.seeds):
                 metrics, wall = run_case(dataset, overrides, seed, args)
                 runs.append(metrics)
                 seconds.append(round(wall, 1))
                 print(f"{dataset}, {regime}, seed {seed}: {wall:.0f} s", flush=True)
+                report["results"][title] = {"seconds": seconds, "runs": [
+                    {key: m[key] for key in ("transfer", "transfer_choice", "fine_tuning_verdict", "calibration")}
+                    for m in runs]}
+                with open(args.output, "w", encoding="utf-8") as handle:  # after every run: nothing lost
+                    json.dump(report, handle, indent=2)
             summary, choices = summarise(runs)
-            title = f"{dataset}, {regime}"
-            report["results"][title] = {"seconds": seconds, "summary": summary, "choices": choices,
-                                        "verdicts": [m["fine_tuning_verdict"] for m in runs]}
+            report["results"][title].update(summary=summary, choices=choices)
             tables.append(markdown(title, summary, choices))
-            with open(args.output, "w", encoding="utf-8") as handle:
-                json.dump(report, handle, indent=2)
+    with open(args.output, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
     print("\nAccuracy % on the target episodes: mean over seeds [min-max of the seed means]\n")
     print("\n\n".join(tables))
     print(f"\nwrote {args.output}")
