@@ -90,6 +90,7 @@ def main():
     parser.add_argument("--datasets", nargs="+", default=["digits", "fashion_mnist"])
     parser.add_argument("--splits", default={"digits": "halves", "fashion_mnist": "halves"}, type=json.loads,
                         help='JSON {dataset: "halves" | "parity"}: how the classes are cut in two')
+    parser.add_argument("--regime", default="", help="run only the regimes whose label contains this text")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "accuracy.json"))
@@ -102,6 +103,8 @@ def main():
     tables = []
     for dataset in args.datasets:
         for regime, overrides in settings(dataset, args.splits.get(dataset, "halves")):
+            if args.regime not in regime:
+                continue
             title = f"{dataset}, {regime}"
             runs, seconds = [], []
             for seed in range(args.seeds):
