@@ -83,7 +83,7 @@ def test_metrics_are_useful_and_complete(experiment):
         assert scores[f"test_{key}"] == pytest.approx(expected[key], abs=1e-6), key
     for shots in ("1-shot", "5-shot"):
         rows = metrics["transfer"][shots]
-        assert set(rows) == {"none", "translate", "center", "calibrate", "auto", "pixels", "initial_encoder", "ceiling"}
+        assert set(rows) == {"none", "translate", "center", "auto", "pixels", "initial_encoder", "ceiling"}
         assert all(rows[name]["n_episodes"] == 5 for name in rows)  # every row on the same episodes
         choice = metrics["transfer_choice"][shots]
         assert rows["auto"]["mean"] == rows[choice["mode"]]["mean"]  # auto is the chosen mode, same shrinkage

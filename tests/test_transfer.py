@@ -11,6 +11,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
+from triplet_keras.evaluation import resolve_auto
 from triplet_keras.transfer import (NearestMeanClassifier, TransferClassifier, classifier_from_state,
                                     fit_transfer, source_whitening)
 
@@ -39,9 +40,11 @@ def episodes_accuracy(source, target, k_shot, n_episodes=30, **transfer):
     rng = np.random.default_rng(7)
     (xs, ys), (xt, yt) = source, target
     scores = []
-    for _ in range(n_episodes):
+    for episode in range(n_episodes):
         support = np.concatenate([rng.choice(np.flatnonzero(yt == c), k_shot, replace=False) for c in np.unique(yt)])
         query = np.setdiff1d(np.arange(len(yt)), support)
+        if episode == 0:  # "auto" depends only on the source and the shots: choose once (resolve_auto)
+            transfer = resolve_auto(transfer, xs, ys, xt[support], yt[support])
         model = fit_transfer(xs, ys, xt[support], yt[support], **transfer)
         scores.append(model.score(xt[query], yt[query]))
     return float(np.mean(scores))

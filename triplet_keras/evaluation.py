@@ -64,6 +64,17 @@ def support_centered_accuracy(vectors, labels, support, query):
     return float(np.mean(classifier.predict(l2_normalize(queries - center)) == labels[query]))
 
 
+def resolve_auto(kwargs, source_emb, source_labels, support_emb, support_labels, class_mapping=None):
+    """``kwargs`` with an "auto" mode or whiten replaced by what TransferClassifier chooses on the source
+    for this support's classes and shot count: the choice depends on nothing else, so every episode of
+    an evaluation shares it instead of repeating the source episodes."""
+    if "auto" not in (kwargs.get("mode", "auto"), kwargs.get("whiten", WHITEN_DEFAULT)):
+        return kwargs
+    call = {"class_mapping": class_mapping, **kwargs, "transductive": False, "knn": None}
+    chosen = fit_transfer(source_emb, source_labels, support_emb, support_labels, **call)
+    return {**kwargs, "mode": chosen.mode_, "whiten": chosen.whiten_}
+
+
 def method_shrinkage(kwargs):
     """The whitening shrinkage a method's fit_transfer arguments fix (None: unwhitened, or "auto", which
     each fit chooses itself; ``none`` is never whitened)."""
@@ -93,7 +104,12 @@ def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_wa
         spaces[shrinkage] = whitening.apply(source_emb), whitening.apply(target_emb)
     baselines = baselines or {}
     accuracies = {name: [] for name in list(methods) + list(baselines) + ["ceiling"]}
-    for support, query in sample_episodes(target_labels, n_way, k_shot, n_query, n_episodes, seed):
+    episodes = sample_episodes(target_labels, n_way, k_shot, n_query, n_episodes, seed)
+    if source_emb is not None:
+        methods = {name: resolve_auto(kwargs, source_emb, source_labels, target_emb[episodes[0][0]],
+                                      target_labels[episodes[0][0]], class_mapping)
+                   for name, kwargs in methods.items()}
+    for support, query in episodes:
         y = target_labels[query]
         for name, kwargs in methods.items():
             # Fitting in the whitened space is fitting with whiten (tests/test_transfer.py).
