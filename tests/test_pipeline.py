@@ -88,8 +88,8 @@ def test_metrics_are_useful_and_complete(experiment):
         choice = metrics["transfer_choice"][shots]
         assert rows["auto"]["mean"] == rows[choice["mode"]]["mean"]  # auto is the chosen mode, same shrinkage
         assert choice["features"] == "grid" and len(choice["scores"]) == 8  # transfer_features fixed: 8 candidates
-        assert max(choice["scores"], key=choice["scores"].get) == f"grid: {choice['mode']}" + (
-            "" if choice["whiten"] is None else f" whiten {choice['whiten']:g}")
+        chosen = f"grid: {choice['mode']}" + ("" if choice["whiten"] is None else f" whiten {choice['whiten']:g}")
+        assert choice["scores"][chosen] == max(choice["scores"].values())  # the best (ties: the simplest)
     assert len(metrics["fine_tuning_verdict"]) == 2
     assert all(line in result.stdout for line in metrics["fine_tuning_verdict"])
     assert metrics["epochs_trained"] == 2

@@ -225,7 +225,7 @@ def test_whitening_helps_new_classes_under_shared_anisotropic_noise():
     assert auto > none + 0.15
     chosen = fit_transfer(*source, xt[::40], target[1][::40], mode="auto")
     assert chosen.whiten_ is not None and chosen.mode_ != "none"  # the source episodes show whitening helps
-    assert max(chosen.selection_, key=chosen.selection_.get).endswith(f"{chosen.mode_} whiten {chosen.whiten_:g}")
+    assert chosen.selection_[f"features: {chosen.mode_} whiten {chosen.whiten_:g}"] == max(chosen.selection_.values())
 
 
 def test_translate_nearest_mean_equals_none_and_knn_uses_translated_points(domains):
