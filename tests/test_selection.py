@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from triplet_keras.selection import (candidates, halve_per_class, select_transfer, simulated_tasks)
+from triplet_keras.selection import candidates, choose_transfer, halve_per_class, select_transfer, simulated_tasks
 from triplet_keras.transfer import fit_transfer
 
 
@@ -65,6 +65,8 @@ def test_fallback_when_the_source_cannot_form_episodes():
     choice = select_transfer({"x": (x, x)}, labels, labels, True, 5, 1)
     assert (choice.mode, choice.whiten, choice.fallback, choice.scores) == ("none", None, True, {})
     assert select_transfer({"x": (x, x)}, labels, labels, False, 5, 1).mode == "center"
+    fixed = choose_transfer({"x": (x, x)}, labels, labels, True, 5, 1, mode="center", whiten=0.3)
+    assert (fixed.mode, fixed.whiten, fixed.fallback) == ("center", 0.3, True)  # what was fixed holds
 
 
 def test_fit_with_a_fixed_mode_chooses_only_the_shrinkage():

@@ -69,7 +69,7 @@ class PipelineError(ValueError):
 
 
 def stage(text):
-    """Print the stage and the seconds since the first stage of this process."""
+    """Print the stage and the seconds since the run began (``run`` sets STARTED; else the first stage)."""
     elapsed = time.perf_counter() - STARTED.setdefault("at", time.perf_counter())
     print(f"==> {text} [{elapsed:.0f} s]", flush=True)
 
@@ -436,40 +436,41 @@ class TransferVectors:
     target: np.ndarray
 
 
-def embed_for_transfer(params, encoder, data, target_splits, new_classes):
+def embed_for_transfer(params, encoder, data, target_splits, new_classes, encoder_vectors):
     """({kind: TransferVectors}, train labels, held-out labels, target labels). The held-out rows are
     the source validation split, or half of each train class when there is none (selection.halve_per_class);
-    the train rows are every train image either way (the selection uses the rest when halving)."""
+    the train rows are every train image either way (the selection uses the rest when halving).
+    ``encoder_vectors``: (train, target) as ``encoder`` itself embeds them, reused for the "embedding" kind."""
     train_labels = data["train"].labels
+    target_labels = np.concatenate([split.labels for split in target_splits])
     halved = None if len(data["validation"]) else selection.halve_per_class(train_labels, params["seed"])
     held_out_labels = train_labels[halved] if halved is not None else data["validation"].labels
     vectors = {}
     for kind, model in transfer_feature_models(params, encoder, new_classes).items():
-        train = embed_images(model, data["train"], description=f"{kind} features of train")
+        if model is encoder:
+            train, target = encoder_vectors
+        else:
+            train = embed_images(model, data["train"], description=f"{kind} features of train")
+            target = embed_splits(model, target_splits)[0]
         held_out = train[halved] if halved is not None else embed_images(
             model, data["validation"], description=f"{kind} features of validation")
-        target, target_labels = embed_splits(model, target_splits)
         vectors[kind] = TransferVectors(model, train, held_out, target)
     return vectors, train_labels, held_out_labels, target_labels, halved
 
 
 def choose_transfer(params, vectors, train_labels, held_out_labels, halved, new_classes, n_way, k_shot):
-    """selection.TransferChoice for K = ``k_shot``, from episodes on the source; candidates limited by
-    the transfer_mode / transfer_whiten parameters when they are not "auto"."""
-    modes = selection.MODES if params["transfer_mode"] == "auto" else (params["transfer_mode"],)
-    shrinkages = selection.SHRINKAGES if params["transfer_whiten"] == "auto" else (params["transfer_whiten"],)
+    """selection.TransferChoice for K = ``k_shot``, from episodes on the source rows not held out;
+    candidates limited by transfer_mode / transfer_whiten when they are not "auto"."""
     rows = np.arange(len(train_labels)) if halved is None else np.flatnonzero(~halved)
     features = {kind: (v.train[rows], v.held_out) for kind, v in vectors.items()}
-    choice = selection.select_transfer(features, train_labels[rows], held_out_labels, new_classes, n_way, k_shot,
-                                       selection.candidates(modes, shrinkages), params["episodes"], params["seed"])
-    if choice.fallback and params["transfer_mode"] != "auto":
-        choice.mode = params["transfer_mode"]
-    return choice
+    return selection.choose_transfer(features, train_labels[rows], held_out_labels, new_classes, n_way, k_shot,
+                                     params["transfer_mode"], params["transfer_whiten"], params["episodes"],
+                                     params["seed"])
 
 
 def baseline_vectors(params, data, target_splits, choice_features):
-    """{"pixels": target images flattened (uint8), "initial_encoder": {kind: target features of the
-    encoder before fine-tuning}}: the same weights training started from (same seed)."""
+    """(target images flattened as uint8: the pixels baseline, {kind: target features of the encoder
+    before fine-tuning}: the initial_encoder baseline), the weights training started from (same seed)."""
     pixels = np.concatenate([s.load(np.arange(len(s))).reshape(len(s), -1) for s in target_splits])
     keras.utils.set_random_seed(params["seed"])
     initial = build_training_model(params, data["train"].image_shape)[1]
@@ -561,14 +562,15 @@ def fine_tuning_verdict(transfer):
     return lines
 
 
-def run_transfer(params, encoder, data, model_dir, names):
+def run_transfer(params, encoder, data, model_dir, names, encoder_vectors):
     """The transfer stage: features and mode chosen on the source, episodes with baselines, the saved
-    transfer predictor (calibrated on held-out target images) and its plot. Returns (transfer
+    transfer predictor (calibrated on held-out target images) and its plot; ``encoder_vectors`` as in
+    embed_for_transfer. Returns (transfer
     results, choices, saved accuracy, calibration report, target labels, support rows)."""
     target = data["target"]
     new_classes = target["regime"] == "new classes"
     vectors, train_labels, held_out_labels, target_labels, halved = embed_for_transfer(
-        params, encoder, data, target["splits"], new_classes)
+        params, encoder, data, target["splits"], new_classes, encoder_vectors)
     n_way = len(np.unique(target_labels))
     choices = {}
     for k in params["shots"]:
@@ -614,6 +616,7 @@ def summary_table(scores, transfer):
 
 def run(model_dir, params, restart=False):
     """The whole run; returns the metrics dict also written to ``model_dir/metrics.json``."""
+    STARTED["at"] = time.perf_counter()
     check_model_dir(model_dir)
     remove_temporary_files(model_dir)
     keras.config.set_dtype_policy(params["precision"])
@@ -651,7 +654,7 @@ def run(model_dir, params, restart=False):
     if target is not None:
         stage(f"transfer to the target ({target['regime']})")
         transfer, choices, scores["transfer_accuracy"], calibration["transfer"], target_labels, support = run_transfer(
-            params, encoder, data, model_dir, names)
+            params, encoder, data, model_dir, names, (train_emb, target_in_source))
         vectors.append(target_in_source)  # the projector shows every split in one space: the embedding's
         export["label"] += [names[c] for c in target_labels]
         in_support = np.isin(np.arange(len(target_labels)), support)

@@ -134,3 +134,17 @@ def select_transfer(features, train_labels, held_out_labels, new_classes, n_way,
     name, method = best.split(": ", 1)
     return TransferChoice(name, methods[method]["mode"], methods[method]["whiten"],
                           {key: round(value, 4) for key, value in totals.items()}, per_task * len(tasks))
+
+
+def choose_transfer(features, train_labels, held_out_labels, new_classes, n_way, k_shot, mode="auto", whiten="auto",
+                    n_episodes=100, seed=0):
+    """select_transfer over what ``mode`` and ``whiten`` leave open ("auto": every MODES or SHRINKAGES
+    value; anything else: that value alone). A fixed value also holds in the fallback."""
+    modes = MODES if mode == "auto" else (mode,)
+    shrinkages = SHRINKAGES if whiten == "auto" else (whiten,)
+    choice = select_transfer(features, train_labels, held_out_labels, new_classes, n_way, k_shot,
+                             candidates(modes, shrinkages), n_episodes, seed)
+    if choice.fallback:
+        choice.mode = choice.mode if mode == "auto" else mode
+        choice.whiten = choice.whiten if whiten == "auto" else whiten
+    return choice

@@ -283,16 +283,12 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
 
     def _select(self, source_emb, source_labels, mapped, counts):
         """Sets mode_, whiten_ and selection_ from episodes on the source (triplet_keras.selection)."""
-        from .selection import MODES as CANDIDATE_MODES, SHRINKAGES, candidates, halve_per_class, select_transfer
+        from .selection import choose_transfer, halve_per_class
 
-        modes = CANDIDATE_MODES if self.mode == "auto" else (self.mode,)
-        shrinkages = SHRINKAGES if self.whiten == "auto" else (self.whiten,)
         held_out = halve_per_class(source_labels)
-        choice = select_transfer({"features": (source_emb[~held_out], source_emb[held_out])}, source_labels[~held_out],
+        choice = choose_transfer({"features": (source_emb[~held_out], source_emb[held_out])}, source_labels[~held_out],
                                  source_labels[held_out], not (mapped >= 0).any(), len(self.classes_),
-                                 max(1, int(counts.min())), candidates(modes, shrinkages), self.selection_episodes)
-        if choice.fallback and self.mode != "auto":
-            choice.mode = self.mode
+                                 max(1, int(counts.min())), self.mode, self.whiten, self.selection_episodes)
         self.mode_, self.whiten_, self.selection_ = choice.mode, choice.whiten, choice.scores
 
     def _mapped_source_classes(self, source_classes, class_mapping):
