@@ -12,7 +12,7 @@ experiment's params.json, chooses the transfer on source episodes and reports ev
 Prints one Markdown table per regime and dataset (mean over seeds, [min-max] of the seed means, and
 the choices ``auto`` made) and writes benchmarks/results/accuracy.json.
 
-    python benchmarks/bench_accuracy.py [--datasets digits fashion_mnist] [--seeds 3] [--episodes 200]
+    python benchmarks/bench_accuracy.py [--datasets digits fashion_mnist] [--seeds 0 1 2] [--episodes 200]
 """
 import argparse
 import json
@@ -55,8 +55,8 @@ def settings(dataset, split_kind):
 
 def run_case(dataset, overrides, seed, args):
     """metrics.json of one init.py run in a temporary folder, and its wall time in seconds."""
-    params = load_params(os.path.join(EXPERIMENTS, dataset), {**overrides, "seed": seed, "episodes": args.episodes,
-                                                               "plot_method": "pca"})
+    params = load_params(os.path.join(EXPERIMENTS, dataset), {**args.params, **overrides, "seed": seed,
+                                                               "episodes": args.episodes, "plot_method": "pca"})
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as model_dir:
         metrics = run(model_dir, params)
@@ -91,7 +91,9 @@ def main():
     parser.add_argument("--splits", default={"digits": "halves", "fashion_mnist": "halves"}, type=json.loads,
                         help='JSON {dataset: "halves" | "parity"}: how the classes are cut in two')
     parser.add_argument("--regime", default="", help="run only the regimes whose label contains this text")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--params", default={}, type=json.loads,
+                        help='JSON {key: value}: parameters set on top of each experiment\'s params.json')
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "accuracy.json"))
     args = parser.parse_args()
@@ -107,7 +109,7 @@ def main():
                 continue
             title = f"{dataset}, {regime}"
             runs, seconds = [], []
-            for seed in range(args.seeds):
+            for seed in args.seeds:
                 metrics, wall = run_case(dataset, overrides, seed, args)
                 runs.append(metrics)
                 seconds.append(round(wall, 1))

@@ -246,13 +246,34 @@ def test_embed_images_matches_predict_for_arrays_and_loaders(encoder):
             return x[indices]
 
     expected = encoder.predict(x, verbose=0)
-    seen = []
-    predict_on_batch = encoder.predict_on_batch
-    encoder.predict_on_batch = lambda batch: seen.append(batch.dtype) or predict_on_batch(batch)
     np.testing.assert_allclose(embed_images(encoder, x, batch_size=4, progress=False), expected, atol=1e-5)
-    assert seen == [np.uint8] * 3  # no float copy on the host: the model casts
-    del encoder.predict_on_batch
     np.testing.assert_allclose(embed_images(encoder, Loader(), batch_size=3, progress=False), expected, atol=1e-5)
+    batches = models.PredictBatches(Loader().load, len(x), 4, x.shape[1:])
+    assert len(batches) == 3
+    # uint8 reaches the model (no float copy on the host: the model casts); the last batch is padded
+    # with zeros to one compiled shape
+    assert [(b.dtype, len(b)) for b in (batches[i] for i in range(3))] == [(np.uint8, 4)] * 3
+    np.testing.assert_array_equal(batches[2][:2], x[8:])
+    assert not batches[2][2:].any()
+
+
+def test_embed_images_raises_a_loading_error_and_leaves_the_encoder_usable(encoder):
+    x = images(10)
+
+    class Failing:
+        def __len__(self):
+            return len(x)
+
+        def load(self, indices):
+            if indices[0] >= 4:
+                raise ValueError("cannot read image 4")
+            return x[indices]
+
+    expected = encoder.predict(x, verbose=0)
+    with pytest.raises(ValueError, match="cannot read image 4"):
+        embed_images(encoder, Failing(), batch_size=2, progress=False)
+    np.testing.assert_allclose(embed_images(encoder, x, batch_size=4, progress=False), expected, atol=1e-5)
+    assert len(encoder.get_weights()) == len(encoder.weights)
     assert embed_images(encoder, x[:0], progress=False).shape == (0, 16)
 
 

@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -415,25 +414,64 @@ def load_model(path, compile=False):
     return keras.saving.load_model(path, compile=compile, safe_mode=True)
 
 
+class PredictBatches(keras.utils.PyDataset):
+    """Consecutive batches of ``load(indices)`` for ``count`` images, for ``Model.predict``: loaded
+    ahead on two threads (at most two batches waiting), in their own dtype (uint8 stays uint8: a
+    quarter of the bytes to copy, cast inside the model), the last one padded with zeros to
+    ``batch_size`` when there is more than one batch, so one compiled predict function serves all.
+
+    An error while loading does not escape into Keras' predict loop (on JAX that would leave the
+    model's variables emptied): the batch becomes zeros of ``image_shape``, ``error`` keeps the first
+    exception, and :class:`PredictProgress` stops the loop so the caller can raise it."""
+
+    def __init__(self, load, count, batch_size, image_shape):
+        super().__init__(workers=2, max_queue_size=2)
+        self.load, self.count, self.batch_size, self.image_shape = load, count, batch_size, tuple(image_shape)
+        self.error = None
+
+    def __len__(self):
+        return -(-self.count // self.batch_size)
+
+    def __getitem__(self, index):
+        rows = np.arange(index * self.batch_size, min((index + 1) * self.batch_size, self.count))
+        try:
+            batch = np.asarray(self.load(rows))
+        except Exception as error:  # noqa: BLE001 - kept and raised by embed_images after predict
+            self.error = self.error or error
+            batch = np.zeros((len(rows),) + self.image_shape, np.uint8)
+        if len(batch) < self.batch_size and self.count > self.batch_size:
+            batch = np.concatenate([batch, np.zeros((self.batch_size - len(batch),) + batch.shape[1:], batch.dtype)])
+        return batch
+
+
+class PredictProgress(keras.callbacks.Callback):
+    """A tqdm bar over the batches of one ``predict`` call, which it stops once ``batches.error`` is set."""
+
+    def __init__(self, batches, description, enabled):
+        super().__init__()
+        self.batches = batches
+        self.bar = tqdm(total=len(batches), desc=description, unit="batch", disable=not enabled, leave=False)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        if self.batches.error is not None:
+            self.model.stop_predicting = True
+
+    def on_predict_end(self, logs=None):
+        self.bar.close()
+
+
 def embed_images(encoder, images, batch_size=256, progress=True, description="embedding"):
     """Embeddings (N, D) float32 of ``images``: an array (N, H, W, 3) or an object with ``__len__``
-    and ``load(indices)``. Batches are loaded one ahead on a worker thread and reach the model in
-    their own dtype (uint8 stays uint8: a quarter of the bytes to copy, cast inside the model), and
-    the last batch is padded to ``batch_size`` so a compiled predict function is reused.
-    """
+    and ``load(indices)``, through ``encoder.predict`` over :class:`PredictBatches` (Keras keeps the
+    device busy: no copy back to the host after each batch). An error while loading is raised after
+    the predict loop has ended, the encoder intact."""
     count = len(images)
+    if count == 0:
+        return np.zeros((0, encoder.output_shape[-1]), np.float32)
     load = images.load if hasattr(images, "load") else (lambda indices: np.asarray(images[indices]))
-    starts = range(0, count, batch_size)
-    out = np.empty((count, encoder.output_shape[-1]), dtype=np.float32)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(load, np.arange(0, min(batch_size, count))) if count else None
-        for start in tqdm(starts, desc=description, unit="batch", disable=not progress, leave=False):
-            batch = np.asarray(pending.result())
-            stop = min(start + batch_size, count)
-            if stop < count:
-                pending = pool.submit(load, np.arange(stop, min(stop + batch_size, count)))
-            size = len(batch)
-            if size < batch_size and count > batch_size:
-                batch = np.concatenate([batch, np.zeros((batch_size - size,) + batch.shape[1:], batch.dtype)])
-            out[start:stop] = encoder.predict_on_batch(batch)[:size]
-    return out
+    batches = PredictBatches(load, count, batch_size, encoder.input_shape[1:])
+    out = encoder.predict(batches, verbose=0, callbacks=[PredictProgress(batches, description, progress)])
+    if batches.error is not None:
+        raise batches.error
+    return np.asarray(out[:count], np.float32)
