@@ -5,6 +5,7 @@ float32 embeddings (B, embedding_dim). Everything an image needs (casting, resiz
 backbone's input size, the backbone's own preprocessing) happens inside the model, so a saved
 encoder is all that is needed to embed new images.
 """
+import functools
 import json
 import os
 import socket
@@ -414,6 +415,15 @@ def load_model(path, compile=False):
     return keras.saving.load_model(path, compile=compile, safe_mode=True)
 
 
+WORKERS = 1
+
+
+@functools.cache
+def has_accelerator():
+    """Whether Keras' backend sees a device other than the CPU (a GPU or TPU)."""
+    return any(not device.lower().startswith("cpu") for device in keras.distribution.list_devices())
+
+
 class PredictBatches(keras.utils.PyDataset):
     """Consecutive batches of ``load(indices)`` for ``count`` images, for ``Model.predict``: loaded
     ahead on two threads (at most two batches waiting), in their own dtype (uint8 stays uint8: a
@@ -425,7 +435,7 @@ class PredictBatches(keras.utils.PyDataset):
     exception, and :class:`PredictProgress` stops the loop so the caller can raise it."""
 
     def __init__(self, load, count, batch_size, image_shape):
-        super().__init__(workers=2, max_queue_size=2)
+        super().__init__(workers=2 if has_accelerator() else 1)
         self.load, self.count, self.batch_size, self.image_shape = load, count, batch_size, tuple(image_shape)
         self.error = None
 
@@ -445,7 +455,11 @@ class PredictBatches(keras.utils.PyDataset):
 
 
 class PredictProgress(keras.callbacks.Callback):
-    """A tqdm bar over the batches of one ``predict`` call, which it stops once ``batches.error`` is set."""
+    """A tqdm bar over the batches of one ``predict`` call, which it stops once ``batches.error`` is set.
+    Async-safe: Keras calls it from a worker thread, so the predict loop does not wait for each
+    batch's outputs to reach the host."""
+
+    async_safe = True
 
     def __init__(self, batches, description, enabled):
         super().__init__()
