@@ -12,10 +12,11 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import softmax
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_array, check_X_y
 
 from ..distances import l2_normalize
 from ..distances import pairwise as distances
+from .checks import check_queries
 from .prototypes import class_means
 
 
@@ -54,18 +55,18 @@ class DomainCentering(TransformerMixin, BaseEstimator):
     so every class weighs the same."""
 
     def fit(self, X, y=None):
-        X = check_array(X, dtype=np.float64)
         if y is None:
+            X = check_array(X, dtype=np.float64)
             self.center_ = X.mean(axis=0)
         else:
+            X, y = check_X_y(X, y, dtype=np.float64)
             classes, index = np.unique(y, return_inverse=True)
             self.center_ = class_means(X, index, len(classes)).mean(axis=0)
         self.n_features_in_ = X.shape[1]
         return self
 
     def transform(self, X):
-        check_is_fitted(self, "center_")
-        return l2_normalize(check_array(X, dtype=np.float64) - self.center_)
+        return l2_normalize(check_queries(self, X, "center_") - self.center_)
 
 
 def shrink_toward(means, counts, prior, kappa):

@@ -4,9 +4,10 @@ import numpy as np
 from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+from sklearn.utils.validation import check_X_y
 
 from ..distances import pairwise as distances
+from .checks import check_queries
 from .serialization import Serializable
 
 METRICS = ("cosine", "euclidean")
@@ -46,12 +47,7 @@ class NearestMeanClassifier(Serializable, ClassifierMixin, BaseEstimator):
 
     def _queries(self, X):
         """Validated queries in the space of the prototypes (the identity here)."""
-        check_is_fitted(self, ["classes_", "means_"])
-        X = check_array(X, dtype=np.float64)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} "
-                             f"is expecting {self.n_features_in_} features as input")
-        return X
+        return check_queries(self, X, ["classes_", "means_"])
 
     def prototype_distances(self, X):
         """(n, n_classes) distances d(x, mean_c) in the classifier's own space (after any query transform)."""

@@ -18,7 +18,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+from sklearn.utils.validation import check_is_fitted, check_X_y
+
+from .checks import check_queries
 
 EIGEN_FLOOR = 1e-6
 
@@ -53,7 +55,8 @@ class WithinClassWhitening(TransformerMixin, BaseEstimator):
         if not 0.0 <= self.shrinkage <= 1.0:
             raise ValueError(f"whitening shrinkage must be in [0, 1], got {self.shrinkage!r}")
         if self.rank is not None and not 1 <= self.rank < X.shape[1]:
-            raise ValueError(f"rank must be None or an integer in [1, {X.shape[1]}), got {self.rank!r}")
+            raise ValueError(f"rank must be None or an integer in [1, n_features), got rank={self.rank!r} "
+                             f"with n_features = {X.shape[1]}")
         classes, index = np.unique(y, return_inverse=True)
         means = np.stack([X[index == c].mean(axis=0, dtype=np.float64) for c in range(len(classes))])
         self.center_ = means.mean(axis=0)
@@ -92,10 +95,7 @@ class WithinClassWhitening(TransformerMixin, BaseEstimator):
         self.components_ = components.astype(np.float32)
 
     def transform(self, X):
-        check_is_fitted(self, "center_")
-        X = check_array(X, dtype=np.float64)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but the whitening was fitted on {self.n_features_in_}")
+        X = check_queries(self, X, "center_")
         if self.rank is None:
             return Whitening(self.center_, self.matrix_).apply(X)
         X = X - self.center_
