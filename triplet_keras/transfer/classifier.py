@@ -7,8 +7,7 @@ from sklearn.utils.validation import check_array, check_X_y
 
 from ..distances import l2_normalize
 from ..distances import pairwise as distances
-from .domain import (DomainCentering, Source, shrink_toward, source_classes_of, source_prior,
-                     translated_source_points)
+from .domain import Source, centred_prototypes, shrink_toward, source_prior, translated_source_points
 from .prototypes import NearestMeanClassifier, class_means, knn_scores, refine_prototypes
 from .whitening import Whitening, source_whitening
 
@@ -73,12 +72,7 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         self.n_features_in_ = X.shape[1]
         counts = np.bincount(index).astype(np.float64)
         unlabeled = None if unlabeled is None else check_array(unlabeled, dtype=np.float64)
-        source = None
-        if source_emb is not None:
-            source_emb, source_labels = check_X_y(source_emb, source_labels, dtype=np.float64)
-            classes, source_index = np.unique(source_labels, return_inverse=True)
-            source = Source(source_emb, source_labels, source_index, class_means(source_emb, source_index, len(classes)),
-                            source_classes_of(self.classes_, classes, class_mapping))
+        source = None if source_emb is None else Source.labelled(source_emb, source_labels, self.classes_, class_mapping)
         self._choose(source, counts, whitening)
         if self.whitening_.size:
             X, unlabeled = self._whiten(X), None if unlabeled is None else self._whiten(unlabeled)
@@ -126,13 +120,9 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
             return shrink_toward(support_means, counts, prior, kappa), counts + kappa
         if self.mode_ != "center":
             return support_means, counts
-        target = DomainCentering().fit(X, index) if unlabeled is None else DomainCentering().fit(unlabeled)
-        centred_source = DomainCentering().fit(source.emb, source.index)
-        self.offset_, self.source_offset_, self.normalize_ = target.center_, centred_source.center_, True
-        prototypes, has = class_means(target.transform(X), index, len(self.classes_)), source.mapped >= 0
-        prior = class_means(centred_source.transform(source.emb), source.index, len(source.means))[source.mapped[has]]
-        prototypes[has] = shrink_toward(prototypes[has], counts[has], prior, self.kappa)
-        return prototypes, counts + np.where(has, self.kappa, 0.0)
+        target, source_side, prototypes, weights = centred_prototypes(X, index, counts, source, self.kappa, unlabeled)
+        self.offset_, self.source_offset_, self.normalize_ = target.center_, source_side.center_, True
+        return prototypes, weights
 
     def _whiten(self, X):
         """The fitted Whitening applied to X, or X when not whitened."""

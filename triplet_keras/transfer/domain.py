@@ -29,6 +29,15 @@ class Source(NamedTuple):
     means: np.ndarray
     mapped: np.ndarray
 
+    @classmethod
+    def labelled(cls, emb, labels, target_classes, class_mapping=None):
+        """Validated source rows and labels, their class means and the mapping of ``target_classes``
+        (source_classes_of)."""
+        emb, labels = check_X_y(emb, labels, dtype=np.float64)
+        classes, index = np.unique(labels, return_inverse=True)
+        return cls(emb, labels, index, class_means(emb, index, len(classes)),
+                   source_classes_of(target_classes, classes, class_mapping))
+
     def mapped_through(self, transform):
         """The same source after the map ``transform`` of embeddings (the means mapped too)."""
         return self._replace(emb=transform(self.emb), means=transform(self.means))
@@ -73,6 +82,18 @@ def shrink_toward(means, counts, prior, kappa):
     """(K_c means_c + kappa_c prior_c) / (K_c + kappa_c), kappa a number or one per row."""
     kappa = np.broadcast_to(kappa, counts.shape)[:, None]
     return (counts[:, None] * means + kappa * prior) / (counts[:, None] + kappa)
+
+
+def centred_prototypes(support, index, counts, source, kappa, pool=None):
+    """``center``: (target centring, source centring, prototypes, their weights). The target is centred
+    on the pool mean, or without a pool on the mean of the support class means; the source on the mean
+    of its class means. A mapped class shrinks toward its centred source class mean with weight kappa."""
+    target = DomainCentering().fit(support, index) if pool is None else DomainCentering().fit(pool)
+    source_side = DomainCentering().fit(source.emb, source.index)
+    prototypes, has = class_means(target.transform(support), index, len(counts)), source.mapped >= 0
+    prior = class_means(source_side.transform(source.emb), source.index, len(source.means))[source.mapped[has]]
+    prototypes[has] = shrink_toward(prototypes[has], counts[has], prior, kappa)
+    return target, source_side, prototypes, counts + np.where(has, kappa, 0.0)
 
 
 def borrow_weights(support_means, source_means, mapped, delta, n_borrow, metric, temperature):
