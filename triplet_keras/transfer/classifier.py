@@ -72,7 +72,9 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         self.n_features_in_ = X.shape[1]
         counts = np.bincount(index).astype(np.float64)
         unlabeled = None if unlabeled is None else check_array(unlabeled, dtype=np.float64)
-        source = None if source_emb is None else Source.labelled(source_emb, source_labels, self.classes_, class_mapping)
+        source = None
+        if source_emb is not None:
+            source = Source.labelled(source_emb, source_labels, self.classes_, class_mapping)
         self._choose(source, counts, whitening)
         if self.whitening_.size:
             X, unlabeled = self._whiten(X), None if unlabeled is None else self._whiten(unlabeled)
@@ -116,7 +118,8 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
                 X, index, support_means, source, self.metric, self.temperature)
         if self.mode_ == "calibrate":
             kappa = np.where(source.mapped >= 0, self.kappa, self.kappa_new)
-            prior = source_prior(support_means, source.means, source.mapped, self.n_borrow, self.metric, self.temperature)
+            prior = source_prior(support_means, source.means, source.mapped, self.n_borrow, self.metric,
+                                 self.temperature)
             return shrink_toward(support_means, counts, prior, kappa), counts + kappa
         if self.mode_ != "center":
             return support_means, counts

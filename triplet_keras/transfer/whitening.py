@@ -12,6 +12,7 @@ W = I / sigma + sum_k (s_k^(-1/2) - 1 / sigma) v_k v_k^T. The s_k, v_k are those
 moves eigenvalues, not eigenvectors), found by a randomized SVD of the class residuals without
 forming S_w: O(N d r) time and O(d r) stored numbers instead of O(d^3) and d^2.
 """
+import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -42,7 +43,8 @@ class WithinClassWhitening(TransformerMixin, BaseEstimator):
 
     Fitted: center_ (m, float64); with ``rank=None`` matrix_ (W, d x d, float32); with a rank r,
     components_ (r x d, float32, the v_k as rows), component_scales_ (s_k^(-1/2) - 1 / sigma, r) and
-    isotropic_scale_ (1 / sigma). Sums run in float64 whatever the input dtype.
+    isotropic_scale_ (1 / sigma). The dense path accumulates in float64 whatever the input dtype; the
+    low-rank path works on the residuals in the input dtype (float32 input: a float32 SVD).
     """
 
     def __init__(self, shrinkage=0.3, rank=None):
@@ -54,7 +56,7 @@ class WithinClassWhitening(TransformerMixin, BaseEstimator):
         check_classification_targets(y)
         if not 0.0 <= self.shrinkage <= 1.0:
             raise ValueError(f"whitening shrinkage must be in [0, 1], got {self.shrinkage!r}")
-        if self.rank is not None and not 1 <= self.rank < X.shape[1]:
+        if self.rank is not None and not (isinstance(self.rank, numbers.Integral) and 1 <= self.rank < X.shape[1]):
             raise ValueError(f"rank must be None or an integer in [1, n_features), got rank={self.rank!r} "
                              f"with n_features = {X.shape[1]}")
         classes, index = np.unique(y, return_inverse=True)
@@ -86,7 +88,7 @@ class WithinClassWhitening(TransformerMixin, BaseEstimator):
         _, singular, components = randomized_svd(residuals, self.rank, random_state=0)
         dim, total = X.shape[1], float(np.einsum("ij,ij->", residuals, residuals, dtype=np.float64)) / len(X)
         leading = singular.astype(np.float64) ** 2 / len(X)
-        rest = max(total - leading.sum(), 0.0) / (dim - self.rank)
+        rest = max(total - leading.sum(), 0.0) / (dim - len(leading))  # fewer than rank when N < rank
         mix = self.shrinkage * total / dim
         leading, rest = (1.0 - self.shrinkage) * leading + mix, (1.0 - self.shrinkage) * rest + mix
         floor = max(leading.max(), rest, 1e-12) * EIGEN_FLOOR
