@@ -1,0 +1,176 @@
+"""TransferClassifier: nearest prototype over target classes, prototypes from the support and the
+source (the modes and their math: the package docstring), and fit_transfer, its one-call form."""
+import numpy as np
+from sklearn.base import TransformerMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_X_y
+
+from ..distances import l2_normalize
+from ..distances import pairwise as distances
+from .domain import Source, centred_prototypes, shrink_toward, source_prior, translated_source_points
+from .prototypes import NearestMeanClassifier, class_means, knn_scores, refine_prototypes
+from .whitening import Whitening, source_whitening
+
+MODES = ("none", "translate", "center", "calibrate")
+WHITEN_DEFAULT = "auto"
+
+
+class TransferClassifier(TransformerMixin, NearestMeanClassifier):
+    """Nearest prototype over target classes, with prototypes built from the support and the source.
+
+    ``fit(support, labels, source_emb=..., source_labels=..., unlabeled=..., class_mapping=...)``;
+    without a source every mode is ``none``. Fitted: classes_, means_ (the prototypes), mode_ and
+    whiten_ (``auto`` resolved), selection_ (the source-episode score of each candidate when something
+    was "auto"), source_center_ and whitening_ (the whitening; whitening_ is empty without it), offset_
+    and normalize_ (the rest of the query transform), source_offset_ (its source-side counterpart), and
+    for kNN reference_points_ with reference_index_ (indices into classes_). Like scikit-learn's
+    LinearDiscriminantAnalysis it is also a transformer: ``transform`` is the query map T.
+    """
+    _state_arrays = ("classes_", "means_", "offset_", "reference_points_", "reference_index_", "source_center_",
+                     "whitening_", "source_offset_")
+    _state_fields = ("mode_", "normalize_", "whiten_", "selection_")
+
+    def __init__(self, mode="auto", whiten=WHITEN_DEFAULT, kappa=2.0, kappa_new=1.0, n_borrow=3, knn=None,
+                 transductive=False, refine_steps=10, confidence=0.9, metric="cosine", temperature=0.1,
+                 selection_episodes=100):
+        self.mode = mode
+        self.whiten = whiten
+        self.kappa = kappa
+        self.kappa_new = kappa_new
+        self.n_borrow = n_borrow
+        self.knn = knn
+        self.transductive = transductive
+        self.refine_steps = refine_steps
+        self.confidence = confidence
+        self.metric = metric
+        self.temperature = temperature
+        self.selection_episodes = selection_episodes
+
+    def _check_params(self):
+        super()._check_params()
+        if self.mode not in MODES + ("auto",):
+            raise ValueError(f"mode must be 'auto' or one of {MODES}, got {self.mode!r}")
+        if self.knn is not None and (self.mode != "translate" or self.transductive):
+            raise ValueError("knn is only used by mode='translate' without transductive refinement")
+        if self.knn is not None and not int(self.knn) >= 1:
+            raise ValueError(f"knn must be a positive integer, got {self.knn!r}")
+        if self.kappa < 0 or self.kappa_new < 0:
+            raise ValueError("kappa and kappa_new must be >= 0")
+        if self.whiten not in (None, "auto") and not (isinstance(self.whiten, (int, float))
+                                                      and 0.0 <= self.whiten <= 1.0):
+            raise ValueError(f"whiten must be None, 'auto' or a shrinkage in [0, 1], got {self.whiten!r}")
+
+    def fit(self, X, y, source_emb=None, source_labels=None, unlabeled=None, class_mapping=None, whitening=None):
+        """``whitening``: a Whitening learnt on other labelled embeddings of the source domain (such as
+        its pseudo-classes, which the encoder trained on); by default source_whitening(source_emb,
+        source_labels, whiten). Either way only when the whitening shrinkage is not None; it needs a
+        numeric ``whiten``, since "auto" compares shrinkages on the source itself."""
+        X, y = check_X_y(X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self._check_params()
+        self.classes_, index = np.unique(y, return_inverse=True)
+        self.n_features_in_ = X.shape[1]
+        counts = np.bincount(index).astype(np.float64)
+        unlabeled = None if unlabeled is None else check_array(unlabeled, dtype=np.float64)
+        source = None
+        if source_emb is not None:
+            source = Source.labelled(source_emb, source_labels, self.classes_, class_mapping)
+        self._choose(source, counts, whitening)
+        if self.whitening_.size:
+            X, unlabeled = self._whiten(X), None if unlabeled is None else self._whiten(unlabeled)
+            source = source.mapped_through(self._whiten)
+        self.offset_, self.source_offset_, self.normalize_ = np.zeros(X.shape[1]), np.zeros(X.shape[1]), False
+        self.reference_points_, self.reference_index_ = np.zeros((0, X.shape[1])), np.zeros(0, dtype=np.int64)
+        self.means_, weights = self._prototypes(X, index, counts, source, unlabeled)
+        if self.transductive and unlabeled is not None:
+            self.means_ = refine_prototypes(self._place(unlabeled, self.offset_), self.means_, weights,
+                                            self.refine_steps, self.confidence, self.metric, self.temperature)
+        return self
+
+    def _choose(self, source, counts, whitening):
+        """Sets mode_, whiten_ and selection_ ("auto": from episodes on the source, triplet_keras.selection),
+        then source_center_ and whitening_."""
+        self.mode_, self.whiten_, self.selection_ = self.mode, self.whiten, {}
+        if source is None:
+            self.mode_, self.whiten_ = "none", None
+        elif "auto" in (self.mode, self.whiten):
+            if whitening is not None and self.whiten == "auto":
+                raise ValueError("a given whitening needs a numeric whiten; 'auto' chooses it on the source")
+            from ..selection import choose_transfer, halve_per_class  # selection scores this class: import late
+
+            held_out = halve_per_class(source.labels)
+            choice = choose_transfer({"features": (source.emb[~held_out], source.emb[held_out])},
+                                     source.labels[~held_out], source.labels[held_out], not (source.mapped >= 0).any(),
+                                     len(self.classes_), max(1, int(counts.min())), self.mode, self.whiten,
+                                     self.selection_episodes)
+            self.mode_, self.whiten_, self.selection_ = choice.mode, choice.whiten, choice.scores
+        self.source_center_, self.whitening_ = np.zeros(self.n_features_in_), np.zeros((0, 0))
+        if self.mode_ != "none" and self.whiten_ is not None:
+            if whitening is None:
+                whitening = source_whitening(source.emb, source.labels, self.whiten_)
+            self.source_center_, self.whitening_ = whitening.center, whitening.matrix
+
+    def _prototypes(self, X, index, counts, source, unlabeled):
+        """(prototypes, their weights in the transductive refinement) of mode_; sets the query map."""
+        support_means = class_means(X, index, len(self.classes_))
+        if self.mode_ == "translate" and self.knn is not None:
+            self.reference_points_, self.reference_index_ = translated_source_points(
+                X, index, support_means, source, self.metric, self.temperature)
+        if self.mode_ == "calibrate":
+            kappa = np.where(source.mapped >= 0, self.kappa, self.kappa_new)
+            prior = source_prior(support_means, source.means, source.mapped, self.n_borrow, self.metric,
+                                 self.temperature)
+            return shrink_toward(support_means, counts, prior, kappa), counts + kappa
+        if self.mode_ != "center":
+            return support_means, counts
+        target, source_side, prototypes, weights = centred_prototypes(X, index, counts, source, self.kappa, unlabeled)
+        self.offset_, self.source_offset_, self.normalize_ = target.center_, source_side.center_, True
+        return prototypes, weights
+
+    def _whiten(self, X):
+        """The fitted Whitening applied to X, or X when not whitened."""
+        return Whitening(self.source_center_, self.whitening_).apply(X) if self.whitening_.size else X
+
+    def _place(self, X, offset):
+        """Whitened X - offset, L2-normalised when normalize_ (mode ``center``)."""
+        X = X - offset
+        return l2_normalize(X) if self.normalize_ else X
+
+    def transform(self, X):
+        """The query transform T into the space of the prototypes: whiten, - offset_, L2-normalise
+        when normalize_."""
+        return self._place(self._whiten(super()._queries(X)), self.offset_)
+
+    def transform_source(self, X):
+        """The same map for source embeddings, with source_offset_ (``center`` centres each domain on
+        its own mean): source and transformed target share one space."""
+        return self._place(self._whiten(super()._queries(X)), self.source_offset_)
+
+    def _queries(self, X):
+        return self.transform(X)
+
+    def class_scores(self, X):
+        """Nearest-prototype scores -d, or with knn the softmax(-d / temperature) weight of each
+        class among the k nearest reference points (then predict_proba is these weights)."""
+        queries = self._queries(X)
+        if not len(self.reference_index_):
+            return -distances(queries, self.means_, self.metric)
+        d = distances(queries, self.reference_points_, self.metric)
+        return knn_scores(d, self.reference_index_, len(self.classes_), int(self.knn), self.temperature)
+
+    def _proba(self, scores):
+        return scores if len(self.reference_index_) else super()._proba(scores)
+
+
+def fit_transfer(source_emb, source_labels, support_emb, support_labels, mode="auto", class_mapping=None,
+                 unlabeled=None, knn=None, kappa=2.0, transductive=False, whitening=None, **params):
+    """Fit a TransferClassifier for the target classes of the support (see the package docstring).
+
+    ``class_mapping`` maps target labels to source labels; without it, support labels that are also
+    source labels are mapped to themselves and the rest are new classes. Other keyword arguments
+    (whiten, kappa_new, n_borrow, refine_steps, confidence, metric, temperature) go to
+    TransferClassifier; ``whitening`` is a Whitening learnt elsewhere (see TransferClassifier.fit).
+    """
+    model = TransferClassifier(mode=mode, knn=knn, kappa=kappa, transductive=transductive, **params)
+    return model.fit(support_emb, support_labels, source_emb=source_emb, source_labels=source_labels,
+                     unlabeled=unlabeled, class_mapping=class_mapping, whitening=whitening)

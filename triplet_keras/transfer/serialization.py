@@ -1,0 +1,71 @@
+"""The saved state of a fitted classifier: a JSON-able config and a dict of numpy arrays, no pickle.
+
+config = {"type": class name, "version": STATE_VERSION, "params": get_params(), the class's
+``_state_fields``}; arrays = the class's ``_state_arrays``. Labels must be numbers or strings, so the
+arrays load with ``allow_pickle=False``. Older versions load: version 1 (before whitening) gets no
+whitening; versions 1-2 take ``whiten_`` from the ``whiten`` param and an empty ``selection_``.
+"""
+import numpy as np
+from sklearn.utils.validation import check_is_fitted
+
+STATE_VERSION = 3
+
+
+class Serializable:
+    """get_state / from_state for an estimator naming ``_state_arrays`` (fitted arrays) and
+    ``_state_fields`` (fitted JSON-able values); ``means_`` gives n_features_in_ back."""
+    _state_arrays = ()
+    _state_fields = ()
+
+    def get_state(self):
+        """(config, arrays): a JSON-able dict and a dict of numpy arrays that rebuild the fitted model."""
+        check_is_fitted(self, list(self._state_arrays))
+        config = {"type": type(self).__name__, "version": STATE_VERSION, "params": self.get_params()}
+        config.update({name: getattr(self, name) for name in self._state_fields})
+        arrays = {name: np.asarray(getattr(self, name)) for name in self._state_arrays}
+        return config, arrays
+
+    @classmethod
+    def from_state(cls, config, arrays):
+        """Inverse of get_state (no pickle anywhere: labels are numbers or strings)."""
+        if config.get("type") != cls.__name__:
+            raise ValueError(f"state is for {config.get('type')!r}, not {cls.__name__}")
+        config, arrays = upgrade_state(config, arrays)
+        model = cls(**config["params"])
+        model._check_params()
+        for name in model._state_arrays:
+            if name not in arrays:
+                raise ValueError(f"state of {cls.__name__} lacks the array {name!r}")
+            setattr(model, name, np.asarray(arrays[name]))
+        if model.classes_.dtype == object:
+            raise ValueError("class labels must be numbers or strings")
+        for name in model._state_fields:
+            setattr(model, name, config[name])
+        model.n_features_in_ = model.means_.shape[1]
+        return model
+
+
+def upgrade_state(config, arrays):
+    """A TransferClassifier state of an older version in the terms of the current one."""
+    if config["type"] != "TransferClassifier":
+        return config, arrays
+    if config.get("version") == 1:
+        dim = np.shape(arrays.get("means_"))[-1]
+        config = {**config, "params": {**config["params"], "whiten": None}}
+        arrays = {"source_center_": np.zeros(dim), "whitening_": np.zeros((0, 0)), "source_offset_": np.zeros(dim),
+                  **arrays}
+    config = {"whiten_": config["params"].get("whiten"), "selection_": {}, **config}
+    return {**config, "mode_": str(config["mode_"]), "normalize_": bool(config["normalize_"]),
+            "selection_": dict(config["selection_"])}, arrays
+
+
+def classifier_from_state(config, arrays):
+    """Rebuild a NearestMeanClassifier or TransferClassifier from get_state() output."""
+    from .classifier import TransferClassifier  # the classes build on Serializable: imported when called
+    from .prototypes import NearestMeanClassifier
+
+    classifiers = {cls.__name__: cls for cls in (NearestMeanClassifier, TransferClassifier)}
+    kind = config.get("type")
+    if kind not in classifiers:
+        raise ValueError(f"unknown classifier type {kind!r}; expected one of {sorted(classifiers)}")
+    return classifiers[kind].from_state(config, arrays)
