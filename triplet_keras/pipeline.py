@@ -13,27 +13,37 @@ parameters in RESUMABLE_KEYS may differ from those it was trained with.
 """
 import contextlib
 import copy
-import csv
-import io
-import json
 import os
-import tempfile
-import time
-import zipfile
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 from triplet_keras import domain_shift, metrics, plots, selection
+from triplet_keras.callbacks import (
+    CollapseMonitor,
+    EpochTensorBoard,
+    NaNGuard,
+    RemineCallback,
+    TrainingState,
+    ValidationRetrieval,
+)
+from triplet_keras.checkpoints import (
+    RESUMABLE_KEYS,
+    check_model_dir,
+    load_checkpoint,
+    read_state,
+    remove_temporary_files,
+    training_fingerprint,
+    write_state_copies,
+)
 from triplet_keras.datasets import DatasetError, load_dataset
 from triplet_keras.distribution import GlobalBatchLoss, data_parallel, replica_count
 from triplet_keras.evaluation import BASELINES, evaluate_few_shot
-from triplet_keras.export import export_embeddings, to_jsonable, write_json, write_text
-from triplet_keras.generators import PKBatchGenerator, RemineCallback, TripletGenerator
+from triplet_keras.export import export_embeddings, write_json
+from triplet_keras.generators import PKBatchGenerator, TripletGenerator
 from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss
 from triplet_keras.mining import mine_triplets
-from triplet_keras.monitoring import CollapseMonitor, EpochTensorBoard, NaNGuard
 from triplet_keras.pseudo_classes import with_pseudo_classes
 from triplet_keras.models import (
     build_augmentation,
@@ -43,38 +53,21 @@ from triplet_keras.models import (
     check_shift_average,
     embed_images,
     feature_encoder,
-    load_model,
-    read_model_state,
-    save_model,
     TRANSFER_FEATURES,
 )
 from triplet_keras.params import ONLINE_STRATEGIES
 from triplet_keras.predict import Predictor
+from triplet_keras.stages import PipelineError, stage, start_clock
 from triplet_keras.transfer import NearestMeanClassifier, fit_transfer
 
-# Parameters that may differ when a run resumes: they change neither the model, the loss, the optimiser,
-# the training data nor the label space. Every other parameter is recorded in the checkpoint, and a
-# resumed run whose value differs stops before loading it (--restart trains anew).
-RESUMABLE_KEYS = ("epochs", "episodes", "shots", "plot_method", "loader_workers", "cache_mb", "collapse_patience",
-                  "archive", "target_dataset", "target_transform", "transfer_mode", "transfer_whiten",
-                  "transfer_features", "transfer_shift_average")
-
+# What tests, benchmarks and docs import from here, including names that now live in stages, checkpoints
+# and callbacks.
+__all__ = ["PipelineError", "RESUMABLE_KEYS", "TrainingState", "calibration_report", "embed_splits", "load_checkpoint",
+           "prepare_data", "read_state", "remove_temporary_files", "run", "train", "training_fingerprint",
+           "transfer_split", "write_state_copies"]
 
 # The widest transfer features "auto" tries: whitening them takes a d x d float64 matrix (32 MB).
 MAX_AUTO_WIDTH = 2048
-
-
-class PipelineError(ValueError):
-    """The run cannot start as configured; raised before any training."""
-
-
-def stage(text):
-    """Print the stage and the seconds since the run began (``run`` sets STARTED; else the first stage)."""
-    elapsed = time.perf_counter() - STARTED.setdefault("at", time.perf_counter())
-    print(f"==> {text} [{elapsed:.0f} s]", flush=True)
-
-
-STARTED = {}
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -174,115 +167,6 @@ def prepare_data(params):
 
 
 # ------------------------------------------------------------------------------------------- training
-def training_fingerprint(params):
-    """The parameters a checkpoint records: every one not in RESUMABLE_KEYS, as JSON values."""
-    return json.loads(json.dumps(to_jsonable({k: v for k, v in params.items() if k not in RESUMABLE_KEYS})))
-
-
-class TrainingState(keras.callbacks.Callback):
-    """Each epoch: best.keras (when the monitored loss improves), then last.keras, each holding the
-    training state inside its own zip, so the rename of last.keras commits the epoch; then the
-    readable copies state.json and history.csv. A kill at any instant resumes from a whole epoch."""
-
-    def __init__(self, model_dir, params, monitor, state=None):
-        super().__init__()
-        self.model_dir = model_dir
-        self.fingerprint = training_fingerprint(params)
-        self.monitor = monitor
-        self.state = copy.deepcopy(state) if state else {"epoch": -1, "best": None, "history": {}}
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {key: float(value) for key, value in (logs or {}).items()}
-        state = copy.deepcopy(self.state)
-        for key, value in logs.items():
-            state["history"].setdefault(key, []).append(value)
-        value = logs.get(self.monitor, logs.get("loss"))
-        improved = state["best"] is None or (value is not None and value < state["best"])
-        state.update(epoch=epoch, params=self.fingerprint, best=value if improved else state["best"])
-        if improved:
-            save_model(self.model, os.path.join(self.model_dir, "best.keras"), state=state)
-        save_model(self.model, os.path.join(self.model_dir, "last.keras"), state=state)
-        self.state = state
-        write_state_copies(self.model_dir, state)
-
-
-def write_state_copies(model_dir, state):
-    """history.csv and state.json: readable copies of the state inside last.keras."""
-    write_text(os.path.join(model_dir, "history.csv"), history_csv(state["history"]))
-    write_json(os.path.join(model_dir, "state.json"), state)
-
-
-def history_csv(history):
-    """Per-epoch rows of a keras-style history dict, as CSV text."""
-    keys = sorted(history)
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["epoch"] + keys)
-    for epoch in range(max((len(v) for v in history.values()), default=0)):
-        writer.writerow([epoch] + [history[k][epoch] if epoch < len(history[k]) else "" for k in keys])
-    return out.getvalue()
-
-
-class ValidationRetrieval(keras.callbacks.Callback):
-    """Adds val_precision_at_1 (leave-one-out nearest neighbour on the validation split) to the logs."""
-
-    def __init__(self, encoder, split):
-        super().__init__()
-        self.encoder = encoder
-        self.split = split
-
-    def on_epoch_end(self, epoch, logs=None):
-        embeddings = embed_images(self.encoder, self.split, progress=False)
-        logs["val_precision_at_1"] = metrics.precision_at_1(embeddings, self.split.labels)
-
-
-def read_state(model_dir, params, restart):
-    """The training state stored in ``last.keras`` to resume from, or None to start anew; PipelineError
-    when it cannot be read or was trained with other values of a parameter outside RESUMABLE_KEYS.
-    A folder written before the state moved into the zip resumes from its ``state.json``."""
-    path = os.path.join(model_dir, "last.keras")
-    if restart or not os.path.exists(path):
-        return None
-    try:
-        state = read_model_state(path)
-        if state is None:
-            path = os.path.join(model_dir, "state.json")
-            with open(path, encoding="utf-8") as handle:
-                state = json.load(handle)
-        if not (isinstance(state.get("epoch"), int) and isinstance(state.get("history"), dict)
-                and isinstance(state.get("params"), dict)):
-            raise ValueError("no epoch, history or params in it")
-    except (OSError, ValueError, AttributeError, zipfile.BadZipFile) as error:
-        raise PipelineError(f"cannot resume from {path}: it is damaged or unreadable ({error}); "
-                            f"pass --restart to train anew in {model_dir}") from error
-    recorded, current = state["params"], training_fingerprint(params)
-    changed = [f"{key} {json.dumps(recorded[key])} -> {json.dumps(current[key])}"
-               for key in sorted(current) if key in recorded and recorded[key] != current[key]]
-    if changed:
-        raise PipelineError(f"{model_dir} holds a model trained with other parameters: {'; '.join(changed)}. "
-                            f"Pass --restart to train a new one there (only {', '.join(RESUMABLE_KEYS)} "
-                            "may change on resume)")
-    return state
-
-
-def load_checkpoint(path, compile=False):
-    """load_model(path) in safe mode; PipelineError naming the file when it is damaged."""
-    try:
-        return load_model(path, compile=compile)
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
-        raise PipelineError(f"cannot load {path}: it is damaged or unreadable ({error}); "
-                            f"pass --restart to train anew") from error
-
-
-def check_model_dir(model_dir):
-    """Make ``model_dir``; PipelineError unless it is a folder this process can write in."""
-    try:
-        os.makedirs(model_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=model_dir):
-            pass
-    except OSError as error:
-        raise PipelineError(f"cannot write to the model folder {model_dir!r}: {error}") from error
-
 
 def build_training_model(params, image_shape):
     """(training model, encoder), compiled for the configured strategy."""
@@ -334,14 +218,6 @@ def training_data(params, data, encoder, initial_epoch=0):
         validation_data = TripletGenerator(validation, mine(validation, "random", params["seed"]),
                                            params["batch_size"], shuffle=False, **loader)
     return generator, validation_data, [remine]
-
-
-def remove_temporary_files(folder):
-    """Delete hidden ``.*.tmp*`` files (see export.atomic_write) that a killed run left under ``folder``."""
-    for directory, _, names in os.walk(folder):
-        for name in names:
-            if name.startswith(".") and ".tmp" in name:
-                os.remove(os.path.join(directory, name))
 
 
 def train(params, data, model_dir, restart):
@@ -616,7 +492,7 @@ def summary_table(scores, transfer):
 
 def run(model_dir, params, restart=False):
     """The whole run; returns the metrics dict also written to ``model_dir/metrics.json``."""
-    STARTED["at"] = time.perf_counter()
+    start_clock()
     check_model_dir(model_dir)
     remove_temporary_files(model_dir)
     keras.config.set_dtype_policy(params["precision"])
