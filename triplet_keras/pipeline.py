@@ -1,5 +1,10 @@
 """What init.py runs: data -> train -> evaluate -> transfer -> predictors -> report, in one model folder.
 
+``run`` is the list of stages, each a function of its own module returning a small dataclass:
+prepared_data.prepare_data (PreparedData, with its TargetSpec), training.train (TrainedEncoder),
+source_evaluation.evaluate_source (SourceEvaluation) and save_source_predictor,
+transfer_evaluation.run_transfer (TransferResult), and the report here (metrics.json and the summary).
+
 Files left in ``model_dir`` (each written atomically, so a kill leaves no corrupt file):
 ``best.keras`` and ``last.keras`` (the training model with its optimizer and, inside the same zip,
 its training state: epoch, best validation loss, history, the parameters it was trained with),
@@ -29,16 +34,13 @@ from triplet_keras.checkpoints import (
 )
 from triplet_keras.evaluation import BASELINES
 from triplet_keras.export import export_embeddings, write_json
-from triplet_keras.models import embed_images
-from triplet_keras.predict import Predictor
 from triplet_keras.prepared_data import prepare_data
-from triplet_keras.source_evaluation import calibration_report, embed_splits, evaluate_source, image_ids
+from triplet_keras.source_evaluation import calibration_report, embed_splits, evaluate_source, save_source_predictor
 from triplet_keras.stages import PipelineError, stage, start_clock
 from triplet_keras.training import train
 from triplet_keras.transfer_evaluation import run_transfer, transfer_split
 
-# What tests, benchmarks and docs import from here, including names that now live in stages, checkpoints
-# and callbacks.
+# What tests, benchmarks and docs import from here, several of them defined in the stage modules.
 __all__ = ["PipelineError", "RESUMABLE_KEYS", "TrainingState", "calibration_report", "embed_splits", "load_checkpoint",
            "prepare_data", "read_state", "remove_temporary_files", "run", "train", "training_fingerprint",
            "transfer_split", "write_state_copies"]
@@ -65,61 +67,70 @@ def summary_table(scores, transfer):
     return "\n".join(lines)
 
 
+def plot_source(model_dir, data, evaluation, history):
+    """The loss curves of ``history`` and the confusion matrix of the test split, under ``model_dir/plots``."""
+    names, plot_dir = data.names, os.path.join(model_dir, "plots")
+    plots.plot_loss_curves(os.path.join(plot_dir, "loss_curves.png"), history)
+    plots.plot_confusion_matrix(os.path.join(plot_dir, "confusion_matrix.png"), [names[c] for c in data.test.labels],
+                                [names[c] for c in evaluation.predicted],
+                                [names[c] for c in evaluation.classifier.classes_])
+
+
+def export_run_embeddings(model_dir, data, evaluation, transfer):
+    """The test embeddings and, with a transfer, the target ones (the support marked), in one space:
+    the fine-tuned embedding's, for TensorBoard's projector (export_embeddings)."""
+    names = data.names
+    vectors = [evaluation.test]
+    export = {"label": [names[c] for c in data.test.labels], "split": ["test"] * len(evaluation.test),
+              "domain": ["source"] * len(evaluation.test)}
+    if transfer is not None:
+        vectors.append(evaluation.target)
+        export["label"] += [names[c] for c in transfer.target_labels]
+        in_support = np.isin(np.arange(len(transfer.target_labels)), transfer.support)
+        export["split"] += ["support" if chosen else "target" for chosen in in_support]
+        export["domain"] += ["target"] * len(transfer.target_labels)
+    export_embeddings(os.path.join(model_dir, "embeddings"), np.concatenate(vectors), export,
+                      log_dir=os.path.join(model_dir, "logs"))
+
+
+def report(model_dir, params, trained, evaluation, calibration, transfer):
+    """The report stage: ``model_dir/metrics.json`` and the printed summary; returns the metrics dict."""
+    scores, episodes, choices = dict(evaluation.scores), {}, {}
+    if transfer is not None:
+        scores["transfer_accuracy"], episodes, choices = transfer.accuracy, transfer.episodes, transfer.choices
+    verdict = fine_tuning_verdict(episodes)
+    result = {"params": params, "scores": scores, "transfer": episodes, "transfer_choice": choices,
+              "fine_tuning_verdict": verdict, "calibration": calibration,
+              "epochs_trained": len(trained.history.get("loss", []))}
+    write_json(os.path.join(model_dir, "metrics.json"), result)
+    stage("summary")
+    print(summary_table(scores, episodes))
+    for line in verdict:
+        print(line)
+    return result
+
+
 def run(model_dir, params, restart=False):
-    """The whole run; returns the metrics dict also written to ``model_dir/metrics.json``."""
+    """The whole run: data, train, evaluate, transfer, report; returns the metrics dict also written to
+    ``model_dir/metrics.json``."""
     start_clock()
     check_model_dir(model_dir)
     remove_temporary_files(model_dir)
     keras.config.set_dtype_policy(params["precision"])
     stage(f"loading {params['dataset']}")
     data = prepare_data(params)
-    names = data["names"]
-    stage(f"{len(data['source_classes'])} source classes of {len(names)}; train {len(data['train'])}, "
-          f"validation {len(data['validation'])}, test {len(data['test'])} images")
-    encoder, history = train(params, data, model_dir, restart)
-
+    stage(f"{len(data.source_classes)} source classes of {len(data.names)}; train {len(data.train)}, "
+          f"validation {len(data.validation)}, test {len(data.test)} images")
+    trained = train(params, data, model_dir, restart)
     stage("evaluating on the test split (nearest class mean)")
-    scores, classifier, train_emb, test_emb, predicted = evaluate_source(encoder, data)
-    source_names = [names[c] for c in classifier.classes_]
-    plot_dir = os.path.join(model_dir, "plots")
-    target = data["target"]
-    target_in_source = None if target is None else embed_splits(encoder, target["splits"])[0]
+    evaluation = evaluate_source(trained.encoder, data)
     stage("calibrating the predictors (source: on the validation split)")
-    source_predictor = Predictor(encoder, source_names, classifier)
-    source_predictor.add_gallery_embeddings(train_emb, [names[c] for c in data["train"].labels],
-                                            image_ids([data["train"]]))
-    validation_emb = embed_images(encoder, data["validation"], progress=False) if len(data["validation"]) else []
-    calibration = {"source": calibration_report(
-        source_predictor, names, (validation_emb, data["validation"].labels), (test_emb, data["test"].labels),
-        os.path.join(plot_dir, "reliability_source.png"),
-        target_in_source if target is not None and target["regime"] == "new classes" else None)}
-    source_predictor.save(os.path.join(model_dir, "predictor"))
-    plots.plot_loss_curves(os.path.join(plot_dir, "loss_curves.png"), history)
-    plots.plot_confusion_matrix(os.path.join(plot_dir, "confusion_matrix.png"),
-                                [names[c] for c in data["test"].labels], [names[c] for c in predicted], source_names)
-    export = {"label": [names[c] for c in data["test"].labels], "split": ["test"] * len(test_emb),
-              "domain": ["source"] * len(test_emb)}
-    vectors = [test_emb]
-
-    transfer, choices = {}, {}
-    if target is not None:
-        stage(f"transfer to the target ({target['regime']})")
-        transfer, choices, scores["transfer_accuracy"], calibration["transfer"], target_labels, support = run_transfer(
-            params, encoder, data, model_dir, names, (train_emb, target_in_source))
-        vectors.append(target_in_source)  # the projector shows every split in one space: the embedding's
-        export["label"] += [names[c] for c in target_labels]
-        in_support = np.isin(np.arange(len(target_labels)), support)
-        export["split"] += ["support" if chosen else "target" for chosen in in_support]
-        export["domain"] += ["target"] * len(target_labels)
-    export_embeddings(os.path.join(model_dir, "embeddings"), np.concatenate(vectors), export,
-                      log_dir=os.path.join(model_dir, "logs"))
-
-    verdict = fine_tuning_verdict(transfer)
-    result = {"params": params, "scores": scores, "transfer": transfer, "transfer_choice": choices,
-              "fine_tuning_verdict": verdict, "calibration": calibration, "epochs_trained": len(history.get("loss", []))}
-    write_json(os.path.join(model_dir, "metrics.json"), result)
-    stage("summary")
-    print(summary_table(scores, transfer))
-    for line in verdict:
-        print(line)
-    return result
+    calibration = {"source": save_source_predictor(trained.encoder, data, evaluation, model_dir)}
+    plot_source(model_dir, data, evaluation, trained.history)
+    transfer = None
+    if data.target is not None:
+        stage(f"transfer to the target ({data.target.regime})")
+        transfer = run_transfer(params, trained.encoder, data, model_dir, (evaluation.train, evaluation.target))
+        calibration["transfer"] = transfer.calibration
+    export_run_embeddings(model_dir, data, evaluation, transfer)
+    return report(model_dir, params, trained, evaluation, calibration, transfer)

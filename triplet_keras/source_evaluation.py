@@ -1,9 +1,13 @@
 """The evaluation stage of pipeline.run on the source: nearest-mean classification of the test split,
-retrieval and clustering scores, and the calibration report of a saved predictor."""
+retrieval and clustering scores, and the saved source predictor with its calibration report."""
+import os
+from dataclasses import dataclass
+
 import numpy as np
 
 from triplet_keras import metrics, plots
 from triplet_keras.models import embed_images
+from triplet_keras.predict import Predictor
 from triplet_keras.transfer import NearestMeanClassifier
 
 
@@ -21,16 +25,47 @@ def embed_splits(encoder, splits):
     return np.concatenate(embeddings), np.concatenate([s.labels for s in splits])
 
 
+@dataclass
+class SourceEvaluation:
+    """What the evaluation stage hands on: the test ``scores``, the nearest-mean ``classifier`` fitted on
+    the train embeddings, the ``train`` and ``test`` embeddings, the ``predicted`` test labels, and the
+    ``target`` images as the encoder embeds them (None when the run has no target)."""
+    scores: dict
+    classifier: NearestMeanClassifier
+    train: np.ndarray
+    test: np.ndarray
+    predicted: np.ndarray
+    target: np.ndarray = None
+
+
 def evaluate_source(encoder, data):
-    """Nearest-mean classification of the test split and retrieval/clustering scores."""
-    train_emb = embed_images(encoder, data["train"], description="embedding train")
-    test_emb = embed_images(encoder, data["test"], description="embedding test")
-    classifier = NearestMeanClassifier().fit(train_emb, data["train"].labels)
+    """The evaluation stage on ``data`` (PreparedData): nearest-mean classification of the test split,
+    retrieval and clustering scores; a SourceEvaluation."""
+    train_emb = embed_images(encoder, data.train, description="embedding train")
+    test_emb = embed_images(encoder, data.test, description="embedding test")
+    classifier = NearestMeanClassifier().fit(train_emb, data.train.labels)
     predicted = classifier.predict(test_emb)
-    scores = {"test_accuracy": metrics.accuracy(data["test"].labels, predicted)}
-    scores.update({f"test_{k}": v for k, v in metrics.retrieval_scores(test_emb, data["test"].labels).items()})
-    scores.update({f"test_{k}": v for k, v in metrics.clustering_scores(test_emb, data["test"].labels).items()})
-    return scores, classifier, train_emb, test_emb, predicted
+    scores = {"test_accuracy": metrics.accuracy(data.test.labels, predicted)}
+    scores.update({f"test_{k}": v for k, v in metrics.retrieval_scores(test_emb, data.test.labels).items()})
+    scores.update({f"test_{k}": v for k, v in metrics.clustering_scores(test_emb, data.test.labels).items()})
+    target = None if data.target is None else embed_splits(encoder, data.target.splits)[0]
+    return SourceEvaluation(scores, classifier, train_emb, test_emb, predicted, target)
+
+
+def save_source_predictor(encoder, data, evaluation, model_dir):
+    """The source predictor (the train split as its gallery) calibrated on the validation split, saved
+    in ``model_dir/predictor``; returns its calibration_report on the test split (with new target
+    classes, also the share of their images it answers "unknown")."""
+    names = data.names
+    predictor = Predictor(encoder, [names[c] for c in evaluation.classifier.classes_], evaluation.classifier)
+    predictor.add_gallery_embeddings(evaluation.train, [names[c] for c in data.train.labels], image_ids([data.train]))
+    validation_emb = embed_images(encoder, data.validation, progress=False) if len(data.validation) else []
+    report = calibration_report(
+        predictor, names, (validation_emb, data.validation.labels), (evaluation.test, data.test.labels),
+        os.path.join(model_dir, "plots", "reliability_source.png"),
+        evaluation.target if data.target is not None and data.target.new_classes else None)
+    predictor.save(os.path.join(model_dir, "predictor"))
+    return report
 
 
 def calibration_report(predictor, names, calibration, report, plot_path, unseen=None, accept_rate=0.95):

@@ -2,6 +2,7 @@
 each epoch into the model folder (see checkpoints.py); the callbacks are in callbacks.py."""
 import contextlib
 import os
+from dataclasses import dataclass
 
 import keras
 
@@ -31,6 +32,14 @@ from triplet_keras.pseudo_classes import with_pseudo_classes
 from triplet_keras.stages import PipelineError, stage
 
 
+@dataclass
+class TrainedEncoder:
+    """What the training stage hands on: the ``encoder`` of best.keras and the per-epoch ``history``
+    (keras-style lists by metric name) of every epoch trained into the model folder, resumed ones included."""
+    encoder: keras.Model
+    history: dict
+
+
 def build_training_model(params, image_shape):
     """(training model, encoder), compiled for the configured strategy."""
     weights = None if str(params["weights"]).lower() == "none" else params["weights"]
@@ -55,7 +64,7 @@ def build_training_model(params, image_shape):
 def training_data(params, data, encoder, initial_epoch=0):
     """(train PyDataset, validation PyDataset or None, extra callbacks) for the strategy; a run resumed
     at ``initial_epoch`` gets the batches and mining seed that epoch would have had."""
-    train, validation = data["train"], data["validation"]
+    train, validation = data.train, data.validation
     # Keras prefetches batches on threads only for workers > 1; the queue is per epoch, so it starts
     # after RemineCallback has handed over the epoch's triplets.
     loader = {"workers": max(1, params["loader_workers"])}
@@ -84,7 +93,7 @@ def training_data(params, data, encoder, initial_epoch=0):
 
 
 def train(params, data, model_dir, restart):
-    """Train (or resume) and return (best encoder, history dict)."""
+    """The training stage: train (or resume) on ``data`` (PreparedData) and return a TrainedEncoder."""
     state = read_state(model_dir, params, restart)
     keras.utils.set_random_seed(params["seed"])
     with data_parallel() if params["distribute"] else contextlib.nullcontext():
@@ -92,7 +101,7 @@ def train(params, data, model_dir, restart):
         if params["distribute"]:
             stage(f"data-parallel training over {devices} devices")
         if state is None:
-            model, encoder = build_training_model(params, data["train"].image_shape)
+            model, encoder = build_training_model(params, data.train.image_shape)
         else:
             stage(f"resuming from {os.path.join(model_dir, 'last.keras')} after epoch {state['epoch'] + 1}")
             model = load_checkpoint(os.path.join(model_dir, "last.keras"), compile=True)
@@ -108,11 +117,11 @@ def train(params, data, model_dir, restart):
                 raise PipelineError(f"batches of {batches.batch_size} do not divide over {devices} devices: "
                                     f"make batch_size (P x K for the online losses) a multiple of {devices}")
         monitor = "val_loss" if validation_data is not None else "loss"
-        if has_pairs(data["validation"]):
-            callbacks.append(ValidationRetrieval(encoder, data["validation"]))
+        if has_pairs(data.validation):
+            callbacks.append(ValidationRetrieval(encoder, data.validation))
         callbacks += [
             NaNGuard(),  # before TrainingState: a diverged epoch is never saved
-            CollapseMonitor(encoder, data["train"], params["margin"], params["squared"],
+            CollapseMonitor(encoder, data.train, params["margin"], params["squared"],
                             params["collapse_patience"], seed=params["seed"]),
             TrainingState(model_dir, params, monitor, state),
             EpochTensorBoard(os.path.join(model_dir, "logs")),
@@ -122,4 +131,4 @@ def train(params, data, model_dir, restart):
         model.fit(train_data, validation_data=validation_data, epochs=params["epochs"], shuffle=False,
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)
     best = load_checkpoint(os.path.join(model_dir, "best.keras"))
-    return best.get_layer("encoder"), read_state(model_dir, params, restart=False)["history"]
+    return TrainedEncoder(best.get_layer("encoder"), read_state(model_dir, params, restart=False)["history"])

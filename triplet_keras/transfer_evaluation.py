@@ -44,24 +44,24 @@ class TransferVectors:
     target: np.ndarray
 
 
-def embed_for_transfer(params, encoder, data, target_splits, new_classes, encoder_vectors):
-    """({kind: TransferVectors}, train labels, held-out labels, target labels). The held-out rows are
+def embed_for_transfer(params, encoder, data, encoder_vectors):
+    """({kind: TransferVectors}, train labels, held-out labels, target labels, the train rows held out
+    or None) for ``data`` (PreparedData) and its target. The held-out rows are
     the source validation split, or half of each train class when there is none (selection.halve_per_class);
     the train rows are every train image either way (the selection uses the rest when halving).
     ``encoder_vectors``: (train, target) as ``encoder`` itself embeds them, reused for the "embedding" kind."""
-    train_labels = data["train"].labels
-    target_labels = np.concatenate([split.labels for split in target_splits])
-    halved = None if len(data["validation"]) else selection.halve_per_class(train_labels, params["seed"])
-    held_out_labels = train_labels[halved] if halved is not None else data["validation"].labels
+    train_labels, target_labels, target_splits = data.train.labels, data.target.labels, data.target.splits
+    halved = None if len(data.validation) else selection.halve_per_class(train_labels, params["seed"])
+    held_out_labels = train_labels[halved] if halved is not None else data.validation.labels
     vectors = {}
-    for kind, model in transfer_feature_models(params, encoder, new_classes).items():
+    for kind, model in transfer_feature_models(params, encoder, data.target.new_classes).items():
         if model is encoder:
             train, target = encoder_vectors
         else:
-            train = embed_images(model, data["train"], description=f"{kind} features of train")
+            train = embed_images(model, data.train, description=f"{kind} features of train")
             target = embed_splits(model, target_splits)[0]
         held_out = train[halved] if halved is not None else embed_images(
-            model, data["validation"], description=f"{kind} features of validation")
+            model, data.validation, description=f"{kind} features of validation")
         vectors[kind] = TransferVectors(model, train, held_out, target)
     return vectors, train_labels, held_out_labels, target_labels, halved
 
@@ -76,12 +76,13 @@ def choose_transfer(params, vectors, train_labels, held_out_labels, halved, new_
                                      params["seed"])
 
 
-def baseline_vectors(params, data, target_splits, choice_features):
+def baseline_vectors(params, data, choice_features):
     """(target images flattened as uint8: the pixels baseline, {kind: target features of the encoder
     before fine-tuning}: the initial_encoder baseline), the weights training started from (same seed)."""
+    target_splits = data.target.splits
     pixels = np.concatenate([s.load(np.arange(len(s))).reshape(len(s), -1) for s in target_splits])
     keras.utils.set_random_seed(params["seed"])
-    initial = build_training_model(params, data["train"].image_shape)[1]
+    initial = build_training_model(params, data.train.image_shape)[1]
     initial_models = transfer_feature_models(params, initial)
     features = {kind: embed_splits(initial_models[kind], target_splits)[0] for kind in set(choice_features)}
     return pixels, features
@@ -132,42 +133,69 @@ def fit_saved_transfer(params, vectors, train_labels, target_labels, choice):
     return classifier, accuracy, support, calibration, report
 
 
-def run_transfer(params, encoder, data, model_dir, names, encoder_vectors):
-    """The transfer stage: features and mode chosen on the source, episodes with baselines, the saved
-    transfer predictor (calibrated on held-out target images) and its plot; ``encoder_vectors`` as in
-    embed_for_transfer. Returns (transfer
-    results, choices, saved accuracy, calibration report, target labels, support rows)."""
-    target = data["target"]
-    new_classes = target["regime"] == "new classes"
-    vectors, train_labels, held_out_labels, target_labels, halved = embed_for_transfer(
-        params, encoder, data, target["splits"], new_classes, encoder_vectors)
-    n_way = len(np.unique(target_labels))
-    choices = {}
-    for k in params["shots"]:
-        choices[k] = choose_transfer(params, vectors, train_labels, held_out_labels, halved, new_classes, n_way, k)
-        how = "fallback rule: the source cannot form episodes" if choices[k].fallback else \
-            f"best of {len(choices[k].scores)} candidates on {choices[k].n_episodes} source episodes"
-        stage(f"{k}-shot transfer: {choices[k].features} features, {selection.candidate_name(choices[k].mode, choices[k].whiten)} ({how})")
-    baselines = baseline_vectors(params, data, target["splits"], [c.features for c in choices.values()])
-    transfer = evaluate_transfer(params, vectors, train_labels, target_labels, choices, baselines)
-    saved_choice = choices[max(params["shots"])]
-    chosen = vectors[saved_choice.features]
+def choice_line(choice):
+    """The stage line of a selection.TransferChoice: its features, mode and shrinkage, and how it was chosen."""
+    how = "fallback rule: the source cannot form episodes" if choice.fallback else \
+        f"best of {len(choice.scores)} candidates on {choice.n_episodes} source episodes"
+    return f"{choice.features} features, {selection.candidate_name(choice.mode, choice.whiten)} ({how})"
+
+
+def save_transfer_predictor(params, data, chosen, train_labels, target_labels, choice, model_dir):
+    """The transfer predictor of fit_saved_transfer (the support as its gallery), calibrated on one
+    held-out part of the target and saved with ``choice`` in ``model_dir/predictor_transfer``; draws the
+    transfer map. ``chosen``: the TransferVectors of the choice. Returns (accuracy, calibration report
+    on the other held-out part, support rows)."""
+    names = data.names
     classifier, accuracy, support, held, report = fit_saved_transfer(
-        params, chosen, train_labels, target_labels, saved_choice)
+        params, chosen, train_labels, target_labels, choice)
     predictor = Predictor(chosen.model, [names[c] for c in classifier.classes_], classifier)
     predictor.add_gallery_embeddings(chosen.target[support], [names[c] for c in target_labels[support]],
-                                     image_ids(target["splits"])[support])
+                                     image_ids(data.target.splits)[support])
     calibration = calibration_report(
         predictor, names, (chosen.target[held], target_labels[held]), (chosen.target[report], target_labels[report]),
         os.path.join(model_dir, "plots", "reliability_transfer.png"))
     folder = os.path.join(model_dir, "predictor_transfer")
     predictor.save(folder)
-    write_json(os.path.join(folder, "selection.json"), saved_choice.as_dict())
+    write_json(os.path.join(folder, "selection.json"), choice.as_dict())
     plots.plot_embedding_transfer(
         os.path.join(model_dir, "plots", "transfer_map.png"), (chosen.train, [names[c] for c in train_labels]),
         (chosen.target, [names[c] for c in target_labels]),
         (classifier.transform(chosen.target), [names[c] for c in target_labels]),
         source_after=classifier.transform_source(chosen.train), seed=params["seed"], method=params["plot_method"],
         max_points=1000)
-    return (transfer, {f"{k}-shot": c.as_dict() for k, c in choices.items()}, accuracy, calibration, target_labels,
-            support)
+    return accuracy, calibration, support
+
+
+@dataclass
+class TransferResult:
+    """What the transfer stage hands on: the few-shot ``episodes`` ({"K-shot": {method: summary}}), the
+    ``choices`` ({"K-shot": selection.TransferChoice.as_dict()}), the saved predictor's ``accuracy`` on
+    the report part of the target and its ``calibration`` report, the ``target_labels``, and the
+    ``support`` rows (indices into the target images) the saved predictor was fitted on."""
+    episodes: dict
+    choices: dict
+    accuracy: float
+    calibration: dict
+    target_labels: np.ndarray
+    support: np.ndarray
+
+
+def run_transfer(params, encoder, data, model_dir, encoder_vectors):
+    """The transfer stage on ``data`` (PreparedData with a target): features and mode chosen on the
+    source, episodes with baselines, the saved transfer predictor; ``encoder_vectors`` as in
+    embed_for_transfer. Returns a TransferResult."""
+    vectors, train_labels, held_out_labels, target_labels, halved = embed_for_transfer(
+        params, encoder, data, encoder_vectors)
+    n_way = len(np.unique(target_labels))
+    choices = {}
+    for k in params["shots"]:
+        choices[k] = choose_transfer(params, vectors, train_labels, held_out_labels, halved,
+                                     data.target.new_classes, n_way, k)
+        stage(f"{k}-shot transfer: {choice_line(choices[k])}")
+    baselines = baseline_vectors(params, data, [c.features for c in choices.values()])
+    episodes = evaluate_transfer(params, vectors, train_labels, target_labels, choices, baselines)
+    saved_choice = choices[max(params["shots"])]
+    accuracy, calibration, support = save_transfer_predictor(
+        params, data, vectors[saved_choice.features], train_labels, target_labels, saved_choice, model_dir)
+    return TransferResult(episodes, {f"{k}-shot": c.as_dict() for k, c in choices.items()}, accuracy, calibration,
+                          target_labels, support)
