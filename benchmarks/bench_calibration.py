@@ -52,14 +52,14 @@ def reports(model_dir, accept_rate):
     """{"source": ..., "transfer": ...} calibration_report of each saved predictor of ``model_dir``."""
     params = load_params(model_dir)
     data = prepare_data(params)
-    if data["target"] is None or data["target"]["regime"] != "new classes":
+    if data.target is None or not data.target.new_classes:
         raise SystemExit("error: the run has no new target classes (set source_classes)")
-    names = data["names"]
+    names = data.names
     plot_dir = tempfile.mkdtemp(prefix="reliability_")
     source = Predictor.load(os.path.join(model_dir, "predictor"))
-    splits = data["target"]["splits"]
+    splits = data.target.splits
     labelled = lambda split: (embed_images(source.encoder, split, progress=False), split.labels)  # noqa: E731
-    result = {"source": calibration_report(source, names, labelled(data["validation"]), labelled(data["test"]),
+    result = {"source": calibration_report(source, names, labelled(data.validation), labelled(data.test),
                                            os.path.join(plot_dir, "source.png"), embed_splits(source.encoder, splits)[0],
                                            accept_rate)}
     transfer = Predictor.load(os.path.join(model_dir, "predictor_transfer"))

@@ -4,8 +4,9 @@ import keras
 import numpy as np
 import pytest
 
+from triplet_keras.callbacks import RemineCallback
 from triplet_keras.datasets import ArraySplit, load_dataset
-from triplet_keras.generators import PKBatchGenerator, RemineCallback, TripletGenerator
+from triplet_keras.generators import PKBatchGenerator, TripletGenerator
 from triplet_keras.mining import mine_triplets
 
 

@@ -175,9 +175,9 @@ def test_max_per_class_and_a_square_image_size_reach_the_dataset(tmp_path):
     from triplet_keras.pipeline import prepare_data
 
     data = prepare_data(load_params(str(tmp_path), {**TINY, "max_per_class": 10, "image_size": 12}))
-    labels = np.concatenate([data[name].labels for name in ("train", "validation", "test")])
-    assert np.bincount(labels).tolist() == [10] * 5 and data["train"].image_shape == (12, 12, 3)
-    assert sum(len(split) for split in data["target"]["splits"]) == 50
+    labels = np.concatenate([split.labels for split in (data.train, data.validation, data.test)])
+    assert np.bincount(labels).tolist() == [10] * 5 and data.train.image_shape == (12, 12, 3)
+    assert sum(len(split) for split in data.target.splits) == 50 and data.target.new_classes
 
 
 def test_too_few_images_per_class_is_a_clear_error(tmp_path):

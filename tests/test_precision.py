@@ -26,16 +26,16 @@ def test_mixed_precision_trains_saves_loads_and_resumes(tmp_path, policy, precis
     keras.config.set_dtype_policy(precision)  # as pipeline.run does
     data = pipeline.prepare_data(params)
     pipeline.train(params, data, str(tmp_path), restart=False)
-    encoder, history = pipeline.train({**params, "epochs": 2}, data, str(tmp_path), restart=False)
+    trained = pipeline.train({**params, "epochs": 2}, data, str(tmp_path), restart=False)
     assert "resuming" in capsys.readouterr().out
-    assert len(history["loss"]) == 2 and np.all(np.isfinite(history["loss"]))
+    assert len(trained.history["loss"]) == 2 and np.all(np.isfinite(trained.history["loss"]))
     model = load_model(tmp_path / "last.keras", compile=True)
     assert model.get_layer("encoder").get_layer("embedding").dtype_policy.name == precision
     assert all(np.all(np.isfinite(keras.ops.convert_to_numpy(w))) for w in model.weights)
-    images = data["train"].load(np.arange(16))
-    embeddings = encoder.predict_on_batch(images)
+    images = data.train.load(np.arange(16))
+    embeddings = trained.encoder.predict_on_batch(images)
     assert embeddings.dtype == np.float32 and np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-3)
-    labels = data["train"].labels[:16]
+    labels = data.train.labels[:16]
     if strategy == "batch_hard":
         loss = model.loss(labels, model(images))
     else:

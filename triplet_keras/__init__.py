@@ -87,7 +87,7 @@ _EXPORTS = {
     "mine_triplets": "mining",
     "TripletGenerator": "generators",
     "PKBatchGenerator": "generators",
-    "RemineCallback": "generators",
+    "RemineCallback": "callbacks",
     "NearestMeanClassifier": "transfer",
     "fit_transfer": "transfer",
     "Predictor": "predict",

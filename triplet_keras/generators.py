@@ -2,8 +2,7 @@
 
 - :class:`TripletGenerator` feeds the three-input merge model with offline-mined triplets:
   batches ``((anchor_images, positive_images, negative_images), zeros)``.
-- :class:`RemineCallback` re-embeds the generator's split with the current encoder every few
-  epochs and hands it freshly mined triplets.
+  :class:`triplet_keras.callbacks.RemineCallback` hands it freshly mined triplets every few epochs.
 - :class:`PKBatchGenerator` feeds the online losses: each batch holds P classes x K images.
 
 Images come from a dataset split (see :mod:`triplet_keras.datasets`) as RGB uint8; the model
@@ -12,10 +11,6 @@ so a run is reproducible whatever the number of data workers.
 """
 import keras
 import numpy as np
-
-from triplet_keras.distances import distance_name, paired
-from triplet_keras.mining import mine_triplets
-from triplet_keras.models import embed_images
 
 
 class TripletGenerator(keras.utils.PyDataset):
@@ -69,45 +64,6 @@ class TripletGenerator(keras.utils.PyDataset):
     def on_epoch_end(self):
         self.epoch += 1
         self._reorder()
-
-
-class RemineCallback(keras.callbacks.Callback):
-    """Every ``every`` epochs: embed ``generator.split`` with ``encoder`` and give the generator
-    triplets mined from those embeddings (``mine_triplets`` with ``strategy``, ``margin``, seed
-    ``seed + epoch + 1`` (epochs counted from 0) and ``mining_kwargs``, e.g. triplets_per_anchor, which must match the first
-    mining).
-
-    Adds ``remined_active_fraction`` to the epoch logs: the share of new triplets that violate
-    the margin, d(a, p) + margin > d(a, n) (squared distances unless ``squared=False`` is given).
-    A share near zero means training has run out of informative triplets; near one with small
-    distances overall, that the embedding is collapsing.
-    """
-
-    def __init__(self, generator, encoder, every=1, strategy="semi_hard", margin=0.2, seed=0, **mining_kwargs):
-        super().__init__()
-        if every < 1:
-            raise ValueError("every must be >= 1")
-        self.generator = generator
-        self.encoder = encoder
-        self.every = every
-        self.strategy = strategy
-        self.margin = margin
-        self.seed = seed
-        self.mining_kwargs = mining_kwargs
-
-    def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every:
-            return
-        split = self.generator.split
-        embeddings = embed_images(self.encoder, split, progress=self.mining_kwargs.get("progress", True))
-        triplets = mine_triplets(embeddings, split.labels, self.strategy, self.margin, seed=self.seed + epoch + 1,
-                                 **self.mining_kwargs)
-        self.generator.set_triplets(triplets)
-        if logs is not None:
-            anchors, positives, negatives = (embeddings[triplets[:, column]] for column in range(3))
-            metric = distance_name(None, self.mining_kwargs.get("squared", True))
-            d_ap, d_an = (paired(anchors, other, metric) for other in (positives, negatives))
-            logs["remined_active_fraction"] = float(np.mean(d_ap + self.margin > d_an))
 
 
 class PKBatchGenerator(keras.utils.PyDataset):

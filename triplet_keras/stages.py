@@ -1,0 +1,21 @@
+"""What the stages of pipeline.run share: the error that stops a run before it trains, and the
+progress line each stage prints."""
+import time
+
+
+class PipelineError(ValueError):
+    """The run cannot start as configured; raised before any training."""
+
+
+def start_clock():
+    """Count the seconds that ``stage`` prints from now on (each run restarts the clock)."""
+    STARTED["at"] = time.perf_counter()
+
+
+def stage(text):
+    """Print the stage and the seconds since start_clock (else since the first stage)."""
+    elapsed = time.perf_counter() - STARTED.setdefault("at", time.perf_counter())
+    print(f"==> {text} [{elapsed:.0f} s]", flush=True)
+
+
+STARTED = {}
