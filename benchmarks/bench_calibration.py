@@ -74,12 +74,13 @@ def score_rows(predictor, names, calibration, report, unseen, accept_rate, targe
             continue
         accepted = ~predictor.unknown_embeddings(report_emb)
         right = np.array(predictor.predict_embeddings(report_emb)) == np.asarray(names)[report_labels]
-        row = {"accepted_share": accepted.mean(), "accepted_accuracy": right[accepted].mean() if accepted.any() else np.nan,
-               "thresholds": fitted.thresholds}
+        row = {"accepted_share": accepted.mean(), "thresholds": fitted.thresholds,
+               "accepted_accuracy": right[accepted].mean() if accepted.any() else np.nan}
         if unseen is not None:
             row["unseen_unknown_share"] = predictor.unknown_embeddings(unseen).mean()
         if unseen is not None and "+" not in score:  # upper bounds: thresholds chosen on the report images
-            known, new = (predictor.acceptance_scores(e, [score], fitted.temperature)[:, 0] for e in (report_emb, unseen))
+            known, new = (predictor.acceptance_scores(emb, [score], fitted.temperature)[:, 0]
+                          for emb in (report_emb, unseen))
             row["auroc_upper_bound"] = roc_auc_score(np.r_[np.zeros(len(known)), np.ones(len(new))], np.r_[known, new])
             row["unknown_upper_bound"] = np.mean(new > np.quantile(known, 0.9))
         rows[score if precision is None else f"{score} precision {precision}"] = row
@@ -101,7 +102,8 @@ def reports(model_dir, accept_rate, target_precision):
     source = Predictor.load(os.path.join(model_dir, "predictor"))
     splits = data["target"]["splits"]
     labelled = lambda split: (embed_images(source.encoder, split, progress=False), split.labels)  # noqa: E731
-    calibration, report, unseen = labelled(data["validation"]), labelled(data["test"]), embed_splits(source.encoder, splits)[0]
+    calibration, report = labelled(data["validation"]), labelled(data["test"])
+    unseen = embed_splits(source.encoder, splits)[0]
     result = {"source": calibration_report(source, names, calibration, report, os.path.join(plot_dir, "source.png"),
                                            unseen, accept_rate)}
     result["source"]["scores"] = score_rows(source, names, calibration, report, unseen, accept_rate, target_precision)
@@ -109,8 +111,8 @@ def reports(model_dir, accept_rate, target_precision):
     target_emb, target_labels = embed_splits(transfer.encoder, splits)
     _, calibration, report = transfer_split(params, target_labels)
     calibration, report = ((target_emb[rows], target_labels[rows]) for rows in (calibration, report))
-    result["transfer"] = calibration_report(transfer, names, calibration, report, os.path.join(plot_dir, "transfer.png"),
-                                            accept_rate=accept_rate)
+    result["transfer"] = calibration_report(transfer, names, calibration, report,
+                                            os.path.join(plot_dir, "transfer.png"), accept_rate=accept_rate)
     result["transfer"]["scores"] = score_rows(transfer, names, calibration, report, None, accept_rate, target_precision)
     print(f"reliability diagrams in {plot_dir}")
     return result
@@ -135,7 +137,8 @@ def main():
     for name, row in result.items():
         cells = [f"{row[key]:.3f}" if key in row else "-" for key in COLUMNS]
         print(f"| {name} | {row['n_calibration']} | {row['n_report']} | " + " | ".join(cells) + " |")
-    columns = ("accepted_share", "accepted_accuracy", "unseen_unknown_share", "auroc_upper_bound", "unknown_upper_bound")
+    columns = ("accepted_share", "accepted_accuracy", "unseen_unknown_share", "auroc_upper_bound",
+               "unknown_upper_bound")
     print("\n| predictor | score | " + " | ".join(columns) + " |\n|---|---|" + "---|" * len(columns))
     for name, row in result.items():
         for score, values in row["scores"].items():

@@ -286,6 +286,8 @@ def test_calibrate_images_with_class_names_and_bad_arguments(predictor, images):
     x, y = images
     names = np.array(fresh.class_names)[y]
     uncalibrated = fresh.predict(x)
+    with pytest.raises(ValueError, match="not calibrated"):
+        fresh.unknown_embeddings(fresh.embed(x[:1]))
     calibration = fresh.calibrate(x, names, accept_rate=1.0)
     assert calibration.temperature > 0 and calibration.accept_rate == 1.0
     assert fresh.predict(x) == uncalibrated == fresh.predict(x, reject_unknown=False)
@@ -295,7 +297,8 @@ def test_calibrate_images_with_class_names_and_bad_arguments(predictor, images):
             fresh.calibrate(x, labels, rate)
     for options, match in [({"score": "margin"}, "score must be one or more of distance, probability, neighbours"),
                            ({"score": "distance+distance"}, "score must be"), ({"score": ""}, "score must be"),
-                           ({"score": "neighbours"}, "needs a gallery"), ({"target_precision": 0.0}, "target_precision"),
+                           ({"score": "neighbours"}, "needs a gallery"),
+                           ({"target_precision": 0.0}, "target_precision"),
                            ({"target_precision": 1.5}, "target_precision"), ({"neighbours": 0}, "neighbours"),
                            ({"neighbours": 2.0}, "neighbours")]:
         with pytest.raises(ValueError, match=match):

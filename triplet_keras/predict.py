@@ -173,7 +173,8 @@ class Predictor:
         name, larger = less like the calibration images."""
         measures = {
             "distance": lambda rows: self.classifier.prototype_distances(rows).min(axis=1),
-            "probability": lambda rows: 1 - softmax(self.classifier.class_scores(rows) / temperature, axis=1).max(axis=1),
+            "probability": lambda rows: 1 - softmax(self.classifier.class_scores(rows) / temperature,
+                                                    axis=1).max(axis=1),
             "neighbours": lambda rows: self._neighbour_index().kneighbors(
                 np.asarray(rows, np.float32), n_neighbors=min(neighbours, len(self.gallery.ids)))[0][:, -1]}
         return self._batched(lambda rows: np.stack([measures[name](rows) for name in names], axis=1),
@@ -195,7 +196,8 @@ class Predictor:
         names = [self.class_names[i] for i in best]
         if self.calibration is None or not reject_unknown:
             return names
-        return [self.UNKNOWN if beyond else name for name, beyond in zip(names, self.unknown_embeddings(embeddings, batch_size))]
+        unknown = self.unknown_embeddings(embeddings, batch_size)
+        return [self.UNKNOWN if beyond else name for name, beyond in zip(names, unknown)]
 
     def unknown_embeddings(self, embeddings, batch_size=None):
         """(N,) bools: True where an acceptance score of the calibrated predictor is above its threshold."""
@@ -347,8 +349,8 @@ class Predictor:
                                        f"{arrays_path!r} expects {classifier.n_features_in_}")
         calibration = config.get("calibration")
         if calibration is not None and config["version"] == 2:
-            calibration = {"temperature": calibration["temperature"], "thresholds": {"distance": calibration["threshold"]},
-                           "accept_rate": calibration["accept_rate"]}
+            calibration = {"temperature": calibration["temperature"], "accept_rate": calibration["accept_rate"],
+                           "thresholds": {"distance": calibration["threshold"]}}
         try:
             predictor = cls(encoder, config["class_names"], classifier, config["image_size"], batch_size)
         except ValueError as error:
