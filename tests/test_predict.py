@@ -1,5 +1,6 @@
 """Predictor round trips, inputs as arrays and files, bad model directories, and the command line."""
 import json
+import warnings
 
 import cv2
 import numpy as np
@@ -155,7 +156,7 @@ def test_calibration_lowers_held_out_nll_and_accepts_the_requested_share(synthet
     (x, y), (held_x, held_y) = clusters(4000, rng), clusters(20000, rng)
     names = np.array(["a", "b", "c"])
     before = nll(synthetic.predict_proba_embeddings(held_x), held_y)
-    calibration = synthetic.calibrate_embeddings(x, names[y], accept_rate=0.9)
+    calibration = synthetic.calibrate_embeddings(x, names[y], accept_rate=0.9, score="distance")
     after = nll(synthetic.predict_proba_embeddings(held_x), held_y)
     assert after < before - 0.05
     # the fitted temperature is the NLL minimum on the calibration data
@@ -163,13 +164,106 @@ def test_calibration_lowers_held_out_nll_and_accepts_the_requested_share(synthet
     fit_nll = [nll(softmax_rows(scores / (calibration.temperature * f)), y) for f in (1 / 1.1, 1.0, 1.1)]
     assert fit_nll[1] < min(fit_nll[0], fit_nll[2])
     np.testing.assert_allclose(synthetic.predict_proba_embeddings(x), softmax_rows(scores / calibration.temperature))
-    # the threshold is the 0.9 quantile of the nearest-prototype distance: at least 90% of the calibration
-    # images are accepted, and 90% +- 1% of a large held-out sample
-    nearest = synthetic.classifier.prototype_distances(x).min(axis=1)
-    assert calibration.threshold in nearest and np.mean(nearest <= calibration.threshold) >= 0.9
+    # the threshold is the smallest nearest-prototype distance accepting 90% of the calibration images,
+    # and it accepts 90% +- 1% of a large held-out sample
+    nearest = np.sort(synthetic.classifier.prototype_distances(x).min(axis=1))
+    assert calibration.thresholds == {"distance": nearest[3599]} and calibration.accept_rate == 0.9
     answers = np.array(synthetic.predict_embeddings(held_x))
     assert abs(np.mean(answers != Predictor.UNKNOWN) - 0.9) < 0.01
     assert set(answers) == {"a", "b", "c", Predictor.UNKNOWN}
+
+
+def reference_scores(predictor, x, temperature, k):
+    """Acceptance scores by hand: cosine distances to the class means and to every gallery embedding."""
+    def cosine(a, b):
+        a, b = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (a, b))
+        return 1 - a @ b.T
+
+    to_means = cosine(x, predictor.classifier.means_)
+    return {"distance": to_means.min(axis=1),
+            "probability": 1 - softmax_rows(-to_means / temperature).max(axis=1),
+            "neighbours": np.sort(cosine(x, predictor.gallery.embeddings), axis=1)[:, k - 1]}
+
+
+@pytest.mark.parametrize("score, neighbours", [("distance", 2), ("probability", 2), ("neighbours", 1),
+                                               ("neighbours", 5), ("neighbours+probability", 2),
+                                               ("distance+probability+neighbours", 3)])
+def test_each_score_matches_numpy_and_accepts_the_requested_share(synthetic, score, neighbours):
+    rng = np.random.default_rng(5)
+    (gallery, gallery_y), (x, y), (held_x, _) = clusters(300, rng), clusters(4000, rng), clusters(20000, rng)
+    names = np.array(["a", "b", "c"])
+    synthetic.add_gallery_embeddings(gallery, names[gallery_y])
+    calibration = synthetic.calibrate_embeddings(x, names[y], accept_rate=0.8, score=score, neighbours=neighbours)
+    assert list(calibration.thresholds) == score.split("+") and calibration.neighbours == neighbours
+    for data in (x, held_x[:500]):
+        expected = reference_scores(synthetic, data, calibration.temperature, neighbours)
+        got = synthetic.acceptance_scores(data, score.split("+"), calibration.temperature, neighbours)
+        np.testing.assert_allclose(got, np.stack([expected[name] for name in score.split("+")], axis=1), atol=1e-5)
+    accepted = lambda data: np.array(synthetic.predict_embeddings(data)) != Predictor.UNKNOWN  # noqa: E731
+    assert 0.8 <= accepted(x).mean() <= 0.805  # one rank more can accept several images at once
+    assert abs(accepted(held_x).mean() - 0.8) < 0.015
+
+
+def reference_thresholds(scores, accept_rate, correct=None, target_precision=None):
+    """acceptance_thresholds by trying every common rank m."""
+    ordered = np.sort(scores, axis=0)
+    rows = []
+    for m in range(1, len(scores) + 1):
+        accepted = np.all(scores <= ordered[m - 1], axis=1)
+        rows.append((m, accepted.mean(), correct[accepted].mean() if correct is not None and accepted.any() else -1))
+    if target_precision is None:
+        m, share, _ = min(row for row in rows if row[1] >= accept_rate)
+    else:
+        m, share, _ = max(row for row in rows if row[2] >= target_precision)
+    return ordered[m - 1], share
+
+
+@pytest.mark.parametrize("columns", [1, 2, 3])
+def test_acceptance_thresholds_match_trying_every_rank(columns):
+    from triplet_keras.predict import acceptance_thresholds
+
+    rng = np.random.default_rng(columns)
+    for trial in range(20):
+        n = int(rng.integers(1, 60))
+        scores = rng.integers(0, 8, (n, columns)).astype(float)  # many ties
+        correct = rng.random(n) < 0.7
+        rate = float(rng.uniform(0.05, 1.0))
+        thresholds, share = acceptance_thresholds(scores, rate)
+        expected = reference_thresholds(scores, rate)
+        np.testing.assert_array_equal(thresholds, expected[0])
+        assert share == expected[1] >= rate
+        precision = 0.5
+        if correct.any():
+            thresholds, share = acceptance_thresholds(scores, rate, correct, precision)
+            expected = reference_thresholds(scores, rate, correct, precision)
+            np.testing.assert_array_equal(thresholds, expected[0])
+            assert share == expected[1]
+
+
+def test_target_precision_is_reached_on_held_out_data(synthetic):
+    rng = np.random.default_rng(6)
+    (x, y), (held_x, held_y) = clusters(8000, rng, noise=0.8), clusters(20000, rng, noise=0.8)
+    names = np.array(["a", "b", "c"])
+    right_before = np.mean(np.array(synthetic.predict_embeddings(held_x)) == names[held_y])
+    calibration = synthetic.calibrate_embeddings(x, names[y], score="probability", target_precision=0.9)
+    answers = np.array(synthetic.predict_embeddings(held_x))
+    accepted = answers != Predictor.UNKNOWN
+    assert right_before < 0.85 and calibration.target_precision == 0.9
+    assert abs(np.mean(answers[accepted] == names[held_y][accepted]) - 0.9) < 0.015
+    assert abs(accepted.mean() - calibration.accept_rate) < 0.02 and 0.2 < calibration.accept_rate < 0.9
+    with pytest.raises(ValueError, match="no threshold reaches precision 1.0"):
+        synthetic.calibrate_embeddings(x, names[(y + 1) % 3], score="probability", target_precision=1.0)
+
+
+def test_default_score_uses_the_gallery_and_warns_when_it_changes(synthetic):
+    rng = np.random.default_rng(7)
+    x, y = clusters(600, rng)
+    names = np.array(["a", "b", "c"])[y]
+    assert list(synthetic.calibrate_embeddings(x, names).thresholds) == ["distance", "probability"]
+    synthetic.add_gallery_embeddings(x[:300], names[:300])
+    assert list(synthetic.calibrate_embeddings(x[300:], names[300:]).thresholds) == ["neighbours", "probability"]
+    with pytest.warns(UserWarning, match="call calibrate again"):
+        synthetic.add_gallery_embeddings(x[:3], names[:3])
 
 
 def softmax_rows(z):
@@ -192,6 +286,8 @@ def test_calibrate_images_with_class_names_and_bad_arguments(predictor, images):
     x, y = images
     names = np.array(fresh.class_names)[y]
     uncalibrated = fresh.predict(x)
+    with pytest.raises(ValueError, match="not calibrated"):
+        fresh.unknown_embeddings(fresh.embed(x[:1]))
     calibration = fresh.calibrate(x, names, accept_rate=1.0)
     assert calibration.temperature > 0 and calibration.accept_rate == 1.0
     assert fresh.predict(x) == uncalibrated == fresh.predict(x, reject_unknown=False)
@@ -199,6 +295,14 @@ def test_calibrate_images_with_class_names_and_bad_arguments(predictor, images):
                                 (["dark"] * 17 + ["purple"], 0.9, "purple"), (names[:5], 0.9, "18 images but 5")]:
         with pytest.raises(ValueError, match=match):
             fresh.calibrate(x, labels, rate)
+    for options, match in [({"score": "margin"}, "score must be one or more of distance, probability, neighbours"),
+                           ({"score": "distance+distance"}, "score must be"), ({"score": ""}, "score must be"),
+                           ({"score": "neighbours"}, "needs a gallery"),
+                           ({"target_precision": 0.0}, "target_precision"),
+                           ({"target_precision": 1.5}, "target_precision"), ({"neighbours": 0}, "neighbours"),
+                           ({"neighbours": 2.0}, "neighbours")]:
+        with pytest.raises(ValueError, match=match):
+            fresh.calibrate(x, names, **options)
 
 
 def test_lookup_matches_brute_force(synthetic):
@@ -245,8 +349,8 @@ def calibrated_dir(predictor, images, tmp_path_factory):
     x, y = images
     names = np.array(predictor.class_names)[y]
     calibrated = Predictor(predictor.encoder, predictor.class_names, predictor.classifier, batch_size=4)
-    calibrated.calibrate(x[::2], names[::2], accept_rate=0.6)
     calibrated.add_gallery(x, names)
+    calibrated.calibrate(x[::2], names[::2], accept_rate=0.6, score="neighbours+probability+distance", neighbours=3)
     directory = tmp_path_factory.mktemp("calibrated")
     calibrated.save(directory)
     return calibrated, directory
@@ -256,7 +360,7 @@ def test_calibration_and_gallery_round_trip(calibrated_dir, images):
     calibrated, directory = calibrated_dir
     x = images[0]
     loaded = Predictor.load(directory)
-    assert loaded.calibration == calibrated.calibration
+    assert loaded.calibration == calibrated.calibration and len(loaded.calibration.thresholds) == 3
     assert loaded.predict(x) == calibrated.predict(x) and Predictor.UNKNOWN in loaded.predict(x)
     np.testing.assert_allclose(loaded.predict_proba(x), calibrated.predict_proba(x), atol=1e-5)
     got, expected = loaded.lookup(x, k=3), calibrated.lookup(x, k=3)
@@ -274,9 +378,26 @@ def test_old_format_folder_loads_uncalibrated(predictor, calibrated_dir, images,
     calibrated.save(tmp_path)
     (tmp_path / "gallery.npz").unlink()
     edit_config(tmp_path, lambda c: [c.pop("calibration"), c.pop("gallery"), c.update(version=1)])
-    loaded = Predictor.load(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = Predictor.load(tmp_path)
     assert loaded.calibration is None and loaded.gallery is None
     np.testing.assert_allclose(loaded.predict_proba(images[0]), predictor.predict_proba(images[0]), atol=1e-5)
+
+
+def test_version_2_folder_loads_with_its_distance_threshold(calibrated_dir, images, tmp_path):
+    """A version 2 folder: one nearest-prototype distance threshold, UNKNOWN beyond it."""
+    calibrated, _ = calibrated_dir
+    calibrated.save(tmp_path)
+    x = images[0]
+    distance = calibrated.classifier.prototype_distances(calibrated.embed(x)).min(axis=1)
+    threshold = float(np.median(distance))
+    edit_config(tmp_path, lambda c: c.update(version=2, calibration={"temperature": 0.5, "threshold": threshold,
+                                                                     "accept_rate": 0.5}))
+    loaded = Predictor.load(tmp_path)
+    assert loaded.calibration.thresholds == {"distance": threshold} and loaded.calibration.target_precision is None
+    expected = np.where(distance > threshold, Predictor.UNKNOWN, loaded.predict(x, reject_unknown=False))
+    assert loaded.predict(x) == expected.tolist() and Predictor.UNKNOWN in expected
 
 
 @pytest.mark.parametrize("damage, match", [
@@ -284,6 +405,11 @@ def test_old_format_folder_loads_uncalibrated(predictor, calibrated_dir, images,
     (lambda d: np.savez(d / "gallery.npz", embeddings=np.zeros((2, 3)), labels=np.array(["dark"] * 2),
                         ids=np.array(["0", "1"])), "gallery.npz"),
     (lambda d: edit_config(d, lambda c: c["calibration"].update(temperature=-1.0)), "temperature > 0"),
+    (lambda d: edit_config(d, lambda c: c["calibration"].update(thresholds={"margin": 0.1})), "must name one or more"),
+    (lambda d: edit_config(d, lambda c: c["calibration"].update(neighbours=0)), "neighbours must be an int"),
+    (lambda d: edit_config(d, lambda c: c["calibration"].update(target_precision="high")), "finite numbers"),
+    (lambda d: edit_config(d, lambda c: c.update(version=2)), "temperature, threshold, accept_rate"),
+    (lambda d: [(d / "gallery.npz").unlink(), edit_config(d, lambda c: c.update(gallery=False))], "needs a gallery"),
     (lambda d: edit_config(d, lambda c: c.pop("calibration")), "calibration"),
     (lambda d: edit_config(d, lambda c: c.update(gallery="yes")), "gallery"),
 ])

@@ -3,9 +3,10 @@
 ``predict --model_dir D [--proba] [--lookup K] [--no-unknown] [--batch_size N] image ...`` prints one
 ``path<TAB>class`` line per image; --proba adds ``<TAB>probability`` (of the most likely class), and
 --lookup K adds ``<TAB>id<TAB>label<TAB>distance`` for each of the K nearest gallery items, nearest
-first (all of them when the gallery holds fewer). A calibrated predictor answers ``unknown`` for images far from every class unless --no-unknown
-is given. A missing or unreadable image, a bad model directory or a lookup without a gallery prints
-one error line and exits with status 2.
+first (all of them when the gallery holds fewer). A calibrated predictor answers ``unknown`` for
+images beyond its calibrated thresholds (Predictor.calibrate) unless --no-unknown is given. A missing
+or unreadable image, a bad model directory or a lookup without a gallery prints one error line and
+exits with status 2.
 
 The Keras backend is ``KERAS_BACKEND``, or JAX when that is unset and jax is installed
 (:func:`triplet_keras.backend_choice.choose_backend`).

@@ -6,24 +6,32 @@ string arrays only, loaded with allow_pickle=False), ``gallery.npz`` when there 
 embeddings, labels and ids, the last two as unicode arrays) and ``predictor.json``, which names the
 format, the class names, the image size, the classifier's configuration and the calibration. Each
 file is written to a temporary file and renamed into place; the JSON goes last. Version 1 folders
-(before calibration and galleries) still load, uncalibrated and without a gallery.
+(before calibration and galleries) still load, uncalibrated and without a gallery; version 2
+calibrations (one distance threshold) load as a "distance" score.
 
 Calibration (``calibrate``) on held-out labelled images of the predictor's classes, with s(x) the
-classifier's class scores (-distance to each prototype) and d(x) = min_c distance(x, prototype_c) in
-the classifier's own space:
+classifier's class scores (-distance to each prototype):
 
 * temperature T = argmin_T -mean_i log softmax(s(x_i) / T)[y_i] (the NLL; scipy's bounded search on
   log T); predict_proba then is softmax(s(x) / T);
-* threshold t = the ``accept_rate`` quantile of d(x_i) (numpy's "higher" quantile, so at least that
-  share of the calibration images has d <= t); predict answers UNKNOWN where d(x) > t.
+* acceptance scores, each larger for images less like the calibration images: ``distance``, the
+  distance to the nearest prototype in the classifier's own space; ``probability``, 1 - max_c
+  softmax(s(x) / T)_c; ``neighbours``, the cosine distance to the k-th nearest gallery embedding
+  (k = ``neighbours``, at most the gallery size). ``score`` joins one or more with "+"; the default is
+  "neighbours+probability" when the predictor has a gallery, else "distance+probability";
+* thresholds t_j: for each score j the m-th smallest of its calibration values, one m for all
+  scores: the smallest m that accepts (every score <= its threshold) at least ``accept_rate`` of the
+  calibration images; or, with ``target_precision``, the largest m whose accepted calibration images
+  are right at least that often. predict answers UNKNOWN where any score is above its threshold.
 
 ``lookup`` ranks the gallery by the cosine distance between embeddings (scikit-learn's
 NearestNeighbors, brute force).
 """
 import json
 import os
+import warnings
 import zipfile
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -35,13 +43,15 @@ from .images import as_image_size, read_image, resize_image
 from .transfer import classifier_from_state
 
 FORMAT = "triplet_keras.predictor"
-VERSION = 2
-VERSIONS = (1, 2)
+VERSION = 3
+VERSIONS = (1, 2, 3)
 CONFIG_FILE = "predictor.json"
 ARRAYS_FILE = "classifier.npz"
 GALLERY_FILE = "gallery.npz"
 ENCODER_FILE = "encoder.keras"
 TEMPERATURE_BOUNDS = (1e-4, 1e4)
+SCORES = ("distance", "probability", "neighbours")
+NEIGHBOURS = 2
 
 
 class PredictorFormatError(ValueError):
@@ -78,11 +88,14 @@ class ImageBatches:
 
 
 class Calibration(NamedTuple):
-    """Fitted by Predictor.calibrate: softmax ``temperature``, distance ``threshold`` and the
-    ``accept_rate`` it was chosen for."""
+    """Fitted by Predictor.calibrate: softmax ``temperature``; ``thresholds`` {score name: threshold}
+    (module docstring); ``accept_rate``, the share of calibration images asked for, or with
+    ``target_precision`` the share accepted there; ``neighbours``, the k of the neighbours score."""
     temperature: float
-    threshold: float
+    thresholds: dict
     accept_rate: float
+    target_precision: Optional[float] = None
+    neighbours: int = NEIGHBOURS
 
 
 class Gallery(NamedTuple):
@@ -124,11 +137,12 @@ class Predictor:
                 raise ValueError("the encoder takes any image size: pass image_size=(height, width)")
         self.image_size = as_image_size(image_size)
         self.batch_size = batch_size
-        self.calibration = calibration
+        self.calibration = None
         self.gallery = None
         self._index = None
         if gallery is not None:
             self.add_gallery_embeddings(*gallery)
+        self.calibration = calibration
 
     def embed(self, images, batch_size=None):
         """L2-normalised embeddings (N, D), reading and resizing ``batch_size`` images at a time."""
@@ -148,8 +162,23 @@ class Predictor:
             return self.classifier.predict_proba(rows)
         return softmax(self.classifier.class_scores(rows) / self.calibration.temperature, axis=1)
 
-    def _rows_nearest(self, rows):
-        return self.classifier.prototype_distances(rows).min(axis=1)
+    def _neighbour_index(self):
+        """scikit-learn NearestNeighbors over the gallery embeddings (cosine), built once per gallery."""
+        if self._index is None:
+            self._index = NearestNeighbors(metric="cosine", algorithm="brute").fit(self.gallery.embeddings)
+        return self._index
+
+    def acceptance_scores(self, embeddings, names, temperature, neighbours=NEIGHBOURS, batch_size=None):
+        """(N, len(names)) acceptance scores (module docstring) of the embeddings, one column per score
+        name, larger = less like the calibration images."""
+        measures = {
+            "distance": lambda rows: self.classifier.prototype_distances(rows).min(axis=1),
+            "probability": lambda rows: 1 - softmax(self.classifier.class_scores(rows) / temperature,
+                                                    axis=1).max(axis=1),
+            "neighbours": lambda rows: self._neighbour_index().kneighbors(
+                np.asarray(rows, np.float32), n_neighbors=min(neighbours, len(self.gallery.ids)))[0][:, -1]}
+        return self._batched(lambda rows: np.stack([measures[name](rows) for name in names], axis=1),
+                             embeddings, batch_size)
 
     def predict_proba_embeddings(self, embeddings, batch_size=None):
         """(N, n_classes) class probabilities, columns in the order of ``class_names``: with a
@@ -162,13 +191,22 @@ class Predictor:
 
     def predict_embeddings(self, embeddings, batch_size=None, reject_unknown=True):
         """List of N class names; with a calibration and ``reject_unknown``, UNKNOWN for each embedding
-        farther than the threshold from every prototype."""
+        with an acceptance score above its threshold."""
         best = np.argmax(self.predict_proba_embeddings(embeddings, batch_size), axis=1)
         names = [self.class_names[i] for i in best]
         if self.calibration is None or not reject_unknown:
             return names
-        far = self._batched(self._rows_nearest, embeddings, batch_size) > self.calibration.threshold
-        return [self.UNKNOWN if beyond else name for name, beyond in zip(names, far)]
+        unknown = self.unknown_embeddings(embeddings, batch_size)
+        return [self.UNKNOWN if beyond else name for name, beyond in zip(names, unknown)]
+
+    def unknown_embeddings(self, embeddings, batch_size=None):
+        """(N,) bools: True where an acceptance score of the calibrated predictor is above its threshold."""
+        if self.calibration is None:
+            raise ValueError("the predictor is not calibrated: call calibrate(images, labels) first")
+        calibration = self.calibration
+        scores = self.acceptance_scores(embeddings, list(calibration.thresholds), calibration.temperature,
+                                        calibration.neighbours, batch_size)
+        return np.any(scores > np.array(list(calibration.thresholds.values())), axis=1)
 
     def predict(self, images, batch_size=None, reject_unknown=True):
         """predict_embeddings of the images' embeddings."""
@@ -185,16 +223,29 @@ class Predictor:
             raise ValueError(f"labels {unknown[:5]} are not class names of the predictor {self.class_names}")
         return np.array([position[label] for label in labels])
 
-    def _calibration_labels(self, labels, accept_rate):
-        """_label_indices(labels), after checking accept_rate."""
+    def _calibration_arguments(self, labels, accept_rate, score, target_precision, neighbours):
+        """(label indices, score names) after checking every argument of calibrate."""
         if not 0.0 < accept_rate <= 1.0:
             raise ValueError(f"accept_rate must be in (0, 1], got {accept_rate!r}")
-        return self._label_indices(labels)
+        if target_precision is not None and not 0.0 < target_precision <= 1.0:
+            raise ValueError(f"target_precision must be None or in (0, 1], got {target_precision!r}")
+        if isinstance(neighbours, bool) or not isinstance(neighbours, (int, np.integer)) or neighbours < 1:
+            raise ValueError(f"neighbours must be an int >= 1, got {neighbours!r}")
+        if score is None:
+            score = "neighbours+probability" if self.gallery is not None else "distance+probability"
+        names = str(score).split("+")
+        if not names or set(names) - set(SCORES) or len(set(names)) != len(names):
+            raise ValueError(f"score must be one or more of {', '.join(SCORES)} joined by '+', got {score!r}")
+        if "neighbours" in names and self.gallery is None:
+            raise ValueError("the neighbours score needs a gallery: call add_gallery(images, labels) first")
+        return self._label_indices(labels), names
 
-    def calibrate_embeddings(self, embeddings, labels, accept_rate=0.95):
-        """Fit and set the temperature and threshold (module docstring) on held-out embeddings whose
-        ``labels`` are class names of the predictor; returns the Calibration."""
-        index = self._calibration_labels(labels, accept_rate)
+    def calibrate_embeddings(self, embeddings, labels, accept_rate=0.95, score=None, target_precision=None,
+                             neighbours=NEIGHBOURS):
+        """Fit and set the temperature and the thresholds of the ``score`` names (module docstring) on
+        held-out embeddings whose ``labels`` are class names of the predictor; ``target_precision``, when
+        given, replaces ``accept_rate``. Returns the Calibration."""
+        index, names = self._calibration_arguments(labels, accept_rate, score, target_precision, neighbours)
         if len(embeddings) != len(index):
             raise ValueError(f"{len(embeddings)} images but {len(index)} labels")
         scores = self._batched(self.classifier.class_scores, embeddings)
@@ -203,16 +254,20 @@ class Predictor:
         def nll(log_temperature):
             return -np.mean(log_softmax(scores / np.exp(log_temperature), axis=1)[rows, index])
 
-        fitted = minimize_scalar(nll, bounds=np.log(TEMPERATURE_BOUNDS), method="bounded")
-        nearest = self._batched(self._rows_nearest, embeddings)
-        self.calibration = Calibration(float(np.exp(fitted.x)), float(np.quantile(nearest, accept_rate, method="higher")),
-                                       float(accept_rate))
+        temperature = float(np.exp(minimize_scalar(nll, bounds=np.log(TEMPERATURE_BOUNDS), method="bounded").x))
+        values = self.acceptance_scores(embeddings, names, temperature, neighbours)
+        correct = None if target_precision is None else np.argmax(scores, axis=1) == index
+        thresholds, share = acceptance_thresholds(values, accept_rate, correct, target_precision)
+        self.calibration = Calibration(temperature, dict(zip(names, map(float, thresholds))),
+                                       float(accept_rate if target_precision is None else share),
+                                       None if target_precision is None else float(target_precision), int(neighbours))
         return self.calibration
 
-    def calibrate(self, images, labels, accept_rate=0.95):
+    def calibrate(self, images, labels, accept_rate=0.95, score=None, target_precision=None, neighbours=NEIGHBOURS):
         """calibrate_embeddings of the images' embeddings."""
-        self._calibration_labels(labels, accept_rate)  # bad arguments fail before the images are read
-        return self.calibrate_embeddings(self.embed(images), labels, accept_rate)
+        # bad arguments fail before the images are read
+        self._calibration_arguments(labels, accept_rate, score, target_precision, neighbours)
+        return self.calibrate_embeddings(self.embed(images), labels, accept_rate, score, target_precision, neighbours)
 
     def add_gallery_embeddings(self, embeddings, labels, ids=None):
         """Append items to the gallery: embeddings (N, D), labels (class names), ids (strings such as
@@ -231,6 +286,9 @@ class Predictor:
                                       zip(self.gallery, (embeddings, names, ids)))
         self.gallery = Gallery(embeddings, names, ids)
         self._index = None
+        if self.calibration is not None and "neighbours" in self.calibration.thresholds:
+            warnings.warn("the gallery changed after calibrating with the neighbours score: call calibrate again",
+                          stacklevel=2)
 
     def add_gallery(self, images, labels, ids=None):
         """add_gallery_embeddings of the images' embeddings."""
@@ -243,9 +301,7 @@ class Predictor:
             raise ValueError("the predictor has no gallery: call add_gallery(images, labels, ids) first")
         if not 1 <= k <= len(self.gallery.ids):
             raise ValueError(f"k must be between 1 and the gallery size {len(self.gallery.ids)}, got {k!r}")
-        if self._index is None:
-            self._index = NearestNeighbors(metric="cosine", algorithm="brute").fit(self.gallery.embeddings)
-        found, nearest = self._index.kneighbors(np.asarray(embeddings, np.float32), n_neighbors=k)
+        found, nearest = self._neighbour_index().kneighbors(np.asarray(embeddings, np.float32), n_neighbors=k)
         return Neighbours(self.gallery.labels[nearest], self.gallery.ids[nearest], found)
 
     def lookup(self, images, k=5):
@@ -292,9 +348,11 @@ class Predictor:
             raise PredictorFormatError(f"{encoder_path!r} gives {encoder.output_shape[-1]}-d embeddings but "
                                        f"{arrays_path!r} expects {classifier.n_features_in_}")
         calibration = config.get("calibration")
+        if calibration is not None and config["version"] == 2:
+            calibration = {"temperature": calibration["temperature"], "accept_rate": calibration["accept_rate"],
+                           "thresholds": {"distance": calibration["threshold"]}}
         try:
-            predictor = cls(encoder, config["class_names"], classifier, config["image_size"], batch_size,
-                            None if calibration is None else Calibration(**calibration))
+            predictor = cls(encoder, config["class_names"], classifier, config["image_size"], batch_size)
         except ValueError as error:
             raise PredictorFormatError(f"{config_path!r}: {error}") from error
         if config.get("gallery"):
@@ -304,6 +362,9 @@ class Predictor:
                     predictor.add_gallery_embeddings(*(stored[name] for name in Gallery._fields))
             except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
                 raise PredictorFormatError(f"invalid gallery file {gallery_path!r}: {error}") from error
+        if calibration is not None and "neighbours" in calibration["thresholds"] and predictor.gallery is None:
+            raise PredictorFormatError(f"{config_path!r}: the neighbours score needs a gallery, and there is none")
+        predictor.calibration = None if calibration is None else Calibration(**calibration)
         return predictor
 
 
@@ -324,7 +385,7 @@ def _read_config(path):
             problems.append(f"format {config['format']!r} version {config['version']!r} is not "
                             f"{FORMAT!r} version {' or '.join(map(str, VERSIONS))}")
         elif config["version"] >= 2:
-            problems += _calibration_problems(config.get("calibration", False))
+            problems += _calibration_problems(config.get("calibration", False), config["version"])
             if not isinstance(config.get("gallery"), bool):
                 problems.append("'gallery' must be true or false")
         if not all(isinstance(name, str) for name in config["class_names"]):
@@ -340,19 +401,57 @@ def _read_config(path):
     return config
 
 
-def _calibration_problems(calibration):
-    """What is wrong with a predictor.json 'calibration' entry (null or a Calibration's fields)."""
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _calibration_problems(calibration, version):
+    """What is wrong with a predictor.json 'calibration' entry: null, or a Calibration's fields (version 3)
+    or temperature, threshold and accept_rate (version 2)."""
     if calibration is None:
         return []
-    if not isinstance(calibration, dict) or set(calibration) != set(Calibration._fields):
-        return [f"'calibration' must be null or an object with {', '.join(Calibration._fields)}"]
-    values = [calibration[name] for name in Calibration._fields]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values):
+    fields = ("temperature", "threshold", "accept_rate") if version == 2 else Calibration._fields
+    if not isinstance(calibration, dict) or set(calibration) != set(fields):
+        return [f"'calibration' must be null or an object with {', '.join(fields)}"]
+    if version == 2:
+        thresholds, target_precision, neighbours = {"distance": calibration["threshold"]}, None, NEIGHBOURS
+    else:
+        thresholds, target_precision, neighbours = (calibration[key] for key in ("thresholds", "target_precision",
+                                                                               "neighbours"))
+    if not isinstance(thresholds, dict) or not thresholds or set(thresholds) - set(SCORES):
+        return [f"'calibration' thresholds must name one or more of {', '.join(SCORES)}"]
+    values = [calibration["temperature"], calibration["accept_rate"], *thresholds.values()]
+    if not all(map(_is_number, values)) or not (target_precision is None or _is_number(target_precision)):
         return ["'calibration' values must be finite numbers"]
-    temperature, threshold, accept_rate = values
-    if temperature <= 0 or threshold < 0 or not 0 < accept_rate <= 1:
-        return ["'calibration' needs temperature > 0, threshold >= 0 and accept_rate in (0, 1]"]
+    if calibration["temperature"] <= 0 or min(thresholds.values()) < 0 or not 0 < calibration["accept_rate"] <= 1 \
+            or not (target_precision is None or 0 < target_precision <= 1):
+        return ["'calibration' needs temperature > 0, thresholds >= 0, accept_rate and target_precision in (0, 1]"]
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
+        return ["'calibration' neighbours must be an int >= 1"]
     return []
+
+
+def acceptance_thresholds(scores, accept_rate=0.95, correct=None, target_precision=None):
+    """Thresholds (j,) on calibration acceptance scores (n, j), larger = stranger, and the share of rows
+    they accept (every score <= its threshold): each column's m-th smallest value, one m for all; the
+    smallest m accepting at least ``accept_rate`` of the rows, or with ``target_precision`` the largest m
+    whose accepted rows have a mean of ``correct`` (n,) bools at least that."""
+    ordered = np.sort(scores, axis=0)
+    # row i is accepted at m exactly when each of its scores has fewer than m values below it
+    first = 1 + np.max([np.searchsorted(column, values) for column, values in zip(ordered.T, scores.T)], axis=0)
+    if target_precision is None:
+        m = np.sort(first)[int(np.ceil(accept_rate * len(first) - 1e-9)) - 1]
+    else:
+        order = np.argsort(first, kind="stable")
+        ranks = first[order]
+        precision = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+        ends = np.r_[ranks[1:] != ranks[:-1], True]  # where a group of equal ranks ends: a threshold's accepted set
+        reached = np.flatnonzero(ends & (precision >= target_precision))
+        if not len(reached):
+            raise ValueError(f"no threshold reaches precision {target_precision} on the calibration images "
+                             f"(their accuracy is {np.mean(correct):.3f}): lower target_precision")
+        m = ranks[reached[-1]]
+    return ordered[m - 1], float(np.mean(first <= m))
 
 
 def predict(images, model_dir, batch_size=64, reject_unknown=True):
