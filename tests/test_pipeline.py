@@ -170,6 +170,16 @@ def test_bad_configuration_fails_before_training(tmp_path, flags, message):
     assert not (tmp_path / "last.keras").exists()
 
 
+def test_held_out_class_selection_trains_a_selection_encoder(tmp_path):
+    (tmp_path / "params.json").write_text(json.dumps({**TINY, "epochs": 1, "shots": [1]}))
+    result = run_init(tmp_path, "--transfer_selection", "held_out_classes")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "training a selection encoder without the source classes" in result.stdout
+    assert (tmp_path / "selection_encoder" / "best.keras").is_file()
+    choice = json.loads((tmp_path / "metrics.json").read_text())["transfer_choice"]["1-shot"]
+    assert choice["episodes"] == "held_out_classes" and len(choice["scores"]) == 8  # grid x 8 candidates
+
+
 def test_max_per_class_and_a_square_image_size_reach_the_dataset(tmp_path):
     from triplet_keras.params import load_params
     from triplet_keras.pipeline import prepare_data

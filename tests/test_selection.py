@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from triplet_keras.selection import candidates, choose_transfer, halve_per_class, select_transfer, simulated_tasks
+from triplet_keras.selection import (candidates, choose_transfer, halve_per_class, held_out_class_tasks, held_out_fold,
+                                     select_transfer, simulated_tasks)
 from triplet_keras.transfer import fit_transfer
 
 
@@ -78,3 +79,31 @@ def test_fit_with_a_fixed_mode_chooses_only_the_shrinkage():
     assert model.mode_ == "center" and all(": center" in name for name in model.selection_)
     with pytest.raises(ValueError, match="whiten"):
         fit_transfer(x, labels, x[:4], labels[:4], whiten="sometimes")
+
+
+def test_held_out_fold_leaves_half_the_classes_at_most_n_way_and_none_below_four():
+    fold = held_out_fold(np.arange(5), n_way=5, seed=1)
+    assert len(fold) == 2 and set(fold) <= set(range(5))
+    np.testing.assert_array_equal(fold, held_out_fold(np.arange(5), 5, seed=1))
+    assert len(held_out_fold(np.arange(40), n_way=5)) == 5
+    assert len(held_out_fold(np.array([3, 7, 9]), n_way=5)) == 0
+
+
+def test_held_out_class_tasks_use_every_row_and_the_classes_with_enough_images():
+    train, held = np.repeat([0, 1, 2], 10), np.repeat([5, 6, 7], [4, 4, 1])
+    [(source_rows, target_rows, way)] = held_out_class_tasks(train, held, n_way=5, k_shot=2)
+    assert len(source_rows) == 30 and set(held[target_rows]) == {5, 6} and way == 2
+    assert held_out_class_tasks(train, held, n_way=5, k_shot=4) == []  # one class with K + 1 rows
+
+
+def test_given_tasks_replace_the_simulated_ones():
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(6, 10))
+    train_labels, unseen_labels = np.repeat(np.arange(4), 20), np.repeat([4, 5], 12)
+    train = centers[train_labels] + 0.5 * rng.normal(size=(80, 10))
+    unseen = centers[unseen_labels] + 4.0 + 0.5 * rng.normal(size=(24, 10))  # far from the source mean
+    tasks = held_out_class_tasks(train_labels, unseen_labels, 5, 1)
+    choice = choose_transfer({"x": (train, unseen)}, train_labels, unseen_labels, True, 5, 1, n_episodes=10,
+                             tasks=tasks)
+    assert choice.n_episodes == 10 and not choice.fallback and len(choice.scores) == len(candidates())
+    assert choose_transfer({"x": (train, unseen)}, train_labels, unseen_labels, True, 5, 1, tasks=[]).fallback

@@ -56,6 +56,11 @@ SCHEMA = {
     "target_transform": (None, ("style",), "a synthetic target domain made from the test split"),
     "transfer_mode": ("auto", ("auto", "translate", "center", "calibrate", "none"),
                       "transfer mode; auto: the best on few-shot episodes simulated on the source (selection.py)"),
+    "transfer_selection": ("source", ("source", "held_out_classes"),
+                           "new classes, auto: score the candidates on source classes the encoder trained on "
+                           "(source), or train a second encoder without a fold of source classes and score them "
+                           "on that fold, which it never saw (held_out_classes: one more training; "
+                           "triplet_keras.selection)"),
     "transfer_whiten": ("auto", float, "shrinkage (0 to 1) of the source within-class covariance that whitens the "
                         "transfer features (triplet_keras.transfer.source_whitening); null: no whitening; "
                         "\"auto\": chosen with the mode on source episodes"),

@@ -130,7 +130,8 @@ def run(model_dir, params, restart=False):
     transfer = None
     if data.target is not None:
         stage(f"transfer to the target ({data.target.regime})")
-        transfer = run_transfer(params, trained.encoder, data, model_dir, (evaluation.train, evaluation.target))
+        transfer = run_transfer(params, trained.encoder, data, model_dir, (evaluation.train, evaluation.target),
+                                restart)
         calibration["transfer"] = transfer.calibration
     export_run_embeddings(model_dir, data, evaluation, transfer)
     return report(model_dir, params, trained, evaluation, calibration, transfer)

@@ -9,6 +9,11 @@ Nothing is tuned on the target. The source's labelled embeddings stand in for it
 * new domain (target classes are source classes): the ``train`` rows are the source, the ``held_out``
   rows the target, with every class mapped to itself: N-way K-shot episodes.
 
+With ``transfer_selection: held_out_classes`` (init.py) the new-class episodes avoid the bias of
+classes the encoder trained on: a second encoder trains without a fold of f = min(n_way, C // 2)
+source classes (held_out_fold) and the candidates, on its features, are scored on f-way episodes
+with the fold as the new classes and the other source classes as the source (held_out_class_tasks).
+
 ``held_out`` is the source's validation split when it has one; without it each class's rows are
 halved. Every candidate (features x mode x whitening shrinkage) is scored on the same episodes; the
 highest mean accuracy wins, ties going to the earlier, simpler candidate (``none`` first). When the
@@ -33,13 +38,15 @@ MAX_QUERIES = 15
 @dataclass
 class TransferChoice:
     """The chosen ``features``, ``mode`` and ``whiten``; ``scores`` maps each candidate's name to its mean
-    accuracy on the source episodes (empty for the fallback), over ``n_episodes`` episodes."""
+    accuracy on the source episodes (empty for the fallback), over ``n_episodes`` episodes of
+    ``episodes`` kind ("source" or "held_out_classes")."""
     features: str
     mode: str
     whiten: float | None
     scores: dict = field(default_factory=dict)
     n_episodes: int = 0
     fallback: bool = False
+    episodes: str = "source"
 
     @property
     def kwargs(self):
@@ -48,7 +55,7 @@ class TransferChoice:
 
     def as_dict(self):
         return {"features": self.features, "mode": self.mode, "whiten": self.whiten, "n_episodes": self.n_episodes,
-                "fallback": self.fallback, "scores": self.scores}
+                "fallback": self.fallback, "episodes": self.episodes, "scores": self.scores}
 
 
 def candidate_name(mode, whiten):
@@ -103,18 +110,41 @@ def simulated_tasks(train_labels, held_out_labels, new_classes, n_way, k_shot, s
     return tasks
 
 
+def held_out_fold(source_classes, n_way, seed=0):
+    """The source classes a selection encoder leaves out: min(n_way, C // 2) of the C classes, seeded;
+    empty when C < 4 (the encoder needs two classes to train on, the episodes two to tell apart)."""
+    source_classes = np.asarray(source_classes)
+    if len(source_classes) < 4:
+        return source_classes[:0]
+    size = min(n_way, len(source_classes) // 2)
+    return np.sort(np.random.default_rng(seed).permutation(source_classes)[:size])
+
+
+def held_out_class_tasks(train_labels, held_out_labels, n_way, k_shot):
+    """[(every train row, every held-out row, way)]: the held-out rows (classes the features never saw)
+    against the train rows; [] when fewer than two held-out classes have K + 1 rows."""
+    held_out_labels = np.asarray(held_out_labels)
+    classes, counts = np.unique(held_out_labels, return_counts=True)
+    usable = classes[counts >= k_shot + 1]
+    if len(usable) < 2:
+        return []
+    return [(np.arange(len(train_labels)), np.flatnonzero(np.isin(held_out_labels, usable)), min(n_way, len(usable)))]
+
+
 def select_transfer(features, train_labels, held_out_labels, new_classes, n_way, k_shot, methods=None,
-                    n_episodes=100, seed=0):
+                    n_episodes=100, seed=0, tasks=None):
     """TransferChoice scored on source episodes.
 
     ``features``: {name: (train vectors, held-out vectors)}, the same source rows under each kind of
     transfer features; ``held_out_labels`` label the held-out rows (``halve_per_class`` makes them
     when the source has no validation split). ``methods``: the candidates (default ``candidates()``).
-    ``n_episodes`` episodes in all, spread over the simulated tasks.
+    ``n_episodes`` episodes in all, spread over the tasks: ``tasks`` when given (such as
+    held_out_class_tasks), else simulated_tasks.
     """
     methods = candidates() if methods is None else methods
     train_labels, held_out_labels = np.asarray(train_labels), np.asarray(held_out_labels)
-    tasks = simulated_tasks(train_labels, held_out_labels, new_classes, n_way, k_shot, seed)
+    if tasks is None:
+        tasks = simulated_tasks(train_labels, held_out_labels, new_classes, n_way, k_shot, seed)
     first = next(iter(features))
     if not tasks:
         return TransferChoice(first, "none" if new_classes else "center", None, fallback=True)
@@ -137,13 +167,14 @@ def select_transfer(features, train_labels, held_out_labels, new_classes, n_way,
 
 
 def choose_transfer(features, train_labels, held_out_labels, new_classes, n_way, k_shot, mode="auto", whiten="auto",
-                    n_episodes=100, seed=0):
-    """select_transfer over what ``mode`` and ``whiten`` leave open ("auto": every MODES or SHRINKAGES
-    value; anything else: that value alone). A fixed value also holds in the fallback."""
+                    n_episodes=100, seed=0, tasks=None):
+    """select_transfer (on ``tasks`` when given) over what ``mode`` and ``whiten`` leave open ("auto":
+    every MODES or SHRINKAGES value; anything else: that value alone). A fixed value also holds in the
+    fallback."""
     modes = MODES if mode == "auto" else (mode,)
     shrinkages = SHRINKAGES if whiten == "auto" else (whiten,)
     choice = select_transfer(features, train_labels, held_out_labels, new_classes, n_way, k_shot,
-                             candidates(modes, shrinkages), n_episodes, seed)
+                             candidates(modes, shrinkages), n_episodes, seed, tasks)
     if choice.fallback:
         choice.mode = choice.mode if mode == "auto" else mode
         choice.whiten = choice.whiten if whiten == "auto" else whiten

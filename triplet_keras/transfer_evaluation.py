@@ -1,7 +1,7 @@
 """The transfer stage of pipeline.run: the transfer features and mode chosen by episodes on the source,
 few-shot episodes on the target with the baselines, and the saved, calibrated transfer predictor."""
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import keras
 import numpy as np
@@ -13,7 +13,8 @@ from triplet_keras.models import TRANSFER_FEATURES, embed_images, feature_encode
 from triplet_keras.predict import Predictor
 from triplet_keras.source_evaluation import calibration_report, embed_splits, image_ids
 from triplet_keras.stages import stage
-from triplet_keras.training import build_training_model
+from triplet_keras.prepared_data import select_classes
+from triplet_keras.training import build_training_model, train
 from triplet_keras.transfer import fit_transfer
 
 
@@ -76,6 +77,36 @@ def choose_transfer(params, vectors, train_labels, held_out_labels, halved, new_
                                      params["seed"])
 
 
+def choose_on_held_out_classes(params, data, model_dir, restart, n_way):
+    """{K: selection.TransferChoice} for new classes from a selection encoder: trained like the main one
+    (into ``model_dir``/selection_encoder, resumable) without the source classes of
+    selection.held_out_fold, and scored on episodes with that fold as the new classes. None when the
+    source has too few classes for a fold."""
+    classes = np.unique(data.train.labels)
+    fold = selection.held_out_fold(classes, n_way, params["seed"])
+    if not len(fold):
+        stage("too few source classes for a held-out fold: choosing on the source classes")
+        return None
+    kept = np.setdiff1d(classes, fold)
+    stage(f"training a selection encoder without the source classes {[data.names[c] for c in fold]}")
+    fold_data = replace(data, train=select_classes(data.train, kept), validation=select_classes(data.validation, kept),
+                        test=select_classes(data.test, kept), target=None)
+    encoder = train(params, fold_data, os.path.join(model_dir, "selection_encoder"), restart).encoder
+    unseen = [split for split in (select_classes(s, fold) for s in (data.train, data.validation)) if len(split)]
+    features, unseen_labels = {}, None
+    for kind, model in transfer_feature_models(params, encoder, new_classes=True).items():
+        vectors, unseen_labels = embed_splits(model, unseen)
+        features[kind] = (embed_images(model, fold_data.train, description=f"{kind} features of train"), vectors)
+    choices = {}
+    for k in params["shots"]:
+        tasks = selection.held_out_class_tasks(fold_data.train.labels, unseen_labels, n_way, k)
+        choices[k] = selection.choose_transfer(features, fold_data.train.labels, unseen_labels, True, n_way, k,
+                                               params["transfer_mode"], params["transfer_whiten"], params["episodes"],
+                                               params["seed"], tasks)
+        choices[k].episodes = "held_out_classes"
+    return choices
+
+
 def baseline_vectors(params, data, choice_features):
     """(target images flattened as uint8: the pixels baseline, {kind: target features of the encoder
     before fine-tuning}: the initial_encoder baseline), the weights training started from (same seed)."""
@@ -136,7 +167,7 @@ def fit_saved_transfer(params, vectors, train_labels, target_labels, choice):
 def choice_line(choice):
     """The stage line of a selection.TransferChoice: its features, mode and shrinkage, and how it was chosen."""
     how = "fallback rule: the source cannot form episodes" if choice.fallback else \
-        f"best of {len(choice.scores)} candidates on {choice.n_episodes} source episodes"
+        f"best of {len(choice.scores)} candidates on {choice.n_episodes} {choice.episodes.replace('_', '-')} episodes"
     return f"{choice.features} features, {selection.candidate_name(choice.mode, choice.whiten)} ({how})"
 
 
@@ -180,18 +211,21 @@ class TransferResult:
     support: np.ndarray
 
 
-def run_transfer(params, encoder, data, model_dir, encoder_vectors):
+def run_transfer(params, encoder, data, model_dir, encoder_vectors, restart=False):
     """The transfer stage on ``data`` (PreparedData with a target): features and mode chosen on the
-    source, episodes with baselines, the saved transfer predictor; ``encoder_vectors`` as in
-    embed_for_transfer. Returns a TransferResult."""
+    source (or on held-out source classes, see choose_on_held_out_classes), episodes with baselines,
+    the saved transfer predictor; ``encoder_vectors`` as in embed_for_transfer. Returns a TransferResult."""
     vectors, train_labels, held_out_labels, target_labels, halved = embed_for_transfer(
         params, encoder, data, encoder_vectors)
     n_way = len(np.unique(target_labels))
-    choices = {}
-    for k in params["shots"]:
-        choices[k] = choose_transfer(params, vectors, train_labels, held_out_labels, halved,
-                                     data.target.new_classes, n_way, k)
-        stage(f"{k}-shot transfer: {choice_line(choices[k])}")
+    choices = None
+    if data.target.new_classes and params["transfer_selection"] == "held_out_classes":
+        choices = choose_on_held_out_classes(params, data, model_dir, restart, n_way)
+    if choices is None:
+        choices = {k: choose_transfer(params, vectors, train_labels, held_out_labels, halved,
+                                      data.target.new_classes, n_way, k) for k in params["shots"]}
+    for k, choice in choices.items():
+        stage(f"{k}-shot transfer: {choice_line(choice)}")
     baselines = baseline_vectors(params, data, [c.features for c in choices.values()])
     episodes = evaluate_transfer(params, vectors, train_labels, target_labels, choices, baselines)
     saved_choice = choices[max(params["shots"])]
