@@ -255,6 +255,8 @@ def test_embed_images_matches_predict_for_arrays_and_loaders(encoder):
     assert [(b.dtype, len(b)) for b in (batches[i] for i in range(3))] == [(np.uint8, 4)] * 3
     np.testing.assert_array_equal(batches[2][:2], x[8:])
     assert not batches[2][2:].any()
+    over_four = models.PredictBatches(Loader().load, 3, 6, x.shape[1:], replicas=4)  # a data-parallel split
+    assert over_four.batch_size == 8 and len(over_four[0]) == 4 and not over_four[0][3:].any()
 
 
 def test_embed_images_raises_a_loading_error_and_leaves_the_encoder_usable(encoder):

@@ -1,4 +1,5 @@
-"""Every Keras callback of a training run, in the order pipeline's training stage passes them to ``fit``.
+"""Every Keras callback of a training run, in the order pipeline's training stage passes them to ``fit``
+(the one callback of ``predict``, models.PredictProgress, stays beside embed_images, a lower layer).
 
 - :class:`RemineCallback` re-embeds the triplet generator's split with the current encoder every few
   epochs and hands it freshly mined triplets (offline strategies).

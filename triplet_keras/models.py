@@ -17,6 +17,7 @@ from keras import layers, ops
 from tqdm.auto import tqdm
 
 from triplet_keras import distances_ops
+from triplet_keras.distribution import replica_count
 from triplet_keras.export import atomic_write, to_jsonable
 from triplet_keras.images import as_image_size
 
@@ -425,18 +426,22 @@ def has_accelerator():
 
 
 class PredictBatches(keras.utils.PyDataset):
-    """Consecutive batches of ``load(indices)`` for ``count`` images, for ``Model.predict``: loaded
-    ahead on two threads (at most two batches waiting), in their own dtype (uint8 stays uint8: a
-    quarter of the bytes to copy, cast inside the model), the last one padded with zeros to
-    ``batch_size`` when there is more than one batch, so one compiled predict function serves all.
+    """Consecutive batches of ``load(indices)`` for ``count`` images, for ``Model.predict``, in their
+    own dtype (uint8 stays uint8: a quarter of the bytes to copy, cast inside the model), loaded on
+    two threads ahead of the model when Keras sees an accelerator and in the calling thread on CPU
+    (where the threads would take cores from the model: benchmarks/bench_embed.py measures both).
+    The last batch is padded with zeros to ``batch_size`` when there is more than one, so one compiled
+    predict function serves all, and every batch to a multiple of ``replicas`` (the devices a
+    data-parallel distribution splits it over; ``batch_size`` is rounded up to one too).
 
     An error while loading does not escape into Keras' predict loop (on JAX that would leave the
     model's variables emptied): the batch becomes zeros of ``image_shape``, ``error`` keeps the first
     exception, and :class:`PredictProgress` stops the loop so the caller can raise it."""
 
-    def __init__(self, load, count, batch_size, image_shape):
+    def __init__(self, load, count, batch_size, image_shape, replicas=1):
         super().__init__(workers=2 if has_accelerator() else 1)
-        self.load, self.count, self.batch_size, self.image_shape = load, count, batch_size, tuple(image_shape)
+        self.load, self.count, self.image_shape, self.replicas = load, count, tuple(image_shape), replicas
+        self.batch_size = -(-batch_size // replicas) * replicas
         self.error = None
 
     def __len__(self):
@@ -449,8 +454,9 @@ class PredictBatches(keras.utils.PyDataset):
         except Exception as error:  # noqa: BLE001 - kept and raised by embed_images after predict
             self.error = self.error or error
             batch = np.zeros((len(rows),) + self.image_shape, np.uint8)
-        if len(batch) < self.batch_size and self.count > self.batch_size:
-            batch = np.concatenate([batch, np.zeros((self.batch_size - len(batch),) + batch.shape[1:], batch.dtype)])
+        size = self.batch_size if self.count > self.batch_size else -(-len(batch) // self.replicas) * self.replicas
+        if len(batch) < size:
+            batch = np.concatenate([batch, np.zeros((size - len(batch),) + batch.shape[1:], batch.dtype)])
         return batch
 
 
@@ -484,7 +490,7 @@ def embed_images(encoder, images, batch_size=256, progress=True, description="em
     if count == 0:
         return np.zeros((0, encoder.output_shape[-1]), np.float32)
     load = images.load if hasattr(images, "load") else (lambda indices: np.asarray(images[indices]))
-    batches = PredictBatches(load, count, batch_size, encoder.input_shape[1:])
+    batches = PredictBatches(load, count, batch_size, encoder.input_shape[1:], replica_count())
     out = encoder.predict(batches, verbose=0, callbacks=[PredictProgress(batches, description, progress)])
     if batches.error is not None:
         raise batches.error
