@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from triplet_keras.evaluation import evaluate_few_shot, mean_ci, sample_episodes, support_centered_accuracy
-from triplet_keras.transfer import fit_transfer, source_whitening
+from triplet_keras.transfer import fit_transfer
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 
@@ -66,12 +66,6 @@ def test_evaluation_matches_fitting_each_episode_on_its_own():
         alone = [np.mean(fit_transfer(xs, ys, xt[s], yt[s], **kwargs).predict(xt[q]) == yt[q])
                  for s, q in sample_episodes(yt, 4, 2, 5, 6, seed=1)]
         assert results[name]["mean"] == pytest.approx(np.mean(alone))
-    other = xs[::3] + rng.normal(size=(len(xs[::3]), 10)), ys[::3]  # the whitening learnt on other source data
-    results = evaluate_few_shot(xs, ys, xt, yt, 4, 2, methods, n_episodes=6, n_query=5, seed=1, whitening_data=other)
-    whitening = source_whitening(*other, 0.3)
-    alone = [np.mean(fit_transfer(xs, ys, xt[s], yt[s], mode="center", whiten=0.3, whitening=whitening).predict(xt[q])
-                     == yt[q]) for s, q in sample_episodes(yt, 4, 2, 5, 6, seed=1)]
-    assert results["center 0.3"]["mean"] == pytest.approx(np.mean(alone))
 
 
 def test_support_centered_accuracy_matches_a_loop():

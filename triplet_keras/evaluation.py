@@ -83,13 +83,9 @@ def method_shrinkage(kwargs):
 
 
 def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_way, k_shot, methods=None,
-                      transductive=False, n_episodes=200, n_query=15, seed=0, class_mapping=None,
-                      whitening_data=None, baselines=None):
+                      transductive=False, n_episodes=200, n_query=15, seed=0, class_mapping=None, baselines=None):
     """{method: {"mean", "ci95", "delta_vs_none", "delta_ci95", "n_episodes"}} plus "ceiling" and one
-    entry per baseline (``baselines``: {name: vectors of the target examples}, see the module docstring).
-
-    ``whitening_data``: (embeddings, labels) the source whitening is learnt on (default: the source;
-    see TransferClassifier.fit)."""
+    entry per baseline (``baselines``: {name: vectors of the target examples}, see the module docstring)."""
     methods = dict(METHODS if methods is None else methods)
     methods.setdefault("none", {"mode": "none"})
     if transductive:
@@ -100,7 +96,7 @@ def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_wa
     shrinkages = set() if source_emb is None else {method_shrinkage(kwargs) for kwargs in methods.values()}
     spaces = {None: (source_emb, target_emb)}  # shrinkage -> (source, target), whitened once and not per fit
     for shrinkage in shrinkages - {None}:
-        whitening = source_whitening(*(whitening_data or (source_emb, source_labels)), shrinkage)
+        whitening = source_whitening(source_emb, source_labels, shrinkage)
         spaces[shrinkage] = whitening.apply(source_emb), whitening.apply(target_emb)
     baselines = baselines or {}
     accuracies = {name: [] for name in list(methods) + list(baselines) + ["ceiling"]}
