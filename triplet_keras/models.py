@@ -416,9 +416,6 @@ def load_model(path, compile=False):
     return keras.saving.load_model(path, compile=compile, safe_mode=True)
 
 
-WORKERS = 1
-
-
 @functools.cache
 def has_accelerator():
     """Whether Keras' backend sees a device other than the CPU (a GPU or TPU)."""
