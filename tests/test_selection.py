@@ -35,6 +35,8 @@ def test_new_class_tasks_hold_out_every_class_and_train_on_the_others():
     assert simulated_tasks(train[:30], held[:12], True, n_way=5, k_shot=1) == []  # 3 classes: 1-way groups
     [(source_rows, target_rows, way)] = simulated_tasks(train, held, False, n_way=10, k_shot=2)
     assert way == 7 and len(source_rows) == 70 and len(target_rows) == 28
+    [(_, target_rows, way)] = simulated_tasks(train, np.append(held, [9, 9, 9]), False, n_way=10, k_shot=2)
+    assert way == 7 and len(target_rows) == 28  # a held-out class the source lacks is no stand-in
 
 
 def test_selection_scores_every_candidate_and_takes_the_best_first():

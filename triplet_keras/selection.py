@@ -84,12 +84,17 @@ def halve_per_class(labels, seed=0):
     return held_out
 
 
+def classes_with_rows(labels, minimum):
+    """The sorted labels that occur at least ``minimum`` times in ``labels`` (K + 1: a support and a query)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    return classes[counts >= minimum]
+
+
 def simulated_tasks(train_labels, held_out_labels, new_classes, n_way, k_shot, seed=0):
     """[(train rows, held-out rows, n_way)]: the source-side stand-ins for the target; [] when none can
     be formed (see the module docstring)."""
     train_labels, held_out_labels = np.asarray(train_labels), np.asarray(held_out_labels)
-    counts = {c: int(np.sum(held_out_labels == c)) for c in np.unique(train_labels)}
-    usable = np.array([c for c, n in counts.items() if n >= k_shot + 1])
+    usable = np.intersect1d(classes_with_rows(held_out_labels, k_shot + 1), train_labels)
     if not new_classes:
         way = min(n_way, len(usable))
         if way < 2:
@@ -124,8 +129,7 @@ def held_out_class_tasks(train_labels, held_out_labels, n_way, k_shot):
     """[(every train row, every held-out row, way)]: the held-out rows (classes the features never saw)
     against the train rows; [] when fewer than two held-out classes have K + 1 rows."""
     held_out_labels = np.asarray(held_out_labels)
-    classes, counts = np.unique(held_out_labels, return_counts=True)
-    usable = classes[counts >= k_shot + 1]
+    usable = classes_with_rows(held_out_labels, k_shot + 1)
     if len(usable) < 2:
         return []
     return [(np.arange(len(train_labels)), np.flatnonzero(np.isin(held_out_labels, usable)), min(n_way, len(usable)))]
