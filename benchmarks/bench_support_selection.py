@@ -8,7 +8,7 @@ Trains into ``--model_dir`` with init.py's pipeline unless it holds a finished r
 of ``shots`` draws the run's own target episodes (same seed and count as metrics.json) and scores every
 candidate of ``auto`` (selection.candidates() on the backbone and grid features, of the trained and of
 the untrained encoder) two ways: on the episode's queries, and by leave-one-out on its support (K folds,
-each leaving one shot per class out). Prints, per K: ``auto`` as the run chose it on the source, the
+each leaving one shot per class out); in a new domain the embedding too. Prints, per K: ``auto`` as the run chose it on the source, the
 candidate the support picks per episode (among the trained encoder's candidates, then among all),
 and the best single candidate in hindsight. Results: benchmarks/RESULTS.md (2026-11-30).
 """
@@ -33,14 +33,13 @@ from triplet_keras.training import build_training_model  # noqa: E402
 from triplet_keras.transfer import fit_transfer, source_whitening  # noqa: E402
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
-KINDS = ("backbone", "grid")
 
 
-def feature_spaces(encoders, data):
+def feature_spaces(encoders, data, kinds):
     """{(encoder name, kind, shrinkage): (source vectors, target vectors)}, whitened once per shrinkage."""
     spaces = {}
     for name, encoder in encoders.items():
-        for kind in KINDS:
+        for kind in kinds:
             model = feature_encoder(encoder, kind)
             source = np.asarray(embed_images(model, data.train, progress=False), np.float64)
             target = np.concatenate([embed_images(model, s, progress=False) for s in data.target.splits])
@@ -86,13 +85,14 @@ def main():
     with open(os.path.join(args.model_dir, "metrics.json"), encoding="utf-8") as handle:
         metrics = json.load(handle)
     data = prepare_data(params)
-    if data.target is None or not data.target.new_classes:
-        parser.error("the run needs new classes as its target (source_classes)")
+    if data.target is None:
+        parser.error("the run needs a transfer target (source_classes, target_dataset or target_transform)")
     keras.utils.set_random_seed(params["seed"])  # the initial_encoder baseline's weights: built before any load
     untrained = build_training_model(params, data.train.image_shape)[1]
     encoders = {"trained": load_model(os.path.join(args.model_dir, "best.keras")).get_layer("encoder"),
                 "untrained": untrained}
-    spaces = feature_spaces(encoders, data)
+    kinds = ("backbone", "grid") + (() if data.target.new_classes else ("embedding",))  # as auto's candidates
+    spaces = feature_spaces(encoders, data, kinds)
     source_labels, target_labels = data.train.labels, data.target.labels
     n_way = len(np.unique(target_labels))
     smallest = int(np.min(np.bincount(target_labels)[np.unique(target_labels)]))
