@@ -6,11 +6,11 @@ once on source episodes, for one init.py run.
 
 Trains into ``--model_dir`` with init.py's pipeline unless it holds a finished run, then for each K >= 2
 of ``shots`` draws the run's own target episodes (same seed and count as metrics.json) and scores every
-candidate of ``auto`` (selection.candidates() on the backbone and grid features, of the trained and of
-the untrained encoder) two ways: on the episode's queries, and by leave-one-out on its support (K folds,
-each leaving one shot per class out); in a new domain the embedding too. Prints, per K: ``auto`` as the run chose it on the source, the
-candidate the support picks per episode (among the trained encoder's candidates, then among all),
-and the best single candidate in hindsight. Results: benchmarks/RESULTS.md (2026-11-30).
+candidate of ``auto`` (selection.candidates() on each kind of transfer features auto tries, of the
+trained and of the untrained encoder) two ways: on the episode's queries, and by leave-one-out on its
+support (K folds, each leaving one shot per class out). Prints, per K: ``auto`` as the run chose it on
+the source, the candidate the support picks per episode (among the trained encoder's candidates, then
+among all), and the best single candidate in hindsight. Results: benchmarks/RESULTS.md (2026-11-30).
 """
 import argparse
 import json
@@ -20,38 +20,36 @@ from triplet_keras.backend_choice import choose_backend
 
 choose_backend()
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from triplet_keras.evaluation import sample_episodes  # noqa: E402
-from triplet_keras.models import embed_images, feature_encoder, load_model  # noqa: E402
+from triplet_keras.evaluation import method_shrinkage, sample_episodes, whitened_spaces  # noqa: E402
+from triplet_keras.models import embed_images, load_model  # noqa: E402
 from triplet_keras.params import load_params  # noqa: E402
 from triplet_keras.pipeline import run  # noqa: E402
 from triplet_keras.prepared_data import prepare_data  # noqa: E402
 from triplet_keras.selection import SHRINKAGES, candidates  # noqa: E402
-from triplet_keras.training import build_training_model  # noqa: E402
-from triplet_keras.transfer import fit_transfer, source_whitening  # noqa: E402
+from triplet_keras.source_evaluation import embed_splits  # noqa: E402
+from triplet_keras.transfer import fit_transfer  # noqa: E402
+from triplet_keras.transfer_evaluation import initial_encoder, transfer_feature_models  # noqa: E402
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
 
 
-def feature_spaces(encoders, data, kinds):
-    """{(encoder name, kind, shrinkage): (source vectors, target vectors)}, whitened once per shrinkage."""
+def feature_spaces(params, encoders, data):
+    """{(encoder name, kind, shrinkage): (source vectors, target vectors)} for every kind of transfer
+    features ``auto`` would try (transfer_feature_models), whitened once per shrinkage."""
     spaces = {}
     for name, encoder in encoders.items():
-        for kind in kinds:
-            model = feature_encoder(encoder, kind)
+        for kind, model in transfer_feature_models(params, encoder, data.target.new_classes).items():
             source = np.asarray(embed_images(model, data.train, progress=False), np.float64)
-            target = np.concatenate([embed_images(model, s, progress=False) for s in data.target.splits])
-            target = np.asarray(target, np.float64)
-            spaces[name, kind, None] = source, target
-            for shrinkage in SHRINKAGES[1:]:
-                whitening = source_whitening(source, data.train.labels, shrinkage)
-                spaces[name, kind, shrinkage] = whitening.apply(source), whitening.apply(target)
+            target = np.asarray(embed_splits(model, data.target.splits)[0], np.float64)
+            for shrinkage, space in whitened_spaces(source, data.train.labels, target, SHRINKAGES).items():
+                spaces[name, kind, shrinkage] = space
     return spaces
 
 
 def accuracy(space, source_labels, target_labels, kwargs, support, query):
+    """Share of ``query`` right; fitting in the whitened space is fitting with whiten (evaluate_few_shot)."""
     source, target = space
     model = fit_transfer(source, source_labels, target[support], target_labels[support], **{**kwargs, "whiten": None})
     return float(np.mean(model.predict(target[query]) == target_labels[query]))
@@ -66,7 +64,7 @@ def score_candidates(spaces, source_labels, target_labels, episodes, k):
         shots = support.reshape(-1, k)  # sample_episodes lists the support class after class
         for j, (encoder, kind, method) in enumerate(names):
             kwargs = methods[method]
-            space = spaces[encoder, kind, None if kwargs["mode"] == "none" else kwargs["whiten"]]
+            space = spaces[encoder, kind, method_shrinkage(kwargs)]
             on_queries[e, j] = accuracy(space, source_labels, target_labels, kwargs, support, query)
             on_support[e, j] = np.mean([accuracy(space, source_labels, target_labels, kwargs,
                                                  np.delete(shots, i, axis=1).ravel(), shots[:, i]) for i in range(k)])
@@ -87,12 +85,10 @@ def main():
     data = prepare_data(params)
     if data.target is None:
         parser.error("the run needs a transfer target (source_classes, target_dataset or target_transform)")
-    keras.utils.set_random_seed(params["seed"])  # the initial_encoder baseline's weights: built before any load
-    untrained = build_training_model(params, data.train.image_shape)[1]
+    untrained = initial_encoder(params, data.train.image_shape)  # before any load draws from the seed
     encoders = {"trained": load_model(os.path.join(args.model_dir, "best.keras")).get_layer("encoder"),
                 "untrained": untrained}
-    kinds = ("backbone", "grid") + (() if data.target.new_classes else ("embedding",))  # as auto's candidates
-    spaces = feature_spaces(encoders, data, kinds)
+    spaces = feature_spaces(params, encoders, data)
     source_labels, target_labels = data.train.labels, data.target.labels
     n_way = len(np.unique(target_labels))
     smallest = int(np.min(np.bincount(target_labels)[np.unique(target_labels)]))

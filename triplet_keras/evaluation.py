@@ -82,6 +82,16 @@ def method_shrinkage(kwargs):
     return None if kwargs.get("mode") == "none" or whiten == "auto" else whiten
 
 
+def whitened_spaces(source_emb, source_labels, target_emb, shrinkages):
+    """{shrinkage: (source, target)}: the vectors as given under None, and for every other shrinkage both
+    whitened by the source's within-class covariance (transfer.source_whitening), computed once."""
+    spaces = {None: (source_emb, target_emb)}
+    for shrinkage in set(shrinkages) - {None}:
+        whitening = source_whitening(source_emb, source_labels, shrinkage)
+        spaces[shrinkage] = whitening.apply(source_emb), whitening.apply(target_emb)
+    return spaces
+
+
 def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_way, k_shot, methods=None,
                       transductive=False, n_episodes=200, n_query=15, seed=0, class_mapping=None, baselines=None):
     """{method: {"mean", "ci95", "delta_vs_none", "delta_ci95", "n_episodes"}} plus "ceiling" and one
@@ -94,10 +104,7 @@ def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_wa
     target_emb, target_labels = np.asarray(target_emb), np.asarray(target_labels)
     source_emb = None if source_emb is None else np.asarray(source_emb, np.float64)  # converted once, not per fit
     shrinkages = set() if source_emb is None else {method_shrinkage(kwargs) for kwargs in methods.values()}
-    spaces = {None: (source_emb, target_emb)}  # shrinkage -> (source, target), whitened once and not per fit
-    for shrinkage in shrinkages - {None}:
-        whitening = source_whitening(source_emb, source_labels, shrinkage)
-        spaces[shrinkage] = whitening.apply(source_emb), whitening.apply(target_emb)
+    spaces = whitened_spaces(source_emb, source_labels, target_emb, shrinkages)  # once, not per fit
     baselines = baselines or {}
     accuracies = {name: [] for name in list(methods) + list(baselines) + ["ceiling"]}
     episodes = sample_episodes(target_labels, n_way, k_shot, n_query, n_episodes, seed)

@@ -107,14 +107,19 @@ def choose_on_held_out_classes(params, data, model_dir, restart, n_way):
     return choices
 
 
+def initial_encoder(params, image_shape):
+    """The encoder before fine-tuning: built as the training stage builds it, with the same seed, so
+    with the weights training started from (as long as nothing else draws from Keras' seed first)."""
+    keras.utils.set_random_seed(params["seed"])
+    return build_training_model(params, image_shape)[1]
+
+
 def baseline_vectors(params, data, choice_features):
     """(target images flattened as uint8: the pixels baseline, {kind: target features of the encoder
-    before fine-tuning}: the initial_encoder baseline), the weights training started from (same seed)."""
+    before fine-tuning}: the initial_encoder baseline)."""
     target_splits = data.target.splits
     pixels = np.concatenate([s.load(np.arange(len(s))).reshape(len(s), -1) for s in target_splits])
-    keras.utils.set_random_seed(params["seed"])
-    initial = build_training_model(params, data.train.image_shape)[1]
-    initial_models = transfer_feature_models(params, initial)
+    initial_models = transfer_feature_models(params, initial_encoder(params, data.train.image_shape))
     features = {kind: embed_splits(initial_models[kind], target_splits)[0] for kind in set(choice_features)}
     return pixels, features
 
