@@ -85,9 +85,8 @@ def main():
     data = prepare_data(params)
     if data.target is None:
         parser.error("the run needs a transfer target (source_classes, target_dataset or target_transform)")
-    untrained = initial_encoder(params, data.train.image_shape)  # before any load draws from the seed
     encoders = {"trained": load_model(os.path.join(args.model_dir, "best.keras")).get_layer("encoder"),
-                "untrained": untrained}
+                "untrained": initial_encoder(params, data.train.image_shape)}
     spaces = feature_spaces(params, encoders, data)
     source_labels, target_labels = data.train.labels, data.target.labels
     n_way = len(np.unique(target_labels))

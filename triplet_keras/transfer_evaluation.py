@@ -108,8 +108,8 @@ def choose_on_held_out_classes(params, data, model_dir, restart, n_way):
 
 
 def initial_encoder(params, image_shape):
-    """The encoder before fine-tuning: built as the training stage builds it, with the same seed, so
-    with the weights training started from (as long as nothing else draws from Keras' seed first)."""
+    """The encoder before fine-tuning: built as the training stage builds it, right after seeding Keras
+    with the run's seed as training does, so with the weights training started from."""
     keras.utils.set_random_seed(params["seed"])
     return build_training_model(params, image_shape)[1]
 
