@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from triplet_keras.evaluation import evaluate_few_shot, mean_ci, sample_episodes, support_centered_accuracy
-from triplet_keras.transfer import fit_transfer
+from triplet_keras.transfer import NearestMeanClassifier, fit_transfer
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 
@@ -96,3 +96,18 @@ def test_baselines_run_on_the_same_episodes():
     expected = np.mean([support_centered_accuracy(pixels, yt, s, q) for s, q in episodes])
     assert results["pixels"]["mean"] == pytest.approx(expected) and results["pixels"]["n_episodes"] == 7
     assert set(results) == {"none", "pixels", "initial_encoder", "ceiling"}
+
+
+def test_a_scorer_sees_the_methods_episodes():
+    rng = np.random.default_rng(7)
+    ys, yt = np.repeat(np.arange(4), 20), np.repeat(np.arange(4), 12)
+    xs, xt = rng.normal(size=(80, 6)) + ys[:, None], rng.normal(size=(48, 6)) + yt[:, None]
+
+    def support_means(episodes):  # mode none recomputed: the nearest support class mean (cosine)
+        return [NearestMeanClassifier().fit(xt[s], yt[s]).score(xt[q], yt[q]) for s, q in episodes]
+
+    results = evaluate_few_shot(xs, ys, xt, yt, 3, 2, {"none": {"mode": "none"}}, n_episodes=6, n_query=4, seed=3,
+                                scorers={"again": support_means})
+    assert list(results) == ["none", "again", "ceiling"]
+    assert results["again"]["mean"] == pytest.approx(results["none"]["mean"])
+    assert results["again"]["delta_vs_none"] == pytest.approx(0.0) and results["again"]["n_episodes"] == 6

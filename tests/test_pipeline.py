@@ -86,10 +86,13 @@ def test_metrics_are_useful_and_complete(experiment):
         assert set(rows) == {"none", "translate", "center", "auto", "pixels", "initial_encoder", "ceiling"}
         assert all(rows[name]["n_episodes"] == 5 for name in rows)  # every row on the same episodes
         choice = metrics["transfer_choice"][shots]
-        assert rows["auto"]["mean"] == rows[choice["mode"]]["mean"]  # auto is the chosen mode, same shrinkage
         assert choice["features"] == "grid" and len(choice["scores"]) == 8  # transfer_features fixed: 8 candidates
         chosen = f"grid: {choice['mode']}" + ("" if choice["whiten"] is None else f" whiten {choice['whiten']:g}")
         assert choice["scores"][chosen] == max(choice["scores"].values())  # the best (ties: the simplest)
+        # what each episode's support chose among the same candidates; one shot leaves nothing out: the source choice
+        assert sum(choice["support_picks"].values()) == 5 and set(choice["support_picks"]) <= set(choice["scores"])
+        if shots == "1-shot":
+            assert choice["support_picks"] == {chosen: 5} and rows["auto"]["mean"] == rows[choice["mode"]]["mean"]
     assert len(metrics["fine_tuning_verdict"]) == 2
     assert all(line in result.stdout for line in metrics["fine_tuning_verdict"])
     assert metrics["epochs_trained"] == 2
@@ -118,7 +121,10 @@ def test_saved_predictors_classify_new_images(experiment):
     assert predictor.encoder.output_shape[-1] == 512
     assert predictor.encoder.get_layer("shifted_copies").shift == 1
     selection = json.loads((model_dir / "predictor_transfer" / "selection.json").read_text())
-    assert predictor.classifier.mode_ == selection["mode"]  # the 5-shot choice, saved with the predictor
+    assert predictor.classifier.mode_ == selection["mode"]  # the choice its 5-shot support made, saved with it
+    assert selection["support_folds"] == 5 and len(selection["support_scores"]) == 8
+    chosen = f"grid: {selection['mode']}" + ("" if selection["whiten"] is None else f" whiten {selection['whiten']:g}")
+    assert selection["support_scores"][chosen] == max(selection["support_scores"].values())
     assert predictor.classifier.whitening_.shape == ((0, 0) if selection["whiten"] is None or selection["mode"] == "none"
                                                      else (512, 512))
     predicted = predictor.predict(images, reject_unknown=False)

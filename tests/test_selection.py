@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from triplet_keras.selection import (candidates, choose_transfer, halve_per_class, held_out_class_tasks, held_out_fold,
-                                     select_transfer, simulated_tasks)
+from triplet_keras.selection import (TransferChoice, candidates, choose_transfer, halve_per_class, held_out_class_tasks,
+                                     held_out_fold, leave_one_out_folds, select_transfer, simulated_tasks, support_choice,
+                                     support_scores)
 from triplet_keras.transfer import fit_transfer
 
 
@@ -109,3 +110,32 @@ def test_given_tasks_replace_the_simulated_ones():
                              tasks=tasks)
     assert choice.n_episodes == 10 and not choice.fallback and len(choice.scores) == len(candidates())
     assert choose_transfer({"x": (train, unseen)}, train_labels, unseen_labels, True, 5, 1, tasks=[]).fallback
+
+
+def test_leave_one_out_folds_leave_one_shot_of_every_class_out():
+    folds = leave_one_out_folds(["b", "a", "b", "a", "b"])  # a: rows 1, 3; b: rows 0, 2, 4
+    assert [(kept.tolist(), out.tolist()) for kept, out in folds] == [([2, 3, 4], [1, 0]), ([0, 1, 4], [3, 2])]
+    assert leave_one_out_folds([0, 0, 1]) == []  # class 1 has one shot: nothing to fit it on when left out
+
+
+def test_support_scores_count_the_shots_right_when_left_out():
+    # 3 new classes on the axes, 3 shots each; the second shot of class 0 lies on class 1's axis. Left out,
+    # it is wrong; kept, it pulls class 0's mean halfway but every other shot is still right: 8 of 9.
+    shots = np.eye(4)[[0, 1, 0, 1, 1, 1, 2, 2, 2]]
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    source, source_labels = np.eye(4)[[3, 3]] + [[0, 0, 0, 0], [0, 0, 0, 1]], np.array([7, 8])
+    target = np.vstack([np.zeros((2, 4)), shots])  # the support is rows 2..10 of the target
+    scores = support_scores("x", {None: (source, target)}, source_labels, np.r_[[5, 5], labels], np.arange(2, 11),
+                            {"none": {"mode": "none"}})
+    assert scores == {"x: none": pytest.approx(8 / 9)}
+    assert support_scores("x", {None: (source, target)}, source_labels, np.r_[[5, 5], labels], np.arange(2, 9),
+                          {"none": {"mode": "none"}}) == {}  # class 2 has one shot there
+
+
+def test_support_choice_takes_the_best_score_and_breaks_ties_by_the_source_episodes():
+    choice = TransferChoice("a", "none", None, {"b: center": 0.7, "b: none": 0.6, "a: none": 0.9}, 100)
+    methods = candidates()
+    chosen = support_choice(choice, {"a: none": 0.8, "b: none": 0.9, "b: center": 0.9}, methods, 4)
+    assert (chosen.features, chosen.mode, chosen.whiten, chosen.support_folds) == ("b", "center", None, 4)
+    assert chosen.scores == choice.scores and chosen.key == "b: center" and chosen.as_dict()["support_scores"]
+    assert support_choice(choice, {}, methods, 0) is choice  # one shot of a class: the source episodes decide

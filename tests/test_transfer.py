@@ -12,6 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
 from triplet_keras.evaluation import resolve_auto
+from triplet_keras.selection import candidate_name, candidates
 from triplet_keras.transfer import (NearestMeanClassifier, TransferClassifier, classifier_from_state,
                                     fit_transfer, source_whitening)
 
@@ -43,7 +44,7 @@ def episodes_accuracy(source, target, k_shot, n_episodes=30, **transfer):
     for episode in range(n_episodes):
         support = np.concatenate([rng.choice(np.flatnonzero(yt == c), k_shot, replace=False) for c in np.unique(yt)])
         query = np.setdiff1d(np.arange(len(yt)), support)
-        if episode == 0:  # "auto" depends only on the source and the shots: choose once (resolve_auto)
+        if episode == 0:  # auto's source episodes depend only on the source and the shots: once (resolve_auto)
             transfer = resolve_auto(transfer, xs, ys, xt[support], yt[support])
         model = fit_transfer(xs, ys, xt[support], yt[support], **transfer)
         scores.append(model.score(xt[query], yt[query]))
@@ -227,6 +228,27 @@ def test_whitening_helps_new_classes_under_shared_anisotropic_noise():
     chosen = fit_transfer(*source, xt[::40], target[1][::40], mode="auto")
     assert chosen.whiten_ is not None and chosen.mode_ != "none"  # the source episodes show whitening helps
     assert chosen.selection_[f"features: {chosen.mode_} whiten {chosen.whiten_:g}"] == max(chosen.selection_.values())
+
+
+def test_auto_lets_a_support_of_several_shots_overrule_the_source_episodes(domains):
+    """Source scores that favour ``none`` (given as source_scores, as evaluate_few_shot passes them) in a
+    target moved by a global offset: with three shots a class, leaving one out shows that a mode using
+    the source does better, and auto takes it; with one shot the source scores decide alone."""
+    (xs, ys), (xt, yt) = domains
+    scores = {f"features: {name}": 0.5 for name in candidates()} | {"features: none": 0.9}
+    support = np.concatenate([np.flatnonzero(yt == c)[:3] for c in range(N_CLASSES)])
+    query = np.setdiff1d(np.arange(len(yt)), support)
+    model = fit_transfer(xs, ys, xt[support], yt[support], mode="auto", source_scores=scores)
+    assert model.selection_ == scores and len(model.support_selection_) == len(scores)
+    chosen = f"features: {candidate_name(model.mode_, model.whiten_)}"
+    assert model.mode_ != "none" and model.support_selection_[chosen] == max(model.support_selection_.values())
+    assert model.support_selection_[chosen] > model.support_selection_["features: none"]
+    none = fit_transfer(xs, ys, xt[support], yt[support], mode="none")
+    assert model.score(xt[query], yt[query]) > none.score(xt[query], yt[query]) + 0.05  # 0.96 against 0.90
+    one_shot = fit_transfer(xs, ys, xt[support[::3]], yt[support[::3]], mode="auto", source_scores=scores)
+    assert (one_shot.mode_, one_shot.support_selection_) == ("none", {})
+    own = fit_transfer(xs, ys, xt[support], yt[support], mode="auto")  # its own source episodes
+    assert set(own.selection_) == set(scores) and own.selection_ != scores and own.support_selection_
 
 
 def test_translate_nearest_mean_equals_none_and_knn_uses_translated_points(domains):

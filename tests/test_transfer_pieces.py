@@ -160,14 +160,15 @@ def test_estimators_pass_scikit_learn_checks():
 
 
 def test_state_of_version_2_loads_with_its_whiten_param():
-    """Version 2 states had no whiten_ / selection_: whiten_ is the whiten param, selection_ empty;
-    a float64 whitening_ from before the float32 storage predicts as saved."""
+    """Version 2 states had no whiten_ / selection_ / support_selection_: whiten_ is the whiten param, the
+    selections empty; a float64 whitening_ from before the float32 storage predicts as saved."""
     rng = np.random.default_rng(8)
     xs, ys = anisotropic(rng, 4, 20)
     model = fit_transfer(xs, ys, xs[::10], ys[::10], mode="center", whiten=0.3)
     config, arrays = model.get_state()
-    old = {key: value for key, value in config.items() if key not in ("whiten_", "selection_")}
+    old = {key: value for key, value in config.items() if key not in ("whiten_", "selection_", "support_selection_")}
+    old["params"] = {key: value for key, value in old["params"].items() if key != "source_scores"}
     arrays = {**arrays, "whitening_": arrays["whitening_"].astype(np.float64)}
     restored = classifier_from_state({**old, "version": 2}, arrays)
-    assert (restored.whiten_, restored.selection_, restored.mode_) == (0.3, {}, "center")
+    assert (restored.whiten_, restored.selection_, restored.support_selection_, restored.mode_) == (0.3, {}, {}, "center")
     np.testing.assert_allclose(restored.predict_proba(xs), model.predict_proba(xs), atol=1e-6)

@@ -65,13 +65,18 @@ def support_centered_accuracy(vectors, labels, support, query):
 
 
 def resolve_auto(kwargs, source_emb, source_labels, support_emb, support_labels, class_mapping=None):
-    """``kwargs`` with an "auto" mode or whiten replaced by what TransferClassifier chooses on the source
-    for this support's classes and shot count: the choice depends on nothing else, so every episode of
-    an evaluation shares it instead of repeating the source episodes."""
+    """``kwargs`` with what TransferClassifier's "auto" takes from the source, computed once for every
+    episode of an evaluation: the source-episode choice depends only on the source, the classes and the
+    shot count. With one shot of a class that is the whole choice (the mode and whiten it gives); with
+    more, each episode's support still decides by leave-one-out, from these scores (``source_scores``)."""
     if "auto" not in (kwargs.get("mode", "auto"), kwargs.get("whiten", WHITEN_DEFAULT)):
         return kwargs
     call = {"class_mapping": class_mapping, **kwargs, "transductive": False, "knn": None}
     chosen = fit_transfer(source_emb, source_labels, support_emb, support_labels, **call)
+    if not chosen.selection_:  # the fallback rule: each fit takes it at once
+        return kwargs
+    if chosen.support_selection_:
+        return {**kwargs, "source_scores": chosen.selection_}
     return {**kwargs, "mode": chosen.mode_, "whiten": chosen.whiten_}
 
 
@@ -93,9 +98,12 @@ def whitened_spaces(source_emb, source_labels, target_emb, shrinkages):
 
 
 def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_way, k_shot, methods=None,
-                      transductive=False, n_episodes=200, n_query=15, seed=0, class_mapping=None, baselines=None):
+                      transductive=False, n_episodes=200, n_query=15, seed=0, class_mapping=None, baselines=None,
+                      scorers=None):
     """{method: {"mean", "ci95", "delta_vs_none", "delta_ci95", "n_episodes"}} plus "ceiling" and one
-    entry per baseline (``baselines``: {name: vectors of the target examples}, see the module docstring)."""
+    entry per baseline (``baselines``: {name: vectors of the target examples}, see the module docstring)
+    and per scorer (``scorers``: {name: function(episodes) -> one accuracy per episode}, for rules of
+    their own such as a choice made on each episode's support; episodes as sample_episodes gives them)."""
     methods = dict(METHODS if methods is None else methods)
     methods.setdefault("none", {"mode": "none"})
     if transductive:
@@ -105,9 +113,11 @@ def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_wa
     source_emb = None if source_emb is None else np.asarray(source_emb, np.float64)  # converted once, not per fit
     shrinkages = set() if source_emb is None else {method_shrinkage(kwargs) for kwargs in methods.values()}
     spaces = whitened_spaces(source_emb, source_labels, target_emb, shrinkages)  # once, not per fit
-    baselines = baselines or {}
-    accuracies = {name: [] for name in list(methods) + list(baselines) + ["ceiling"]}
+    accuracies = {name: [] for name in list(methods) + ["ceiling"]}
     episodes = sample_episodes(target_labels, n_way, k_shot, n_query, n_episodes, seed)
+    scored = {name: [support_centered_accuracy(vectors, target_labels, *episode) for episode in episodes]
+              for name, vectors in (baselines or {}).items()}
+    scored.update({name: list(scorer(episodes)) for name, scorer in (scorers or {}).items()})
     if source_emb is not None:
         methods = {name: resolve_auto(kwargs, source_emb, source_labels, target_emb[episodes[0][0]],
                                       target_labels[episodes[0][0]], class_mapping)
@@ -122,15 +132,13 @@ def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_wa
             model = fit_transfer(source, source_labels, target[support], target_labels[support],
                                  class_mapping=class_mapping, unlabeled=pool, **{**kwargs, "whiten": whiten})
             accuracies[name].append(np.mean(model.predict(target[query]) == y))
-        for name, vectors in baselines.items():
-            accuracies[name].append(support_centered_accuracy(vectors, target_labels, support, query))
         x = target_emb[query]
         episode_classes = np.isin(target_labels, np.unique(y))
         ceiling = NearestMeanClassifier().fit(target_emb[episode_classes], target_labels[episode_classes])
         accuracies["ceiling"].append(np.mean(ceiling.predict(x) == y))
-    baseline = np.array(accuracies["none"])
+    baseline, ceiling = np.array(accuracies["none"]), accuracies.pop("ceiling")
     results = {}
-    for name, values in accuracies.items():
+    for name, values in {**accuracies, **scored, "ceiling": ceiling}.items():
         mean, ci = mean_ci(values)
         delta, delta_ci = mean_ci(np.array(values) - baseline)
         results[name] = {"mean": mean, "ci95": ci, "delta_vs_none": delta, "delta_ci95": delta_ci,

@@ -21,12 +21,19 @@ source cannot form such episodes (fewer than K + 1 held-out rows in a class, or 
 classes for new classes) the documented fallback is taken: ``none`` on the first feature kind for new
 classes (the support alone: no claim the source helps) and ``center`` unwhitened for a new domain
 (the original method's per-domain centring).
+
+The support itself then has the last word when it holds K >= 2 shots of every class (support_scores,
+support_choice): each candidate is fitted K times, each time without one shot of every class, and
+scored on the shots left out; the highest share right wins, ties going to the higher source-episode
+score. The source episodes see the source's classes, not the user's: how far apart the new classes
+lie, or how the new domain moved, only the target's own labelled shots can tell.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .evaluation import evaluate_few_shot
+from .evaluation import evaluate_few_shot, method_shrinkage, whitened_spaces
+from .transfer import fit_transfer
 
 # ``calibrate`` stays a mode to ask for, but it was below ``center`` in every benchmark row (digits and
 # Fashion-MNIST, both regimes), so ``auto`` does not spend episodes on it.
@@ -39,7 +46,8 @@ MAX_QUERIES = 15
 class TransferChoice:
     """The chosen ``features``, ``mode`` and ``whiten``; ``scores`` maps each candidate's name to its mean
     accuracy on the source episodes (empty for the fallback), over ``n_episodes`` episodes of
-    ``episodes`` kind ("source" or "held_out_classes")."""
+    ``episodes`` kind ("source" or "held_out_classes"); ``support_scores`` to its leave-one-out accuracy
+    on the support over ``support_folds`` folds when the support decided (support_choice)."""
     features: str
     mode: str
     whiten: float | None
@@ -47,6 +55,13 @@ class TransferChoice:
     n_episodes: int = 0
     fallback: bool = False
     episodes: str = "source"
+    support_scores: dict = field(default_factory=dict)
+    support_folds: int = 0
+
+    @property
+    def key(self):
+        """The candidate's name across kinds of features (candidate_key)."""
+        return candidate_key(self.features, candidate_name(self.mode, self.whiten))
 
     @property
     def kwargs(self):
@@ -55,11 +70,17 @@ class TransferChoice:
 
     def as_dict(self):
         return {"features": self.features, "mode": self.mode, "whiten": self.whiten, "n_episodes": self.n_episodes,
-                "fallback": self.fallback, "episodes": self.episodes, "scores": self.scores}
+                "fallback": self.fallback, "episodes": self.episodes, "scores": self.scores,
+                "support_folds": self.support_folds, "support_scores": self.support_scores}
 
 
 def candidate_name(mode, whiten):
     return mode if whiten is None else f"{mode} whiten {whiten:g}"
+
+
+def candidate_key(features, method):
+    """The name of a candidate across kinds of transfer features: "<features>: <method>"."""
+    return f"{features}: {method}"
 
 
 def candidates(modes=MODES, shrinkages=SHRINKAGES):
@@ -162,24 +183,101 @@ def select_transfer(features, train_labels, held_out_labels, new_classes, n_way,
                                         way, k_shot, methods, n_episodes=per_task,
                                         n_query=min(MAX_QUERIES, smallest - k_shot), seed=seed)
             for method in methods:
-                key = f"{name}: {method}"
+                key = candidate_key(name, method)
                 totals[key] = totals.get(key, 0.0) + results[method]["mean"] / len(tasks)
-    best = max(totals, key=totals.get)  # the first of equal scores: candidates run simplest first
-    name, method = best.split(": ", 1)
-    return TransferChoice(name, methods[method]["mode"], methods[method]["whiten"],
-                          {key: round(value, 4) for key, value in totals.items()}, per_task * len(tasks))
+    return scored_choice({key: round(value, 4) for key, value in totals.items()}, methods, per_task * len(tasks))
+
+
+def scored_choice(scores, methods, n_episodes=0):
+    """The TransferChoice of source-episode ``scores`` ({candidate key: mean accuracy}): the highest, the
+    first of equal scores (candidates run simplest first)."""
+    name, method = max(scores, key=scores.get).split(": ", 1)
+    return TransferChoice(name, methods[method]["mode"], methods[method]["whiten"], dict(scores), n_episodes)
+
+
+def open_candidates(mode="auto", whiten="auto"):
+    """candidates() over what ``mode`` and ``whiten`` leave open ("auto": every MODES or SHRINKAGES value;
+    anything else: that value alone)."""
+    return candidates(MODES if mode == "auto" else (mode,), SHRINKAGES if whiten == "auto" else (whiten,))
 
 
 def choose_transfer(features, train_labels, held_out_labels, new_classes, n_way, k_shot, mode="auto", whiten="auto",
                     n_episodes=100, seed=0, tasks=None):
-    """select_transfer (on ``tasks`` when given) over what ``mode`` and ``whiten`` leave open ("auto":
-    every MODES or SHRINKAGES value; anything else: that value alone). A fixed value also holds in the
-    fallback."""
-    modes = MODES if mode == "auto" else (mode,)
-    shrinkages = SHRINKAGES if whiten == "auto" else (whiten,)
+    """select_transfer (on ``tasks`` when given) over open_candidates(mode, whiten). A fixed value also
+    holds in the fallback."""
     choice = select_transfer(features, train_labels, held_out_labels, new_classes, n_way, k_shot,
-                             candidates(modes, shrinkages), n_episodes, seed, tasks)
+                             open_candidates(mode, whiten), n_episodes, seed, tasks)
     if choice.fallback:
         choice.mode = choice.mode if mode == "auto" else mode
         choice.whiten = choice.whiten if whiten == "auto" else whiten
     return choice
+
+
+def leave_one_out_folds(labels):
+    """[(kept rows, left-out rows)] of a support's ``labels``: fold i leaves out the i-th row of every
+    class (in order of appearance), for i below the smallest class count K; [] when K < 2 (a class
+    would be left without a shot)."""
+    labels = np.asarray(labels)
+    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    if min(len(rows) for rows in members) < 2:
+        return []
+    folds = []
+    for i in range(min(len(rows) for rows in members)):
+        out = np.array([rows[i] for rows in members])
+        folds.append((np.setdiff1d(np.arange(len(labels)), out), out))
+    return folds
+
+
+def support_scores(kind, spaces, source_labels, target_labels, support, methods, class_mapping=None):
+    """{candidate key: share of the support's shots right when left out}, for one ``kind`` of transfer
+    features and every method of ``methods``: each fold of leave_one_out_folds fits on the shots kept
+    and predicts the shots left out. {} when the support has fewer than 2 shots of a class.
+
+    ``spaces``: {shrinkage: (source vectors, target vectors)} of that kind (evaluation.whitened_spaces,
+    covering the shrinkages of ``methods``); ``support``: the target rows of the support.
+    """
+    support = np.asarray(support)
+    labels = np.asarray(target_labels)[support]
+    folds = leave_one_out_folds(labels)
+    scores = {}
+    for method, kwargs in (methods.items() if folds else ()):
+        source, target = spaces[method_shrinkage(kwargs)]
+        shots, right = target[support], 0
+        for kept, out in folds:  # fitting in the whitened space is fitting with whiten
+            model = fit_transfer(source, source_labels, shots[kept], labels[kept], class_mapping=class_mapping,
+                                 **{**kwargs, "whiten": None})
+            right += int(np.sum(model.predict(shots[out]) == labels[out]))
+        scores[candidate_key(kind, method)] = right / sum(len(out) for _, out in folds)
+    return scores
+
+
+def support_choice(choice, scores, methods, folds):
+    """``choice`` re-decided by the support: the candidate of ``scores`` (support_scores of every kind,
+    over ``folds`` folds) with the highest share right, ties going to the higher source-episode score
+    in ``choice.scores``, then to the earlier candidate. ``choice`` itself when ``scores`` is empty."""
+    if not scores:
+        return choice
+    best = max(scores, key=lambda key: (scores[key], choice.scores.get(key, -1.0)))
+    kind, method = best.split(": ", 1)
+    return replace(choice, features=kind, mode=methods[method]["mode"], whiten=methods[method]["whiten"],
+                   support_scores={key: round(value, 4) for key, value in scores.items()}, support_folds=folds)
+
+
+def choose_on_own_support(choice, source_emb, source_labels, support_emb, support_labels, methods, class_mapping=None,
+                          whitening=None):
+    """support_choice for one kind of features ("features"): ``choice`` re-decided by leave-one-out on
+    the support itself, whitened per shrinkage of ``methods`` (evaluation.whitened_spaces), or by the
+    given ``whitening`` (a transfer.Whitening) for the one numeric shrinkage."""
+    support_labels = np.asarray(support_labels)
+    folds = leave_one_out_folds(support_labels)
+    if not folds:
+        return choice
+    shrinkages = {method_shrinkage(kwargs) for kwargs in methods.values()}
+    if whitening is None:
+        spaces = whitened_spaces(source_emb, source_labels, support_emb, shrinkages)
+    else:
+        spaces = {shrinkage: (source_emb, support_emb) if shrinkage is None else
+                  (whitening.apply(source_emb), whitening.apply(support_emb)) for shrinkage in shrinkages}
+    scores = support_scores("features", spaces, source_labels, support_labels, np.arange(len(support_labels)), methods,
+                            class_mapping)
+    return support_choice(choice, scores, methods, len(folds))

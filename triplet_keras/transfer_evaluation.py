@@ -1,13 +1,16 @@
 """The transfer stage of pipeline.run: the transfer features and mode chosen by episodes on the source,
-few-shot episodes on the target with the baselines, and the saved, calibrated transfer predictor."""
+then on each support by leave-one-out, few-shot episodes on the target with the baselines, and the
+saved, calibrated transfer predictor."""
 import os
+from collections import Counter
 from dataclasses import dataclass, replace
+from functools import partial
 
 import keras
 import numpy as np
 
 from triplet_keras import plots, selection
-from triplet_keras.evaluation import evaluate_few_shot
+from triplet_keras.evaluation import evaluate_few_shot, method_shrinkage, whitened_spaces
 from triplet_keras.export import write_json
 from triplet_keras.models import TRANSFER_FEATURES, embed_images, feature_encoder
 from triplet_keras.predict import Predictor
@@ -124,10 +127,51 @@ def baseline_vectors(params, data, choice_features):
     return pixels, features
 
 
+def choose_on_supports(params, vectors, train_labels, target_labels, choice, supports):
+    """[selection.TransferChoice] for each support (target rows): ``choice`` re-decided by leave-one-out
+    on that support over every kind of ``vectors`` and the candidates transfer_mode / transfer_whiten
+    leave open (selection.support_scores, selection.support_choice); ``choice`` itself for a support
+    with one shot of a class. One kind's whitened vectors are in memory at a time."""
+    methods = selection.open_candidates(params["transfer_mode"], params["transfer_whiten"])
+    folds = [len(selection.leave_one_out_folds(target_labels[support])) for support in supports]
+    scores = [{} for _ in supports]
+    shrinkages = {method_shrinkage(kwargs) for kwargs in methods.values()}
+    for kind, v in (vectors.items() if any(folds) else ()):
+        spaces = whitened_spaces(v.train, train_labels, v.target, shrinkages)
+        for support, found in zip(supports, scores):
+            found.update(selection.support_scores(kind, spaces, train_labels, target_labels, support, methods))
+    return [selection.support_choice(choice, found, methods, n) for found, n in zip(scores, folds)]
+
+
+def choice_accuracies(vectors, train_labels, target_labels, choices, episodes):
+    """Share of each episode's queries right with that episode's choice (fitted on its support)."""
+    accuracies = np.zeros(len(episodes))
+    for kind in {choice.features for choice in choices}:
+        v = vectors[kind]
+        spaces = whitened_spaces(v.train, train_labels, v.target,
+                                 {method_shrinkage(choice.kwargs) for choice in choices if choice.features == kind})
+        for e, ((support, query), choice) in enumerate(zip(episodes, choices)):
+            if choice.features == kind:  # fitting in the whitened space is fitting with whiten
+                source, target = spaces[method_shrinkage(choice.kwargs)]
+                model = fit_transfer(source, train_labels, target[support], target_labels[support],
+                                     **{**choice.kwargs, "whiten": None})
+                accuracies[e] = np.mean(model.predict(target[query]) == target_labels[query])
+    return accuracies
+
+
+def auto_accuracies(params, vectors, train_labels, target_labels, choice, picks, episodes):
+    """``auto``'s share right on each episode: ``choice`` re-decided on the episode's support
+    (choose_on_supports), fitted on it and scored on its queries; counts each pick in ``picks``."""
+    chosen = choose_on_supports(params, vectors, train_labels, target_labels, choice, [support for support, _ in episodes])
+    picks.update(c.key for c in chosen)
+    return choice_accuracies(vectors, train_labels, target_labels, chosen, episodes)
+
+
 def evaluate_transfer(params, vectors, train_labels, target_labels, choices, baselines):
     """Few-shot episodes for each K: every mode on the chosen features and shrinkage, ``auto`` (the
-    choice), the baselines and the ceiling, all on the same episodes."""
-    results = {}
+    choice re-decided on each episode's support, choose_on_supports), the baselines and the ceiling,
+    all on the same episodes. Returns (results, {K: {candidate key: episodes whose support chose it}})."""
+    results, picks = {}, {}
     n_way = len(np.unique(target_labels))
     smallest = int(np.min(np.bincount(target_labels)[np.unique(target_labels)]))
     pixels, initial = baselines
@@ -137,13 +181,12 @@ def evaluate_transfer(params, vectors, train_labels, target_labels, choices, bas
             print(f"skipping {k}-shot: a target class has only {smallest} images")
             continue
         methods = {mode: {"mode": mode, "whiten": choice.whiten} for mode in selection.MODES}
-        methods["auto"] = choice.kwargs
-        chosen = vectors[choice.features]
+        chosen, picks[k] = vectors[choice.features], Counter()
         results[f"{k}-shot"] = evaluate_few_shot(
             chosen.train, train_labels, chosen.target, target_labels, n_way, k, methods, n_episodes=params["episodes"],
-            n_query=n_query, seed=params["seed"],
-            baselines={"pixels": pixels, "initial_encoder": initial[choice.features]})
-    return results
+            n_query=n_query, seed=params["seed"], baselines={"pixels": pixels, "initial_encoder": initial[choice.features]},
+            scorers={"auto": partial(auto_accuracies, params, vectors, train_labels, target_labels, choice, picks[k])})
+    return results, picks
 
 
 def transfer_split(params, target_labels):
@@ -158,32 +201,33 @@ def transfer_split(params, target_labels):
     return support, np.sort(held_out[:len(held_out) // 2]), np.sort(held_out[len(held_out) // 2:])
 
 
-def fit_saved_transfer(params, vectors, train_labels, target_labels, choice):
-    """The transfer classifier saved with the predictor, fitted on the support of transfer_split with
-    the choice for K = max(shots). Returns (classifier, accuracy on the report part, and the support,
-    calibration and report indices)."""
-    support, calibration, report = transfer_split(params, target_labels)
+def fit_saved_transfer(vectors, train_labels, target_labels, choice, split):
+    """The transfer classifier saved with the predictor, fitted with ``choice`` on the support of
+    ``split`` (transfer_split). Returns (classifier, accuracy on the report part)."""
+    support, _, report = split
     classifier = fit_transfer(vectors.train, train_labels, vectors.target[support], target_labels[support],
                               **choice.kwargs)
     accuracy = classifier.score(vectors.target[report], target_labels[report]) if len(report) else float("nan")
-    return classifier, accuracy, support, calibration, report
+    return classifier, accuracy
 
 
 def choice_line(choice):
     """The stage line of a selection.TransferChoice: its features, mode and shrinkage, and how it was chosen."""
     how = "fallback rule: the source cannot form episodes" if choice.fallback else \
         f"best of {len(choice.scores)} candidates on {choice.n_episodes} {choice.episodes.replace('_', '-')} episodes"
+    if choice.support_folds:
+        how += f", then of {len(choice.support_scores)} by leave-one-out on the support ({choice.support_folds} folds)"
     return f"{choice.features} features, {selection.candidate_name(choice.mode, choice.whiten)} ({how})"
 
 
-def save_transfer_predictor(params, data, chosen, train_labels, target_labels, choice, model_dir):
-    """The transfer predictor of fit_saved_transfer (the support as its gallery), calibrated on one
-    held-out part of the target and saved with ``choice`` in ``model_dir/predictor_transfer``; draws the
-    transfer map. ``chosen``: the TransferVectors of the choice. Returns (accuracy, calibration report
-    on the other held-out part, support rows)."""
+def save_transfer_predictor(params, data, chosen, train_labels, target_labels, choice, split, model_dir):
+    """The transfer predictor of fit_saved_transfer (the support as its gallery), calibrated on the
+    calibration part of ``split`` (transfer_split) and saved with ``choice`` in
+    ``model_dir/predictor_transfer``; draws the transfer map. ``chosen``: the TransferVectors of the
+    choice. Returns (accuracy, calibration report on the report part)."""
     names = data.names
-    classifier, accuracy, support, held, report = fit_saved_transfer(
-        params, chosen, train_labels, target_labels, choice)
+    support, held, report = split
+    classifier, accuracy = fit_saved_transfer(chosen, train_labels, target_labels, choice, split)
     predictor = Predictor(chosen.model, [names[c] for c in classifier.classes_], classifier)
     predictor.add_gallery_embeddings(chosen.target[support], [names[c] for c in target_labels[support]],
                                      image_ids(data.target.splits)[support])
@@ -199,13 +243,14 @@ def save_transfer_predictor(params, data, chosen, train_labels, target_labels, c
         (classifier.transform(chosen.target), [names[c] for c in target_labels]),
         source_after=classifier.transform_source(chosen.train), seed=params["seed"], method=params["plot_method"],
         max_points=1000)
-    return accuracy, calibration, support
+    return accuracy, calibration
 
 
 @dataclass
 class TransferResult:
     """What the transfer stage hands on: the few-shot ``episodes`` ({"K-shot": {method: summary}}), the
-    ``choices`` ({"K-shot": selection.TransferChoice.as_dict()}), the saved predictor's ``accuracy`` on
+    ``choices`` ({"K-shot": the source-episode selection.TransferChoice.as_dict() with "support_picks":
+    {candidate: episodes whose support chose it}}), the saved predictor's ``accuracy`` on
     the report part of the target and its ``calibration`` report, the ``target_labels``, and the
     ``support`` rows (indices into the target images) the saved predictor was fitted on."""
     episodes: dict
@@ -218,8 +263,8 @@ class TransferResult:
 
 def run_transfer(params, encoder, data, model_dir, encoder_vectors, restart=False):
     """The transfer stage on ``data`` (PreparedData with a target): features and mode chosen on the
-    source (or on held-out source classes, see choose_on_held_out_classes), episodes with baselines,
-    the saved transfer predictor; ``encoder_vectors`` as in embed_for_transfer. Returns a TransferResult."""
+    source (or on held-out source classes, see choose_on_held_out_classes) and re-decided on each
+    support (choose_on_supports), episodes with baselines, the saved transfer predictor; ``encoder_vectors`` as in embed_for_transfer. Returns a TransferResult."""
     vectors, train_labels, held_out_labels, target_labels, halved = embed_for_transfer(
         params, encoder, data, encoder_vectors)
     n_way = len(np.unique(target_labels))
@@ -232,9 +277,13 @@ def run_transfer(params, encoder, data, model_dir, encoder_vectors, restart=Fals
     for k, choice in choices.items():
         stage(f"{k}-shot transfer: {choice_line(choice)}")
     baselines = baseline_vectors(params, data, [c.features for c in choices.values()])
-    episodes = evaluate_transfer(params, vectors, train_labels, target_labels, choices, baselines)
-    saved_choice = choices[max(params["shots"])]
-    accuracy, calibration, support = save_transfer_predictor(
-        params, data, vectors[saved_choice.features], train_labels, target_labels, saved_choice, model_dir)
-    return TransferResult(episodes, {f"{k}-shot": c.as_dict() for k, c in choices.items()}, accuracy, calibration,
-                          target_labels, support)
+    episodes, picks = evaluate_transfer(params, vectors, train_labels, target_labels, choices, baselines)
+    split = transfer_split(params, target_labels)
+    saved_choice = choose_on_supports(params, vectors, train_labels, target_labels, choices[max(params["shots"])],
+                                      [split[0]])[0]
+    stage(f"saved transfer predictor: {choice_line(saved_choice)}")
+    accuracy, calibration = save_transfer_predictor(
+        params, data, vectors[saved_choice.features], train_labels, target_labels, saved_choice, split, model_dir)
+    described = {f"{k}-shot": {**c.as_dict(), "support_picks": dict(picks.get(k, Counter()).most_common())}
+                 for k, c in choices.items()}
+    return TransferResult(episodes, described, accuracy, calibration, target_labels, split[0])

@@ -36,7 +36,10 @@ The modes below work in that space:
 * ``auto``: the mode (and, with ``whiten="auto"``, the shrinkage) that scores best on few-shot
   episodes simulated on the source embeddings given to fit, half of each class held out
   (triplet_keras.selection; new classes when no target class maps to a source class, else a new
-  domain). The choice is kept in ``mode_``, ``whiten_`` and ``selection_`` (every candidate's score).
+  domain); then, when the support has K >= 2 shots of every class, the best by leave-one-out on the
+  support (K fits, each without one shot per class, scored on the shots left out; ties: the
+  source-episode score). Kept in ``mode_``, ``whiten_``, ``selection_`` (every candidate's source
+  score) and ``support_selection_`` (its share right on the support).
 
 Transductive refinement (``transductive=True`` with a pool): soft k-means with the support fixed,
 p_c <- (n_c p0_c + sum_i r_ic T(u_i)) / (n_c + sum_i r_ic), r_i = softmax(-d(T(u_i), p) / temperature),

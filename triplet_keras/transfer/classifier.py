@@ -19,20 +19,22 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
     """Nearest prototype over target classes, with prototypes built from the support and the source.
 
     ``fit(support, labels, source_emb=..., source_labels=..., unlabeled=..., class_mapping=...)``;
-    without a source every mode is ``none``. Fitted: classes_, means_ (the prototypes), mode_ and
-    whiten_ (``auto`` resolved), selection_ (the source-episode score of each candidate when something
-    was "auto"), source_center_ and whitening_ (the whitening; whitening_ is empty without it), offset_
+    without a source every mode is ``none``. ``source_scores``: the selection_ of an earlier fit on the
+    same source for as many classes and shots, which "auto" then reuses instead of simulating the source
+    episodes again. Fitted: classes_, means_ (the prototypes), mode_ and whiten_ (``auto`` resolved),
+    selection_ (the source-episode score of each candidate when something was "auto") and
+    support_selection_ (each candidate's leave-one-out score on the support when it decided), source_center_ and whitening_ (the whitening; whitening_ is empty without it), offset_
     and normalize_ (the rest of the query transform), source_offset_ (its source-side counterpart), and
     for kNN reference_points_ with reference_index_ (indices into classes_). Like scikit-learn's
     LinearDiscriminantAnalysis it is also a transformer: ``transform`` is the query map T.
     """
     _state_arrays = ("classes_", "means_", "offset_", "reference_points_", "reference_index_", "source_center_",
                      "whitening_", "source_offset_")
-    _state_fields = ("mode_", "normalize_", "whiten_", "selection_")
+    _state_fields = ("mode_", "normalize_", "whiten_", "selection_", "support_selection_")
 
     def __init__(self, mode="auto", whiten=WHITEN_DEFAULT, kappa=2.0, kappa_new=1.0, n_borrow=3, knn=None,
                  transductive=False, refine_steps=10, confidence=0.9, metric="cosine", temperature=0.1,
-                 selection_episodes=100):
+                 selection_episodes=100, source_scores=None):
         self.mode = mode
         self.whiten = whiten
         self.kappa = kappa
@@ -45,6 +47,7 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         self.metric = metric
         self.temperature = temperature
         self.selection_episodes = selection_episodes
+        self.source_scores = source_scores
 
     def _check_params(self):
         super()._check_params()
@@ -75,7 +78,7 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         source = None
         if source_emb is not None:
             source = Source.labelled(source_emb, source_labels, self.classes_, class_mapping)
-        self._choose(source, counts, whitening)
+        self._choose(source, X, y, counts, whitening, class_mapping)
         if self.whitening_.size:
             X, unlabeled = self._whiten(X), None if unlabeled is None else self._whiten(unlabeled)
             source = source.mapped_through(self._whiten)
@@ -87,23 +90,31 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
                                             self.refine_steps, self.confidence, self.metric, self.temperature)
         return self
 
-    def _choose(self, source, counts, whitening):
-        """Sets mode_, whiten_ and selection_ ("auto": from episodes on the source, triplet_keras.selection),
-        then source_center_ and whitening_."""
-        self.mode_, self.whiten_, self.selection_ = self.mode, self.whiten, {}
+    def _choose(self, source, X, y, counts, whitening, class_mapping):
+        """Sets mode_, whiten_, selection_ and support_selection_ ("auto": from episodes on the source,
+        then by leave-one-out on the support X, y when every class has two shots or more;
+        triplet_keras.selection), then source_center_ and whitening_."""
+        self.mode_, self.whiten_, self.selection_, self.support_selection_ = self.mode, self.whiten, {}, {}
         if source is None:
             self.mode_, self.whiten_ = "none", None
         elif "auto" in (self.mode, self.whiten):
             if whitening is not None and self.whiten == "auto":
                 raise ValueError("a given whitening needs a numeric whiten; 'auto' chooses it on the source")
-            from ..selection import choose_transfer, halve_per_class  # selection scores this class: import late
+            from .. import selection  # selection scores this class: import late
 
-            held_out = halve_per_class(source.labels)
-            choice = choose_transfer({"features": (source.emb[~held_out], source.emb[held_out])},
-                                     source.labels[~held_out], source.labels[held_out], not (source.mapped >= 0).any(),
-                                     len(self.classes_), max(1, int(counts.min())), self.mode, self.whiten,
-                                     self.selection_episodes)
-            self.mode_, self.whiten_, self.selection_ = choice.mode, choice.whiten, choice.scores
+            methods = selection.open_candidates(self.mode, self.whiten)
+            if self.source_scores is None:
+                held_out = selection.halve_per_class(source.labels)
+                choice = selection.choose_transfer(
+                    {"features": (source.emb[~held_out], source.emb[held_out])}, source.labels[~held_out],
+                    source.labels[held_out], not (source.mapped >= 0).any(), len(self.classes_),
+                    max(1, int(counts.min())), self.mode, self.whiten, self.selection_episodes)
+            else:
+                choice = selection.scored_choice(self.source_scores, methods)
+            choice = selection.choose_on_own_support(choice, source.emb, source.labels, X, y, methods, class_mapping,
+                                                     whitening)
+            self.mode_, self.whiten_ = choice.mode, choice.whiten
+            self.selection_, self.support_selection_ = choice.scores, choice.support_scores
         self.source_center_, self.whitening_ = np.zeros(self.n_features_in_), np.zeros((0, 0))
         if self.mode_ != "none" and self.whiten_ is not None:
             if whitening is None:

@@ -91,8 +91,9 @@ def centred_prototypes(support, index, counts, source, kappa, pool=None):
     target = DomainCentering().fit(support, index) if pool is None else DomainCentering().fit(pool)
     source_side = DomainCentering().fit(source.emb, source.index)
     prototypes, has = class_means(target.transform(support), index, len(counts)), source.mapped >= 0
-    prior = class_means(source_side.transform(source.emb), source.index, len(source.means))[source.mapped[has]]
-    prototypes[has] = shrink_toward(prototypes[has], counts[has], prior, kappa)
+    if has.any():  # new classes alone take nothing from the source: skip centring every source row
+        prior = class_means(source_side.transform(source.emb), source.index, len(source.means))[source.mapped[has]]
+        prototypes[has] = shrink_toward(prototypes[has], counts[has], prior, kappa)
     return target, source_side, prototypes, counts + np.where(has, kappa, 0.0)
 
 

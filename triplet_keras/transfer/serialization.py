@@ -3,7 +3,8 @@
 config = {"type": class name, "version": STATE_VERSION, "params": get_params(), the class's
 ``_state_fields``}; arrays = the class's ``_state_arrays``. Labels must be numbers or strings, so the
 arrays load with ``allow_pickle=False``. Older versions load: version 1 (before whitening) gets no
-whitening; versions 1-2 take ``whiten_`` from the ``whiten`` param and an empty ``selection_``.
+whitening; versions 1-2 take ``whiten_`` from the ``whiten`` param and an empty ``selection_``; states
+before support_selection_ (leave-one-out on the support) get it empty.
 """
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
@@ -54,9 +55,9 @@ def upgrade_state(config, arrays):
         config = {**config, "params": {**config["params"], "whiten": None}}
         arrays = {"source_center_": np.zeros(dim), "whitening_": np.zeros((0, 0)), "source_offset_": np.zeros(dim),
                   **arrays}
-    config = {"whiten_": config["params"].get("whiten"), "selection_": {}, **config}
+    config = {"whiten_": config["params"].get("whiten"), "selection_": {}, "support_selection_": {}, **config}
     return {**config, "mode_": str(config["mode_"]), "normalize_": bool(config["normalize_"]),
-            "selection_": dict(config["selection_"])}, arrays
+            "selection_": dict(config["selection_"]), "support_selection_": dict(config["support_selection_"])}, arrays
 
 
 def classifier_from_state(config, arrays):
