@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from triplet_keras.selection import (TransferChoice, candidates, choose_transfer, halve_per_class, held_out_class_tasks,
+from triplet_keras.evaluation import whitened_spaces
+from triplet_keras.selection import (SHRINKAGES, TransferChoice, candidates, choose_transfer, halve_per_class, held_out_class_tasks,
                                      held_out_fold, leave_one_out_folds, select_transfer, simulated_tasks, support_choice,
                                      support_scores)
 from triplet_keras.transfer import fit_transfer
@@ -125,11 +126,10 @@ def test_support_scores_count_the_shots_right_when_left_out():
     labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
     source, source_labels = np.eye(4)[[3, 3]] + [[0, 0, 0, 0], [0, 0, 0, 1]], np.array([7, 8])
     target = np.vstack([np.zeros((2, 4)), shots])  # the support is rows 2..10 of the target
-    scores = support_scores("x", {None: (source, target)}, source_labels, np.r_[[5, 5], labels], np.arange(2, 11),
+    full, short = np.arange(2, 11), np.arange(2, 9)  # short: class 2 has one shot there
+    scores = support_scores("x", {None: (source, target)}, source_labels, np.r_[[5, 5], labels], [full, short],
                             {"none": {"mode": "none"}})
-    assert scores == {"x: none": pytest.approx(8 / 9)}
-    assert support_scores("x", {None: (source, target)}, source_labels, np.r_[[5, 5], labels], np.arange(2, 9),
-                          {"none": {"mode": "none"}}) == {}  # class 2 has one shot there
+    assert scores == [{"x: none": pytest.approx(8 / 9)}, {}]
 
 
 def test_support_choice_takes_the_best_score_and_breaks_ties_by_the_source_episodes():
@@ -139,3 +139,17 @@ def test_support_choice_takes_the_best_score_and_breaks_ties_by_the_source_episo
     assert (chosen.features, chosen.mode, chosen.whiten, chosen.support_folds) == ("b", "center", None, 4)
     assert chosen.scores == choice.scores and chosen.key == "b: center" and chosen.as_dict()["support_scores"]
     assert support_choice(choice, {}, methods, 0) is choice  # one shot of a class: the source episodes decide
+
+
+def test_support_scores_of_new_classes_need_only_the_source_class_means():
+    rng = np.random.default_rng(3)
+    source_labels, target_labels = np.repeat(np.arange(6), 25), np.repeat(np.arange(10, 14), 6)
+    source = rng.normal(size=(150, 8)) + 1.5 * rng.normal(size=(6, 8))[source_labels]
+    target = rng.normal(size=(24, 8)) + 1.2 * rng.normal(size=(4, 8))[target_labels - 10] + 2.0
+    spaces = whitened_spaces(source, source_labels, target, SHRINKAGES)
+    support = np.concatenate([np.flatnonzero(target_labels == c)[:4] for c in range(10, 14)])
+    methods = {**candidates(), "calibrate": {"mode": "calibrate"}}
+    [by_means] = support_scores("x", spaces, source_labels, target_labels, [support], methods)
+    [by_rows] = support_scores("x", spaces, source_labels, target_labels, [support], methods, class_mapping={})
+    assert by_means == by_rows and len(by_means) == len(methods)  # {}: no class mapped, every source row used
+    assert len(set(by_means.values())) > 1  # the candidates do differ here

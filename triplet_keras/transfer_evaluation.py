@@ -138,8 +138,9 @@ def choose_on_supports(params, vectors, train_labels, target_labels, choice, sup
     shrinkages = {method_shrinkage(kwargs) for kwargs in methods.values()}
     for kind, v in (vectors.items() if any(folds) else ()):
         spaces = whitened_spaces(v.train, train_labels, v.target, shrinkages)
-        for support, found in zip(supports, scores):
-            found.update(selection.support_scores(kind, spaces, train_labels, target_labels, support, methods))
+        for found, new in zip(scores, selection.support_scores(kind, spaces, train_labels, target_labels, supports,
+                                                               methods, progress=len(supports) > 1)):
+            found.update(new)
     return [selection.support_choice(choice, found, methods, n) for found, n in zip(scores, folds)]
 
 
