@@ -1,8 +1,9 @@
 """Few-shot accuracy of the whole pipeline (init.py) on real and toy data, with both baselines.
 
 For each dataset, class split and training seed, init.py's own ``run`` trains the encoder with the
-experiment's params.json, chooses the transfer on source episodes and reports every mode, ``auto``,
-``pixels``, ``initial_encoder`` and the ceiling on the same target episodes. Regimes:
+experiment's params.json, chooses the transfer on source episodes (then on each support by
+leave-one-out) and reports every mode, ``auto``, ``pixels``, ``initial_encoder`` and the ceiling on the
+same target episodes. Regimes:
 
 * new classes: the encoder trains on one half of the classes (two splits: the first five and the
   last five, or the even and the odd classes), 5-way episodes on the other half;
@@ -64,21 +65,23 @@ def run_case(dataset, overrides, seed, args):
 
 
 def summarise(runs):
-    """{K: {column: (mean, min, max) over seeds}}, {K: [choices]}."""
+    """{K: {column: (mean, min, max) over seeds}}, {K: [the source choice and the supports' most frequent one]}."""
     table, choices = {}, {}
     for metrics in runs:
         for shots, rows in metrics["transfer"].items():
             for column in COLUMNS:
                 table.setdefault(shots, {}).setdefault(column, []).append(rows[column]["mean"])
-            choice = metrics["transfer_choice"][shots]
+            choice, picks = metrics["transfer_choice"][shots], metrics["transfer_choice"][shots]["support_picks"]
             whiten = "" if choice["whiten"] is None else f" {choice['whiten']:g}"
-            choices.setdefault(shots, []).append(f"{choice['features']}/{choice['mode']}{whiten}")
+            top = max(picks, key=picks.get)  # the supports' most frequent choice
+            choices.setdefault(shots, []).append(f"{choice['features']}/{choice['mode']}{whiten} (supports: {top} "
+                                                 f"{100 * picks[top] / sum(picks.values()):.0f}%)")
     summary = {shots: {c: (sum(v) / len(v), min(v), max(v)) for c, v in columns.items()} for shots, columns in table.items()}
     return summary, choices
 
 
 def markdown(title, summary, choices):
-    lines = [f"**{title}**", "", "| K | " + " | ".join(COLUMNS) + " | auto chose |", "|---" * (len(COLUMNS) + 2) + "|"]
+    lines = [f"**{title}**", "", "| K | " + " | ".join(COLUMNS) + " | auto chose on the source (on the supports) |", "|---" * (len(COLUMNS) + 2) + "|"]
     for shots, columns in summary.items():
         cells = [f"{100 * m:.1f} [{100 * lo:.0f}-{100 * hi:.0f}]" for m, lo, hi in (columns[c] for c in COLUMNS)]
         lines.append(f"| {shots} | " + " | ".join(cells) + f" | {', '.join(choices[shots])} |")

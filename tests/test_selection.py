@@ -1,4 +1,4 @@
-"""Choosing the transfer on episodes simulated on the source."""
+"""Choosing the transfer on episodes simulated on the source, then by leave-one-out on the support."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Choose the transfer from the user's own data: few-shot episodes simulated on the source.
+"""Choose the transfer from the user's own data: few-shot episodes simulated on the source, then the support.
 
 Nothing is tuned on the target. The source's labelled embeddings stand in for it:
 
