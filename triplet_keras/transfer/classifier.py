@@ -22,9 +22,10 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
     without a source every mode is ``none``. ``source_scores``: the selection_ of an earlier fit on the
     same source for as many classes and shots, which "auto" then reuses instead of simulating the source
     episodes again. Fitted: classes_, means_ (the prototypes), mode_ and whiten_ (``auto`` resolved),
-    selection_ (the source-episode score of each candidate when something was "auto") and
-    support_selection_ (each candidate's leave-one-out score on the support when it decided), source_center_ and whitening_ (the whitening; whitening_ is empty without it), offset_
-    and normalize_ (the rest of the query transform), source_offset_ (its source-side counterpart), and
+    selection_ (the source-episode score of each candidate when something was "auto"),
+    support_selection_ (each candidate's leave-one-out share right on the support when it decided),
+    source_center_ and whitening_ (the whitening; whitening_ is empty without it), offset_ and
+    normalize_ (the rest of the query transform), source_offset_ (its source-side counterpart), and
     for kNN reference_points_ with reference_index_ (indices into classes_). Like scikit-learn's
     LinearDiscriminantAnalysis it is also a transformer: ``transform`` is the query map T.
     """
@@ -103,7 +104,7 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
             from .. import selection  # selection scores this class: import late
 
             methods = selection.open_candidates(self.mode, self.whiten)
-            if self.source_scores is None:
+            if not self.source_scores:
                 held_out = selection.halve_per_class(source.labels)
                 choice = selection.choose_transfer(
                     {"features": (source.emb[~held_out], source.emb[held_out])}, source.labels[~held_out],
