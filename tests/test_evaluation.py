@@ -111,3 +111,6 @@ def test_a_scorer_sees_the_methods_episodes():
     assert list(results) == ["none", "again", "ceiling"]
     assert results["again"]["mean"] == pytest.approx(results["none"]["mean"])
     assert results["again"]["delta_vs_none"] == pytest.approx(0.0) and results["again"]["n_episodes"] == 6
+    with pytest.raises(ValueError, match=r"one accuracy per episode \(6\), got \{'short': 5\}"):
+        evaluate_few_shot(xs, ys, xt, yt, 3, 2, {"none": {"mode": "none"}}, n_episodes=6, n_query=4, seed=3,
+                          scorers={"short": lambda episodes: support_means(episodes)[:5]})

@@ -248,6 +248,8 @@ def test_auto_lets_a_support_of_several_shots_overrule_the_source_episodes(domai
     one_shot = fit_transfer(xs, ys, xt[support[::3]], yt[support[::3]], mode="auto", source_scores=scores)
     assert (one_shot.mode_, one_shot.support_selection_) == ("none", {})
     own = fit_transfer(xs, ys, xt[support], yt[support], mode="auto")  # its own source episodes
+    with pytest.raises(ValueError, match="features: calibrate"):  # auto's candidates never include calibrate
+        fit_transfer(xs, ys, xt[support], yt[support], mode="auto", source_scores={"features: calibrate": 1.0})
     assert set(own.selection_) == set(scores) and own.selection_ != scores and own.support_selection_
 
 

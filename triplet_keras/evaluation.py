@@ -118,6 +118,9 @@ def evaluate_few_shot(source_emb, source_labels, target_emb, target_labels, n_wa
     scored = {name: [support_centered_accuracy(vectors, target_labels, *episode) for episode in episodes]
               for name, vectors in (baselines or {}).items()}
     scored.update({name: list(scorer(episodes)) for name, scorer in (scorers or {}).items()})
+    wrong = {name: len(values) for name, values in scored.items() if len(values) != len(episodes)}
+    if wrong:
+        raise ValueError(f"a scorer must give one accuracy per episode ({len(episodes)}), got {wrong}")
     if source_emb is not None:
         methods = {name: resolve_auto(kwargs, source_emb, source_labels, target_emb[episodes[0][0]],
                                       target_labels[episodes[0][0]], class_mapping)

@@ -191,7 +191,12 @@ def select_transfer(features, train_labels, held_out_labels, new_classes, n_way,
 
 def scored_choice(scores, methods, n_episodes=0):
     """The TransferChoice of source-episode ``scores`` ({candidate key: mean accuracy}): the highest, the
-    first of equal scores (candidates run simplest first)."""
+    first of equal scores (candidates run simplest first). ValueError when a key names no candidate of
+    ``methods``."""
+    unknown = [key for key in scores if key.split(": ", 1)[-1] not in methods]
+    if unknown:
+        raise ValueError(f"source scores name candidates that mode / whiten leave closed or that do not exist: "
+                         f"{unknown}; expected '<features>: <candidate>' with a candidate among {list(methods)}")
     name, method = max(scores, key=scores.get).split(": ", 1)
     return TransferChoice(name, methods[method]["mode"], methods[method]["whiten"], dict(scores), n_episodes)
 
@@ -268,16 +273,16 @@ def leave_one_out_scores(kind, spaces, source_labels, labels, support, methods, 
     return scores
 
 
-def support_choice(choice, scores, methods, folds):
+def support_choice(choice, scores, methods, n_folds):
     """``choice`` re-decided by the support: the candidate of ``scores`` (support_scores of every kind,
-    over ``folds`` folds) with the highest share right, ties going to the higher source-episode score
+    over ``n_folds`` folds) with the highest share right, ties going to the higher source-episode score
     in ``choice.scores``, then to the earlier candidate. ``choice`` itself when ``scores`` is empty."""
     if not scores:
         return choice
     best = max(scores, key=lambda key: (scores[key], choice.scores.get(key, -1.0)))
     kind, method = best.split(": ", 1)
     return replace(choice, features=kind, mode=methods[method]["mode"], whiten=methods[method]["whiten"],
-                   support_scores={key: round(value, 4) for key, value in scores.items()}, support_folds=folds)
+                   support_scores={key: round(value, 4) for key, value in scores.items()}, support_folds=n_folds)
 
 
 def choose_on_own_support(choice, source_emb, source_labels, support_emb, support_labels, methods, class_mapping=None,

@@ -133,15 +133,15 @@ def choose_on_supports(params, vectors, train_labels, target_labels, choice, sup
     leave open (selection.support_scores, selection.support_choice); ``choice`` itself for a support
     with one shot of a class. One kind's whitened vectors are in memory at a time."""
     methods = selection.open_candidates(params["transfer_mode"], params["transfer_whiten"])
-    folds = [len(selection.leave_one_out_folds(target_labels[support])) for support in supports]
+    n_folds = [len(selection.leave_one_out_folds(target_labels[support])) for support in supports]
     scores = [{} for _ in supports]
     shrinkages = {method_shrinkage(kwargs) for kwargs in methods.values()}
-    for kind, v in (vectors.items() if any(folds) else ()):
+    for kind, v in (vectors.items() if any(n_folds) else ()):
         spaces = whitened_spaces(v.train, train_labels, v.target, shrinkages)
         for found, new in zip(scores, selection.support_scores(kind, spaces, train_labels, target_labels, supports,
                                                                methods, progress=len(supports) > 1)):
             found.update(new)
-    return [selection.support_choice(choice, found, methods, n) for found, n in zip(scores, folds)]
+    return [selection.support_choice(choice, found, methods, n) for found, n in zip(scores, n_folds)]
 
 
 def choice_accuracies(vectors, train_labels, target_labels, choices, episodes):
@@ -265,7 +265,8 @@ class TransferResult:
 def run_transfer(params, encoder, data, model_dir, encoder_vectors, restart=False):
     """The transfer stage on ``data`` (PreparedData with a target): features and mode chosen on the
     source (or on held-out source classes, see choose_on_held_out_classes) and re-decided on each
-    support (choose_on_supports), episodes with baselines, the saved transfer predictor; ``encoder_vectors`` as in embed_for_transfer. Returns a TransferResult."""
+    support (choose_on_supports), episodes with baselines, the saved transfer predictor;
+    ``encoder_vectors`` as in embed_for_transfer. Returns a TransferResult."""
     vectors, train_labels, held_out_labels, target_labels, halved = embed_for_transfer(
         params, encoder, data, encoder_vectors)
     n_way = len(np.unique(target_labels))
