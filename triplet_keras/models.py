@@ -418,7 +418,12 @@ def load_model(path, compile=False):
 
 @functools.cache
 def has_accelerator():
-    """Whether Keras' backend sees a device other than the CPU (a GPU or TPU)."""
+    """Whether Keras' backend sees a device other than the CPU (a GPU or TPU). PyTorch has no
+    keras.distribution device list: there it is whether torch sees a CUDA device."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cuda.is_available()
     return any(not device.lower().startswith("cpu") for device in keras.distribution.list_devices())
 
 
