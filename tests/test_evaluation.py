@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from triplet_keras.evaluation import evaluate_few_shot, mean_ci, sample_episodes, support_centered_accuracy
-from triplet_keras.transfer import NearestMeanClassifier, fit_transfer
+from triplet_keras.evaluation import EstimatorMethod, evaluate_few_shot, mean_ci, sample_episodes, support_centered
+from triplet_keras.transfer import NearestMeanClassifier, TransferClassifier
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 
@@ -33,42 +33,48 @@ def test_mean_ci():
     assert mean_ci([0.3]) == (0.3, 0.0)
 
 
-def test_evaluate_few_shot_on_shifted_clusters():
-    rng = np.random.default_rng(2)
-    centers = rng.normal(size=(6, 12))
+def shifted_clusters(seed, dim=12, shift=1.5):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(6, dim))
     ys, yt = np.repeat(np.arange(6), 40), np.repeat(np.arange(6), 30)
-    xs = centers[ys] + 0.8 * rng.normal(size=(len(ys), 12))
-    xt = centers[yt] + 1.5 * rng.normal(size=12) + 0.8 * rng.normal(size=(len(yt), 12))
-    results = evaluate_few_shot(xs, ys, xt, yt, n_way=5, k_shot=1, transductive=True, n_episodes=15)
-    assert set(results) == {"none", "translate", "center", "calibrate", "ceiling",
-                            "none+transductive", "translate+transductive", "center+transductive",
-                            "calibrate+transductive"}
-    assert results["none"]["delta_vs_none"] == 0.0 and results["none"]["n_episodes"] == 15
+    xs = centers[ys] + 0.8 * rng.normal(size=(len(ys), dim))
+    xt = centers[yt] + shift * rng.normal(size=dim) + 0.8 * rng.normal(size=(len(yt), dim))
+    return xs, ys, xt, yt
+
+
+def test_evaluate_few_shot_on_shifted_clusters():
+    xs, ys, xt, yt = shifted_clusters(2)
+    source = {"source_emb": xs, "source_labels": ys}
+    methods = {mode: EstimatorMethod(TransferClassifier(mode=mode), xt, yt, source)
+               for mode in ("none", "calibrate", "center")}
+    methods["center+pool"] = EstimatorMethod(TransferClassifier(mode="center", transductive=True), xt, yt, source,
+                                             transductive=True)
+    results = evaluate_few_shot(methods, yt, n_way=5, k_shot=1, n_episodes=15, ceiling=xt)
+    assert set(results) == {"none", "calibrate", "center", "center+pool", "ceiling"}
+    assert results["none"]["delta"] == 0.0 and results["none"]["n_episodes"] == 15
     assert results["ceiling"]["mean"] > results["none"]["mean"]
-    assert results["calibrate"]["delta_vs_none"] > results["calibrate"]["delta_ci95"] > 0
-    again = evaluate_few_shot(xs, ys, xt, yt, n_way=5, k_shot=1, methods={"calibrate": {"mode": "calibrate"}},
-                              n_episodes=15)
-    assert again["calibrate"] == results["calibrate"] and set(again) == {"none", "calibrate", "ceiling"}
+    assert results["calibrate"]["delta"] > results["calibrate"]["delta_ci95"] > 0
+    again = evaluate_few_shot({"calibrate": methods["calibrate"]}, yt, n_way=5, k_shot=1, n_episodes=15)
+    assert again["calibrate"]["mean"] == results["calibrate"]["mean"] and "delta" not in again["calibrate"]
 
 
-def test_evaluation_matches_fitting_each_episode_on_its_own():
-    """The source whitening computed once per shrinkage gives the same accuracies as fit_transfer alone."""
-    rng = np.random.default_rng(3)
-    centers = rng.normal(size=(6, 10))
-    ys, yt = np.repeat(np.arange(6), 30), np.repeat(np.arange(6), 20)
-    xs = centers[ys] + rng.normal(size=(len(ys), 10)) * np.linspace(0.2, 2.0, 10)
-    xt = centers[yt] + 1.0 + rng.normal(size=(len(yt), 10)) * np.linspace(0.2, 2.0, 10)
-    methods = {"none": {"mode": "none"}, "center": {"mode": "center"},
-               "center 0.3": {"mode": "center", "whiten": 0.3}, "center 0.1": {"mode": "center", "whiten": 0.1},
-               "raw": {"mode": "calibrate", "whiten": None}}
-    results = evaluate_few_shot(xs, ys, xt, yt, 4, 2, methods, n_episodes=6, n_query=5, seed=1)
-    for name, kwargs in methods.items():
-        alone = [np.mean(fit_transfer(xs, ys, xt[s], yt[s], **kwargs).predict(xt[q]) == yt[q])
-                 for s, q in sample_episodes(yt, 4, 2, 5, 6, seed=1)]
-        assert results[name]["mean"] == pytest.approx(np.mean(alone))
+def test_an_estimator_method_is_fitting_each_episode_on_its_own():
+    """Each episode: a fresh clone fitted on the support (with the queries as the pool when transductive)."""
+    xs, ys, xt, yt = shifted_clusters(3, dim=10, shift=1.0)
+    source = {"source_emb": xs, "source_labels": ys}
+    for transductive in (False, True):
+        estimator = TransferClassifier(mode="center", whiten=0.3, transductive=transductive)
+        results = evaluate_few_shot({"m": EstimatorMethod(estimator, xt, yt, source, transductive)}, yt, 4, 2,
+                                    n_episodes=6, n_query=5, seed=1)
+        alone = []
+        for s, q in sample_episodes(yt, 4, 2, 5, 6, seed=1):
+            model = TransferClassifier(mode="center", whiten=0.3, transductive=transductive).fit(
+                xt[s], yt[s], unlabeled=xt[q] if transductive else None, **source)
+            alone.append(np.mean(model.predict(xt[q]) == yt[q]))
+        assert results["m"]["mean"] == pytest.approx(np.mean(alone))
 
 
-def test_support_centered_accuracy_matches_a_loop():
+def test_support_centered_matches_a_loop():
     """The baselines' rule: centre on the support mean, L2-normalise, nearest class mean by cosine."""
     rng = np.random.default_rng(5)
     vectors = rng.integers(0, 256, size=(30, 4, 4, 3), dtype=np.uint8)  # pixels: any shape, uint8
@@ -78,39 +84,23 @@ def test_support_centered_accuracy_matches_a_loop():
     center = flat[support].mean(axis=0)
     unit = lambda x: (x - center) / np.linalg.norm(x - center)  # noqa: E731
     means = [np.mean([unit(flat[i]) for i in support if labels[i] == c], axis=0) for c in range(3)]
-    right = 0
-    for i in query:
-        cosines = [unit(flat[i]) @ m / np.linalg.norm(m) for m in means]
-        right += int(np.argmax(cosines) == labels[i])
-    assert support_centered_accuracy(vectors, labels, support, query) == pytest.approx(right / len(query))
+    expected = [int(np.argmax([unit(flat[i]) @ m / np.linalg.norm(m) for m in means])) for i in query]
+    np.testing.assert_array_equal(EstimatorMethod(support_centered(), vectors, labels)(support, query), expected)
 
 
-def test_baselines_run_on_the_same_episodes():
-    rng = np.random.default_rng(6)
-    ys, yt = np.repeat(np.arange(4), 20), np.repeat(np.arange(4), 12)
-    xs, xt = rng.normal(size=(80, 6)) + ys[:, None], rng.normal(size=(48, 6)) + yt[:, None]
-    pixels = rng.normal(size=(48, 9)) + 3 * yt[:, None]
-    results = evaluate_few_shot(xs, ys, xt, yt, 3, 2, {"none": {"mode": "none"}}, n_episodes=7, n_query=4, seed=2,
-                                baselines={"pixels": pixels, "initial_encoder": xt})
-    episodes = sample_episodes(yt, 3, 2, 4, 7, seed=2)
-    expected = np.mean([support_centered_accuracy(pixels, yt, s, q) for s, q in episodes])
-    assert results["pixels"]["mean"] == pytest.approx(expected) and results["pixels"]["n_episodes"] == 7
-    assert set(results) == {"none", "pixels", "initial_encoder", "ceiling"}
-
-
-def test_a_scorer_sees_the_methods_episodes():
+def test_a_plain_function_sees_the_same_episodes():
     rng = np.random.default_rng(7)
-    ys, yt = np.repeat(np.arange(4), 20), np.repeat(np.arange(4), 12)
-    xs, xt = rng.normal(size=(80, 6)) + ys[:, None], rng.normal(size=(48, 6)) + yt[:, None]
+    yt = np.repeat(np.arange(4), 12)
+    xt = rng.normal(size=(48, 6)) + yt[:, None]
+    seen = []
 
-    def support_means(episodes):  # mode none recomputed: the nearest support class mean (cosine)
-        return [NearestMeanClassifier().fit(xt[s], yt[s]).score(xt[q], yt[q]) for s, q in episodes]
+    def support_means(support, query):  # mode none recomputed: the nearest support class mean (cosine)
+        seen.append((support, query))
+        return NearestMeanClassifier().fit(xt[support], yt[support]).predict(xt[query])
 
-    results = evaluate_few_shot(xs, ys, xt, yt, 3, 2, {"none": {"mode": "none"}}, n_episodes=6, n_query=4, seed=3,
-                                scorers={"again": support_means})
-    assert list(results) == ["none", "again", "ceiling"]
-    assert results["again"]["mean"] == pytest.approx(results["none"]["mean"])
-    assert results["again"]["delta_vs_none"] == pytest.approx(0.0) and results["again"]["n_episodes"] == 6
-    with pytest.raises(ValueError, match=r"one accuracy per episode \(6\), got \{'short': 5\}"):
-        evaluate_few_shot(xs, ys, xt, yt, 3, 2, {"none": {"mode": "none"}}, n_episodes=6, n_query=4, seed=3,
-                          scorers={"short": lambda episodes: support_means(episodes)[:5]})
+    methods = {"none": EstimatorMethod(TransferClassifier(mode="none"), xt, yt), "again": support_means}
+    results = evaluate_few_shot(methods, yt, 3, 2, n_episodes=6, n_query=4, seed=3)
+    assert results["again"]["mean"] == pytest.approx(results["none"]["mean"]) and results["again"]["delta"] == 0
+    for (support, query), (s, q) in zip(seen, sample_episodes(yt, 3, 2, 4, 6, seed=3)):
+        np.testing.assert_array_equal(support, s)
+        np.testing.assert_array_equal(query, q)

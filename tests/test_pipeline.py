@@ -55,7 +55,7 @@ def test_run_leaves_every_artefact(experiment):
                  "logs/projector_config.pbtxt", "plots/loss_curves.png", "plots/confusion_matrix.png",
                  "plots/transfer_map.png", "predictor/predictor.json", "predictor_transfer/predictor.json",
                  "plots/reliability_source.png", "plots/reliability_transfer.png", "predictor/gallery.npz",
-                 "predictor_transfer/gallery.npz"):
+                 "predictor_transfer/gallery.npz", "predictor_transfer/selection.json", "selection_encoder/best.keras"):
         assert (model_dir / name).is_file(), name
     assert any(name.startswith("train") for name in os.listdir(model_dir / "logs"))
     assert not [name for name in os.listdir(model_dir) if name.startswith(".tmp")]
@@ -83,17 +83,25 @@ def test_metrics_are_useful_and_complete(experiment):
         assert scores[f"test_{key}"] == pytest.approx(expected[key], abs=1e-6), key
     for shots in ("1-shot", "5-shot"):
         rows = metrics["transfer"][shots]
-        assert set(rows) == {"none", "translate", "center", "auto", "pixels", "initial_encoder", "ceiling"}
+        assert set(rows) == {"none", "translate", "center", "auto", "semi_supervised", "pixels", "initial_encoder",
+                             "ceiling"}
         assert all(rows[name]["n_episodes"] == 5 for name in rows)  # every row on the same episodes
         choice = metrics["transfer_choice"][shots]
-        assert choice["features"] == "grid" and len(choice["scores"]) == 8  # transfer_features fixed: 8 candidates
-        chosen = f"grid: {choice['mode']}" + ("" if choice["whiten"] is None else f" whiten {choice['whiten']:g}")
-        assert choice["scores"][chosen] == max(choice["scores"].values())  # the best (ties: the simplest)
-        # what each episode's support chose among the same candidates; one shot leaves nothing out: the source choice
-        assert sum(choice["support_picks"].values()) == 5 and set(choice["support_picks"]) <= set(choice["scores"])
-        if shots == "1-shot":
-            assert choice["support_picks"] == {chosen: 5} and rows["auto"]["mean"] == rows[choice["mode"]]["mean"]
-    assert len(metrics["fine_tuning_verdict"]) == 2
+        assert choice["evidence"].endswith("held out of training")  # a fold encoder never saw these classes
+        scores = choice["evidence_scores"]
+        # transfer_features fixed to grid: 13 candidates (8 inductive, 5 with the pool) of each network
+        assert {name.split(" ")[0] for name in scores} == {"fine_tuned", "initial", "pixels"} and len(scores) == 39
+        assert choice["best_by_evidence"] == max(scores, key=scores.get)
+        assert sum(choice["auto_picks"].values()) == 5 and sum(choice["semi_supervised_picks"].values()) == 5
+        assert not any(name.endswith("+ unlabeled") for name in choice["auto_picks"])  # auto needs no pool
+        assert set(choice["auto_picks"]) | set(choice["semi_supervised_picks"]) <= set(scores)
+        if shots == "1-shot":  # nothing to leave out: the evidence decides alone
+            inductive = {name: score for name, score in scores.items() if not name.endswith("+ unlabeled")}
+            assert choice["auto_picks"] == {max(inductive, key=inductive.get): 5}
+    search = metrics["saved_transfer_search"]
+    assert search["decided_by"] == "leave-one-out" and search["n_folds"] == 5
+    assert len(search["cv_results"]["candidate"]) == 39 and search["cv_results"]["rank"].count(1) == 1
+    assert len(metrics["fine_tuning_verdict"]) == 4  # auto and semi_supervised at each K
     assert all(line in result.stdout for line in metrics["fine_tuning_verdict"])
     assert metrics["epochs_trained"] == 2
     calibration = metrics["calibration"]
@@ -117,16 +125,20 @@ def test_saved_predictors_classify_new_images(experiment):
     images, labels = data.test.load(np.flatnonzero(target)), data.test.labels[target]
     predictor = Predictor.load(str(model_dir / "predictor_transfer"))
     assert predictor.class_names == ["5", "6", "7", "8", "9"]
-    # small_cnn's last 2 x 2 x 128 map (grid features), not the 16-d embedding, averaged over shifted copies
-    assert predictor.encoder.output_shape[-1] == 512
-    assert predictor.encoder.get_layer("shifted_copies").shift == 1
     selection = json.loads((model_dir / "predictor_transfer" / "selection.json").read_text())
-    assert predictor.classifier.mode_ == selection["mode"]  # the choice its 5-shot support made, saved with it
-    assert selection["support_folds"] == 5 and len(selection["support_scores"]) == 8
-    chosen = f"grid: {selection['mode']}" + ("" if selection["whiten"] is None else f" whiten {selection['whiten']:g}")
-    assert selection["support_scores"][chosen] == max(selection["support_scores"].values())
-    assert predictor.classifier.whitening_.shape == ((0, 0) if selection["whiten"] is None or selection["mode"] == "none"
-                                                     else (512, 512))
+    best = selection["best_candidate"]
+    assert predictor.features_from == selection["best_name"] and f"saved transfer predictor: {selection['best_name']}" \
+        in experiment[1].stdout
+    assert (predictor.classifier.mode_, predictor.classifier.whiten_) == (best["mode"], best["whiten"] if best["mode"]
+                                                                           != "none" else None)
+    ranked = selection["cv_results"]["rank"].index(1)
+    assert selection["cv_results"]["params"][ranked] == best  # the candidate its 5-shot support ranked first
+    scored = [s for s in selection["cv_results"]["support_score"] if s is not None]  # JSON: NaN is null
+    assert selection["cv_results"]["support_score"][ranked] == max(scored) and 0 < len(scored) <= 6
+    if best["network"] == "pixels":
+        assert predictor.encoder.output_shape[-1] == 8 * 8 * 3
+    else:  # small_cnn's last 2 x 2 x 128 map (grid features), averaged over shifted copies
+        assert predictor.encoder.output_shape[-1] == 512 and predictor.encoder.get_layer("shifted_copies").shift == 1
     predicted = predictor.predict(images, reject_unknown=False)
     assert np.mean(np.array(predicted) == labels.astype(str)) > 0.5
     assert predictor.calibration is not None and len(predictor.gallery.ids) == 25  # the support
@@ -146,7 +158,8 @@ def test_rerun_resumes_and_restart_starts_over(experiment, tmp_path):
     assert "resuming" in resumed.stdout and "epochs 3..3" in resumed.stdout
     assert json.loads((model_dir / "state.json").read_text())["epoch"] == 2
     transfer = Predictor.load(str(model_dir / "predictor_transfer"))
-    assert transfer.encoder.output_shape[-1] == 16 and transfer.classifier.whitening_.size == 0
+    width = 192 if transfer.features_from.startswith("pixels") else 16  # or the 16-d embedding, of either network
+    assert transfer.encoder.output_shape[-1] == width and transfer.classifier.whitening_.size == 0
     changed = run_init(model_dir, "--embedding_dim", "8", "--margin", "0.3")
     assert changed.returncode != 0 and "embedding_dim 16 -> 8; margin 0.2 -> 0.3. Pass --restart" in changed.stderr
     restarted = run_init(model_dir, "--restart", "--epochs", "1", "--episodes", "2", "--shots", "[1]")
@@ -174,16 +187,6 @@ def test_bad_configuration_fails_before_training(tmp_path, flags, message):
     result = run_init(tmp_path, *flags)
     assert result.returncode != 0 and message in result.stderr
     assert not (tmp_path / "last.keras").exists()
-
-
-def test_held_out_class_selection_trains_a_selection_encoder(tmp_path):
-    (tmp_path / "params.json").write_text(json.dumps({**TINY, "epochs": 1, "shots": [1]}))
-    result = run_init(tmp_path, "--transfer_selection", "held_out_classes")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "training a selection encoder without the source classes" in result.stdout
-    assert (tmp_path / "selection_encoder" / "best.keras").is_file()
-    choice = json.loads((tmp_path / "metrics.json").read_text())["transfer_choice"]["1-shot"]
-    assert choice["episodes"] == "held_out_classes" and len(choice["scores"]) == 8  # grid x 8 candidates
 
 
 def test_max_per_class_and_a_square_image_size_reach_the_dataset(tmp_path):

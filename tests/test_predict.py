@@ -8,7 +8,7 @@ import pytest
 
 from triplet_keras.__main__ import main
 from triplet_keras.predict import Predictor, PredictorFormatError, predict
-from triplet_keras.transfer import fit_transfer
+from triplet_keras.choice import fit_transfer
 
 SIZE = (12, 12)
 

@@ -11,10 +11,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
-from triplet_keras.evaluation import resolve_auto
-from triplet_keras.selection import candidate_name, candidates
-from triplet_keras.transfer import (NearestMeanClassifier, TransferClassifier, classifier_from_state,
-                                    fit_transfer, source_whitening)
+from triplet_keras.choice import fit_transfer
+from triplet_keras.transfer import NearestMeanClassifier, TransferClassifier, classifier_from_state, source_whitening
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 
@@ -36,16 +34,17 @@ def domains():
     return source, target
 
 
-def episodes_accuracy(source, target, k_shot, n_episodes=30, **transfer):
-    """Mean accuracy of fit_transfer over K-shot episodes drawn with a fixed seed."""
+def episodes_accuracy(source, target, k_shot, draws=30, **transfer):
+    """Mean accuracy of fit_transfer over ``draws`` K-shot episodes drawn with a fixed seed (``auto``
+    scores its candidates on 20 source episodes each time)."""
     rng = np.random.default_rng(7)
     (xs, ys), (xt, yt) = source, target
     scores = []
-    for episode in range(n_episodes):
+    if transfer.get("mode", "auto") == "auto":
+        transfer = {"n_episodes": 20, **transfer}
+    for _ in range(draws):
         support = np.concatenate([rng.choice(np.flatnonzero(yt == c), k_shot, replace=False) for c in np.unique(yt)])
         query = np.setdiff1d(np.arange(len(yt)), support)
-        if episode == 0:  # auto's source episodes depend only on the source and the shots: once (resolve_auto)
-            transfer = resolve_auto(transfer, xs, ys, xt[support], yt[support])
         model = fit_transfer(xs, ys, xt[support], yt[support], **transfer)
         scores.append(model.score(xt[query], yt[query]))
     return float(np.mean(scores))
@@ -197,17 +196,18 @@ def test_modes_run_in_the_whitened_space(domains):
                                  unlabeled=None if pool is None else (pool - m_s) @ w, transductive=pool is not None)
             np.testing.assert_allclose(whitened.means_, plain.means_, atol=1e-9)
             np.testing.assert_array_equal(whitened.predict(xt), plain.predict((xt - m_s) @ w))
-    reused = fit_transfer(xs, ys, xt[support], yt[support], whiten=0.3, whitening=source_whitening(xs, ys, 0.3))
-    np.testing.assert_allclose(reused.means_, fit_transfer(xs, ys, xt[support], yt[support], whiten=0.3).means_)
+    reused = fit_transfer(xs, ys, xt[support], yt[support], mode="center", whiten=0.3,
+                          whitening=source_whitening(xs, ys, 0.3))
+    np.testing.assert_allclose(reused.means_, fit_transfer(xs, ys, xt[support], yt[support], mode="center",
+                                                           whiten=0.3).means_)
     other = source_whitening(xs[::2] * 2.0, ys[::2], 0.5)  # learnt on other source data: used as given
     elsewhere = fit_transfer(xs, ys, xt[support], yt[support], mode="center", whiten=0.5, whitening=other)
-    with pytest.raises(ValueError, match="numeric whiten"):
-        fit_transfer(xs, ys, xt[support], yt[support], mode="center", whitening=other)
     np.testing.assert_allclose(elsewhere.transform(xt), fit_transfer(
         other.apply(xs), ys, other.apply(xt[support]), yt[support], mode="center", whiten=None).transform(other.apply(xt)))
-    assert fit_transfer(xs, ys, xt[support], yt[support], whitening=other, whiten=None).whitening_.size == 0
+    assert fit_transfer(xs, ys, xt[support], yt[support], mode="center", whitening=other,
+                        whiten=None).whitening_.size == 0
     with pytest.raises(ValueError, match="learnt on 16-d embeddings"):  # a whitening from other features
-        fit_transfer(xs[:, :8], ys, xt[support, :8], yt[support], whiten=0.5, whitening=other)
+        fit_transfer(xs[:, :8], ys, xt[support, :8], yt[support], mode="center", whiten=0.5, whitening=other)
     none = fit_transfer(xs, ys, xt[support], yt[support], mode="none", whiten=0.3)
     assert none.whitening_.size == 0  # the baseline never sees the source
 
@@ -227,30 +227,6 @@ def test_whitening_helps_new_classes_under_shared_anisotropic_noise():
     assert auto > none + 0.15
     chosen = fit_transfer(*source, xt[::40], target[1][::40], mode="auto")
     assert chosen.whiten_ is not None and chosen.mode_ != "none"  # the source episodes show whitening helps
-    assert chosen.selection_[f"features: {chosen.mode_} whiten {chosen.whiten_:g}"] == max(chosen.selection_.values())
-
-
-def test_auto_lets_a_support_of_several_shots_overrule_the_source_episodes(domains):
-    """Source scores that favour ``none`` (given as source_scores, as evaluate_few_shot passes them) in a
-    target moved by a global offset: with three shots a class, leaving one out shows that a mode using
-    the source does better, and auto takes it; with one shot the source scores decide alone."""
-    (xs, ys), (xt, yt) = domains
-    scores = {f"features: {name}": 0.5 for name in candidates()} | {"features: none": 0.9}
-    support = np.concatenate([np.flatnonzero(yt == c)[:3] for c in range(N_CLASSES)])
-    query = np.setdiff1d(np.arange(len(yt)), support)
-    model = fit_transfer(xs, ys, xt[support], yt[support], mode="auto", source_scores=scores)
-    assert model.selection_ == scores and len(model.support_selection_) == len(scores)
-    chosen = f"features: {candidate_name(model.mode_, model.whiten_)}"
-    assert model.mode_ != "none" and model.support_selection_[chosen] == max(model.support_selection_.values())
-    assert model.support_selection_[chosen] > model.support_selection_["features: none"]
-    none = fit_transfer(xs, ys, xt[support], yt[support], mode="none")
-    assert model.score(xt[query], yt[query]) > none.score(xt[query], yt[query]) + 0.05  # 0.96 against 0.90
-    one_shot = fit_transfer(xs, ys, xt[support[::3]], yt[support[::3]], mode="auto", source_scores=scores)
-    assert (one_shot.mode_, one_shot.support_selection_) == ("none", {})
-    own = fit_transfer(xs, ys, xt[support], yt[support], mode="auto")  # its own source episodes
-    with pytest.raises(ValueError, match="features: calibrate"):  # auto's candidates never include calibrate
-        fit_transfer(xs, ys, xt[support], yt[support], mode="auto", source_scores={"features: calibrate": 1.0})
-    assert set(own.selection_) == set(scores) and own.selection_ != scores and own.support_selection_
 
 
 def test_translate_nearest_mean_equals_none_and_knn_uses_translated_points(domains):
@@ -287,7 +263,7 @@ def test_new_classes_borrow_from_nearest_source_class():
     model = fit_transfer(xs, ys, support, ["new"], mode="calibrate", kappa_new=1.0, n_borrow=1, whiten=None)
     np.testing.assert_allclose(model.means_[0], (support[0] + xs[ys == 2].mean(axis=0)) / 2)
     alone = fit_transfer(xs, ys, support, ["new"], mode="auto")  # one class: no episode to simulate
-    assert (alone.mode_, alone.whiten_, alone.selection_) == ("none", None, {})
+    assert (alone.mode_, alone.whiten_) == ("none", None)
 
 
 def test_new_classes_with_a_class_mapping(domains):
@@ -320,8 +296,8 @@ def test_transductive_refinement_helps_on_balanced_and_unbalanced_pools(balanced
         if not balanced:
             few = [rng.choice(pool[y[pool] == c], 5, replace=False) for c in range(1, N_CLASSES)]
             pool = np.concatenate([pool[y[pool] == 0][:100]] + few)
-        inductive = fit_transfer(None, None, x[support], y[support], unlabeled=x[pool])
-        refined = fit_transfer(None, None, x[support], y[support], unlabeled=x[pool], transductive=True)
+        inductive = fit_transfer(None, None, x[support], y[support], mode="none", unlabeled=x[pool])
+        refined = fit_transfer(None, None, x[support], y[support], mode="none", unlabeled=x[pool], transductive=True)
         gains.append(refined.score(x[pool], y[pool]) - inductive.score(x[pool], y[pool]))
     assert np.mean(gains) > 0.05
 
@@ -332,4 +308,4 @@ def test_bad_parameters_are_refused(domains):
                    dict(mode="calibrate", kappa=-1.0), dict(temperature=0.0), dict(whiten=1.5),
                    dict(whiten=-0.1)):
         with pytest.raises(ValueError):
-            fit_transfer(xs, ys, xt[:6], yt[:6], **params)
+            fit_transfer(xs, ys, xt[:6], yt[:6], **{"mode": "center", **params})

@@ -7,8 +7,9 @@ import pytest
 from scipy.special import softmax
 from sklearn.utils.estimator_checks import check_estimator
 
+from triplet_keras.choice import fit_transfer
 from triplet_keras.transfer import (DomainCentering, NearestMeanClassifier, WithinClassWhitening, classifier_from_state,
-                                    fit_transfer, source_prior, source_whitening)
+                                    source_prior, source_whitening)
 from triplet_keras.transfer.prototypes import knn_scores, refine_prototypes
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn only: run once, not per backend
@@ -159,16 +160,23 @@ def test_estimators_pass_scikit_learn_checks():
             check_estimator(estimator)
 
 
-def test_state_of_version_2_loads_with_its_whiten_param():
-    """Version 2 states had no whiten_ / selection_ / support_selection_: whiten_ is the whiten param, the
-    selections empty; a float64 whitening_ from before the float32 storage predicts as saved."""
+def test_states_of_versions_2_and_3_load_with_the_mode_and_whitening_they_fitted():
+    """Version 2 states had no whiten_: it is the whiten param; a float64 whitening_ from before the
+    float32 storage predicts as saved. Version 3 classifiers could choose their own mode ("auto"): they
+    load with the mode and whitening they fitted as fixed parameters, the record of that choice dropped."""
     rng = np.random.default_rng(8)
     xs, ys = anisotropic(rng, 4, 20)
     model = fit_transfer(xs, ys, xs[::10], ys[::10], mode="center", whiten=0.3)
     config, arrays = model.get_state()
-    old = {key: value for key, value in config.items() if key not in ("whiten_", "selection_", "support_selection_")}
-    old["params"] = {key: value for key, value in old["params"].items() if key != "source_scores"}
+    old = {key: value for key, value in config.items() if key != "whiten_"}
     arrays = {**arrays, "whitening_": arrays["whitening_"].astype(np.float64)}
     restored = classifier_from_state({**old, "version": 2}, arrays)
-    assert (restored.whiten_, restored.selection_, restored.support_selection_, restored.mode_) == (0.3, {}, {}, "center")
+    assert (restored.whiten_, restored.mode_, restored.mode, restored.whiten) == (0.3, "center", "center", 0.3)
+    np.testing.assert_allclose(restored.predict_proba(xs), model.predict_proba(xs), atol=1e-6)
+    chosen = {**config, "version": 3, "selection_": {"features: center whiten 0.3": 0.9}, "support_selection_": {},
+              "params": {**config["params"], "mode": "auto", "whiten": "auto", "selection_episodes": 100,
+                         "source_scores": None}}
+    restored = classifier_from_state(chosen, arrays)
+    assert (restored.mode, restored.whiten, restored.mode_, restored.whiten_) == ("center", 0.3, "center", 0.3)
+    assert not hasattr(restored, "selection_") and "source_scores" not in restored.get_params()
     np.testing.assert_allclose(restored.predict_proba(xs), model.predict_proba(xs), atol=1e-6)

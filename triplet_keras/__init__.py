@@ -89,7 +89,9 @@ _EXPORTS = {
     "PKBatchGenerator": "generators",
     "RemineCallback": "callbacks",
     "NearestMeanClassifier": "transfer",
-    "fit_transfer": "transfer",
+    "fit_transfer": "choice",
+    "TransferSearch": "choice",
+    "Candidate": "choice",
     "Predictor": "predict",
     "predict": "predict",
 }

@@ -22,7 +22,7 @@ from triplet_keras.stages import PipelineError
 # resumed run whose value differs stops before loading it (--restart trains anew).
 RESUMABLE_KEYS = ("epochs", "episodes", "shots", "plot_method", "loader_workers", "cache_mb", "collapse_patience",
                   "archive", "target_dataset", "target_transform", "transfer_mode", "transfer_whiten",
-                  "transfer_features", "transfer_shift_average", "transfer_selection")
+                  "transfer_features", "transfer_shift_average")
 
 
 def training_fingerprint(params):

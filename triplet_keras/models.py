@@ -318,6 +318,13 @@ def feature_encoder(encoder, features="embedding", shift_average=0):
     return keras.Model(images, L2Normalize(name="l2_normalize_mean")(mean), name=f"{model.name}_shift_average")
 
 
+def pixel_features(image_shape):
+    """Images -> their pixel values flattened (0..255, float32): the ``pixels`` network of the
+    transfer choice (triplet_keras.choice), a model like the others so that a predictor can use it."""
+    images = keras.Input(tuple(image_shape), name="images")
+    return keras.Model(images, layers.Flatten(name="pixels")(images), name="pixels")
+
+
 @keras.saving.register_keras_serializable(package="triplet_keras")
 class RandomPadCrop(layers.Layer):
     """Training only: zero-pad each image by ``padding`` pixels, then crop a random H x W window of it."""

@@ -55,16 +55,12 @@ SCHEMA = {
     "target_dataset": (None, str, "folder of the target domain with the same class names"),
     "target_transform": (None, ("style",), "a synthetic target domain made from the test split"),
     "transfer_mode": ("auto", ("auto", "translate", "center", "calibrate", "none"),
-                      "transfer mode; auto: the best on few-shot episodes simulated on the source, then by "
-                      "leave-one-out on the support when it has 2 shots a class or more (selection.py)"),
-    "transfer_selection": ("source", ("source", "held_out_classes"),
-                           "new classes, auto: score the candidates on source classes the encoder trained on "
-                           "(source), or train a second encoder without a fold of source classes and score them "
-                           "on that fold, which it never saw (held_out_classes: one more training; "
-                           "triplet_keras.selection)"),
+                      "transfer mode; auto: chosen with the network, features, whitening and the use of unlabelled "
+                      "target images on evidence the scored features never trained on, then by leave-one-out on "
+                      "the support when it has 2 shots a class or more (triplet_keras.choice)"),
     "transfer_whiten": ("auto", float, "shrinkage (0 to 1) of the source within-class covariance that whitens the "
                         "transfer features (triplet_keras.transfer.source_whitening); null: no whitening; "
-                        "\"auto\": chosen with the mode (source episodes, then the support)"),
+                        "\"auto\": chosen with the mode"),
     "transfer_features": ("auto", ("auto", "backbone", "grid", "embedding"),
                           "vectors the transfer works on: the L2-normalised pooled backbone features under the "
                           "embedding, the backbone's last map pooled to 2 x 2 cells (4x as wide), the embedding "

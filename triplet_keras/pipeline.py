@@ -47,13 +47,15 @@ __all__ = ["PipelineError", "RESUMABLE_KEYS", "TrainingState", "calibration_repo
 
 
 def fine_tuning_verdict(transfer):
-    """One line per K: whether ``auto`` beat both baselines."""
+    """One line per K and searched row (``auto``, ``semi_supervised``): whether it beat both baselines."""
     lines = []
     for shots, rows in transfer.items():
-        auto, best = rows["auto"]["mean"], max(BASELINES, key=lambda name: rows[name]["mean"])
-        verdict = "beat both baselines" if auto > rows[best]["mean"] else f"did NOT beat the {best} baseline"
-        lines.append(f"{shots}: fine-tuning + transfer {verdict} ({auto:.3f} vs pixels {rows['pixels']['mean']:.3f}, "
-                     f"initial_encoder {rows['initial_encoder']['mean']:.3f})")
+        best = max(BASELINES, key=lambda name: rows[name]["mean"])
+        for row in ("auto", "semi_supervised"):
+            chosen = rows[row]["mean"]
+            verdict = "beat both baselines" if chosen > rows[best]["mean"] else f"did NOT beat the {best} baseline"
+            lines.append(f"{shots} {row}: {verdict} ({chosen:.3f} vs pixels {rows['pixels']['mean']:.3f}, "
+                         f"initial_encoder {rows['initial_encoder']['mean']:.3f})")
     return lines
 
 
@@ -95,11 +97,13 @@ def export_run_embeddings(model_dir, data, evaluation, transfer):
 
 def report(model_dir, params, trained, evaluation, calibration, transfer):
     """The report stage: ``model_dir/metrics.json`` and the printed summary; returns the metrics dict."""
-    scores, episodes, choices = dict(evaluation.scores), {}, {}
+    scores, episodes, choices, search = dict(evaluation.scores), {}, {}, None
     if transfer is not None:
         scores["transfer_accuracy"], episodes, choices = transfer.accuracy, transfer.episodes, transfer.choices
+        search = transfer.search
     verdict = fine_tuning_verdict(episodes)
     result = {"params": params, "scores": scores, "transfer": episodes, "transfer_choice": choices,
+              "saved_transfer_search": search,
               "fine_tuning_verdict": verdict, "calibration": calibration,
               "epochs_trained": len(trained.history.get("loss", []))}
     write_json(os.path.join(model_dir, "metrics.json"), result)

@@ -54,14 +54,16 @@ class Predictor:
     ``image_size`` (H, W, or n for n x n): inputs are resized to it; default the encoder's input size.
 
     Methods taking images (arrays or file paths) embed them and call their ``*_embeddings`` twin,
-    which takes the output of :meth:`embed` instead.
+    which takes the output of :meth:`embed` instead. ``features_from``: what the encoder's vectors are
+    (such as the transfer choice's candidate name: "initial backbone: center"), kept in predictor.json.
     """
 
     UNKNOWN = "unknown"
 
     def __init__(self, encoder, class_names, classifier, image_size=None, batch_size=64, calibration=None,
-                 gallery=None):
+                 gallery=None, features_from=None):
         self.encoder = encoder
+        self.features_from = features_from
         self.classifier = classifier
         classes = classifier.classes_
         self.class_names = [str(c) for c in classes] if class_names is None else [str(n) for n in class_names]

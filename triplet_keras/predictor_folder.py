@@ -51,7 +51,7 @@ def save_predictor(predictor, directory):
     config = {"format": FORMAT, "version": VERSION, "class_names": predictor.class_names,
               "image_size": list(predictor.image_size), "classifier": state,
               "calibration": None if calibration is None else calibration._asdict(),
-              "gallery": predictor.gallery is not None}
+              "gallery": predictor.gallery is not None, "features_from": predictor.features_from}
     write_text(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2))
 
 
@@ -77,7 +77,8 @@ def load_predictor(predictor_class, directory, batch_size=64):
         raise PredictorFormatError(f"{encoder_path!r} gives {encoder.output_shape[-1]}-d embeddings but "
                                    f"{arrays_path!r} expects {classifier.n_features_in_}")
     try:
-        predictor = predictor_class(encoder, config["class_names"], classifier, config["image_size"], batch_size)
+        predictor = predictor_class(encoder, config["class_names"], classifier, config["image_size"], batch_size,
+                                    features_from=config.get("features_from"))
     except ValueError as error:
         raise PredictorFormatError(f"{config_path!r}: {error}") from error
     if config.get("gallery"):
@@ -114,6 +115,8 @@ def read_config(path):
             problems += saved_calibration_problems(config.get("calibration", False), config["version"])
             if not isinstance(config.get("gallery"), bool):
                 problems.append("'gallery' must be true or false")
+        if not isinstance(config.get("features_from"), (str, type(None))):
+            problems.append("'features_from' must be a string or null")
         if not all(isinstance(name, str) for name in config["class_names"]):
             problems.append("'class_names' must be strings")
         try:

@@ -1,113 +1,59 @@
-"""The transfer stage of pipeline.run: the transfer features and mode chosen by episodes on the source,
-then on each support by leave-one-out, few-shot episodes on the target with the baselines, and the
-saved, calibrated transfer predictor."""
+"""The transfer stage of pipeline.run: the candidates' features, the evidence that scores them, few-shot
+episodes on the target with the baselines, and the saved, calibrated transfer predictor.
+
+The candidates (triplet_keras.choice) come from three networks: the fine-tuned encoder, the same
+network before fine-tuning (``initial``: the weights training started from) and the pixels. The
+evidence never comes from classes the scored features trained on: for new classes a fold encoder is
+trained like the main one without a fold of source classes (choice.held_out_fold), and every network's
+candidates are scored on episodes with that fold as the new classes (the fine-tuned network by the fold
+encoder's features, the others by their own); for a new domain the source validation split stands in
+for the target. The rows of each K: every mode on the fine-tuned features the evidence ranks best, the
+two baselines, ``auto`` (the search over every candidate that needs no unlabelled images, per episode),
+``semi_supervised`` (the search with each episode's queries as the unlabelled pool too) and the ceiling.
+"""
 import os
 from collections import Counter
 from dataclasses import dataclass, replace
-from functools import partial
 
 import keras
 import numpy as np
 
-from triplet_keras import plots, selection
-from triplet_keras.evaluation import evaluate_few_shot, method_shrinkage, whitened_spaces
+from triplet_keras import plots
+from triplet_keras.choice import (
+    SHRINKAGES,
+    EpisodeEvidence,
+    LabelledVectors,
+    TransferSearch,
+    candidates,
+    halve_per_class,
+    held_out_fold,
+)
+from triplet_keras.choice import MODES as CHOICE_MODES
+from triplet_keras.evaluation import EstimatorMethod, evaluate_few_shot, support_centered
 from triplet_keras.export import write_json
-from triplet_keras.models import TRANSFER_FEATURES, embed_images, feature_encoder
+from triplet_keras.models import TRANSFER_FEATURES, embed_images, feature_encoder, pixel_features
 from triplet_keras.predict import Predictor
-from triplet_keras.source_evaluation import calibration_report, embed_splits, image_ids
+from triplet_keras.prepared_data import relabel, select_classes
+from triplet_keras.pseudo_classes import N_VARIANTS, with_pseudo_classes
+from triplet_keras.source_evaluation import calibration_report, image_ids
 from triplet_keras.stages import stage
-from triplet_keras.prepared_data import select_classes
 from triplet_keras.training import build_training_model, train
-from triplet_keras.transfer import fit_transfer
+from triplet_keras.transfer import TransferClassifier
 
-
-# The widest transfer features "auto" tries: whitening them takes a d x d float64 matrix (32 MB).
+# The widest transfer features "auto" tries, but for the pixels, which are always a candidate.
 MAX_AUTO_WIDTH = 2048
 
 
 def transfer_feature_models(params, encoder, new_classes=False):
     """{kind: model} of the transfer features to choose from: ``transfer_features``, or with "auto" every
-    kind of models.TRANSFER_FEATURES whose vectors are at most MAX_AUTO_WIDTH wide (a d x d whitening),
-    but for ``new_classes`` not the embedding: its head is trained to separate exactly the source
-    classes, so episodes on them always favour it, while on classes it never saw it did worst."""
+    kind of models.TRANSFER_FEATURES whose vectors are at most MAX_AUTO_WIDTH wide, but for
+    ``new_classes`` not the embedding: its head is trained to separate exactly the source classes."""
     kinds = TRANSFER_FEATURES if params["transfer_features"] == "auto" else (params["transfer_features"],)
     if params["transfer_features"] == "auto" and new_classes:
         kinds = tuple(kind for kind in kinds if kind != "embedding")
     models = {kind: feature_encoder(encoder, kind, params["transfer_shift_average"]) for kind in kinds}
     return {kind: model for kind, model in models.items()
             if params["transfer_features"] != "auto" or model.output_shape[-1] <= MAX_AUTO_WIDTH}
-
-
-@dataclass
-class TransferVectors:
-    """One kind of transfer features of the source (train rows and held-out rows, see selection.py)
-    and of the target."""
-    model: keras.Model
-    train: np.ndarray
-    held_out: np.ndarray
-    target: np.ndarray
-
-
-def embed_for_transfer(params, encoder, data, encoder_vectors):
-    """({kind: TransferVectors}, train labels, held-out labels, target labels, the train rows held out
-    or None) for ``data`` (PreparedData) and its target. The held-out rows are
-    the source validation split, or half of each train class when there is none (selection.halve_per_class);
-    the train rows are every train image either way (the selection uses the rest when halving).
-    ``encoder_vectors``: (train, target) as ``encoder`` itself embeds them, reused for the "embedding" kind."""
-    train_labels, target_labels, target_splits = data.train.labels, data.target.labels, data.target.splits
-    halved = None if len(data.validation) else selection.halve_per_class(train_labels, params["seed"])
-    held_out_labels = train_labels[halved] if halved is not None else data.validation.labels
-    vectors = {}
-    for kind, model in transfer_feature_models(params, encoder, data.target.new_classes).items():
-        if model is encoder:
-            train, target = encoder_vectors
-        else:
-            train = embed_images(model, data.train, description=f"{kind} features of train")
-            target = embed_splits(model, target_splits)[0]
-        held_out = train[halved] if halved is not None else embed_images(
-            model, data.validation, description=f"{kind} features of validation")
-        vectors[kind] = TransferVectors(model, train, held_out, target)
-    return vectors, train_labels, held_out_labels, target_labels, halved
-
-
-def choose_transfer(params, vectors, train_labels, held_out_labels, halved, new_classes, n_way, k_shot):
-    """selection.TransferChoice for K = ``k_shot``, from episodes on the source rows not held out;
-    candidates limited by transfer_mode / transfer_whiten when they are not "auto"."""
-    rows = np.arange(len(train_labels)) if halved is None else np.flatnonzero(~halved)
-    features = {kind: (v.train[rows], v.held_out) for kind, v in vectors.items()}
-    return selection.choose_transfer(features, train_labels[rows], held_out_labels, new_classes, n_way, k_shot,
-                                     params["transfer_mode"], params["transfer_whiten"], params["episodes"],
-                                     params["seed"])
-
-
-def choose_on_held_out_classes(params, data, model_dir, restart, n_way):
-    """{K: selection.TransferChoice} for new classes from a selection encoder: trained like the main one
-    (into ``model_dir``/selection_encoder, resumable) without the source classes of
-    selection.held_out_fold, and scored on episodes with that fold as the new classes. None when the
-    source has too few classes for a fold."""
-    classes = np.unique(data.train.labels)
-    fold = selection.held_out_fold(classes, n_way, params["seed"])
-    if not len(fold):
-        stage("too few source classes for a held-out fold: choosing on the source classes")
-        return None
-    kept = np.setdiff1d(classes, fold)
-    stage(f"training a selection encoder without the source classes {[data.names[c] for c in fold]}")
-    fold_data = replace(data, train=select_classes(data.train, kept), validation=select_classes(data.validation, kept),
-                        test=select_classes(data.test, kept), target=None)
-    encoder = train(params, fold_data, os.path.join(model_dir, "selection_encoder"), restart).encoder
-    unseen = [split for split in (select_classes(s, fold) for s in (data.train, data.validation)) if len(split)]
-    features, unseen_labels = {}, None
-    for kind, model in transfer_feature_models(params, encoder, new_classes=True).items():
-        vectors, unseen_labels = embed_splits(model, unseen)
-        features[kind] = (embed_images(model, fold_data.train, description=f"{kind} features of train"), vectors)
-    choices = {}
-    for k in params["shots"]:
-        tasks = selection.held_out_class_tasks(fold_data.train.labels, unseen_labels, n_way, k)
-        choices[k] = selection.choose_transfer(features, fold_data.train.labels, unseen_labels, True, n_way, k,
-                                               params["transfer_mode"], params["transfer_whiten"], params["episodes"],
-                                               params["seed"], tasks)
-        choices[k].episodes = "held_out_classes"
-    return choices
 
 
 def initial_encoder(params, image_shape):
@@ -117,83 +63,193 @@ def initial_encoder(params, image_shape):
     return build_training_model(params, image_shape)[1]
 
 
-def baseline_vectors(params, data, choice_features):
-    """(target images flattened as uint8: the pixels baseline, {kind: target features of the encoder
-    before fine-tuning}: the initial_encoder baseline)."""
-    target_splits = data.target.splits
-    pixels = np.concatenate([s.load(np.arange(len(s))).reshape(len(s), -1) for s in target_splits])
-    initial_models = transfer_feature_models(params, initial_encoder(params, data.train.image_shape))
-    features = {kind: embed_splits(initial_models[kind], target_splits)[0] for kind in set(choice_features)}
-    return pixels, features
+def network_models(params, encoder, data):
+    """{(network, kind): model} of every candidate space: the fine-tuned ``encoder`` and the initial one
+    by transfer_feature_models, and the pixels."""
+    new_classes, image_shape = data.target.new_classes, data.train.image_shape
+    models = {("fine_tuned", kind): model for kind, model in transfer_feature_models(params, encoder, new_classes).items()}
+    initial = transfer_feature_models(params, initial_encoder(params, image_shape), new_classes)
+    models.update({("initial", kind): model for kind, model in initial.items()})
+    models[("pixels", "pixels")] = pixel_features(image_shape)
+    return models
 
 
-def choose_on_supports(params, vectors, train_labels, target_labels, choice, supports):
-    """[selection.TransferChoice] for each support (target rows): ``choice`` re-decided by leave-one-out
-    on that support over every kind of ``vectors`` and the candidates transfer_mode / transfer_whiten
-    leave open (selection.support_scores, selection.support_choice); ``choice`` itself for a support
-    with one shot of a class. One kind's whitened vectors are in memory at a time."""
-    methods = selection.open_candidates(params["transfer_mode"], params["transfer_whiten"])
-    n_folds = [len(selection.leave_one_out_folds(target_labels[support])) for support in supports]
-    scores = [{} for _ in supports]
-    shrinkages = {method_shrinkage(kwargs) for kwargs in methods.values()}
-    for kind, v in (vectors.items() if any(n_folds) else ()):
-        spaces = whitened_spaces(v.train, train_labels, v.target, shrinkages)
-        for found, new in zip(scores, selection.support_scores(kind, spaces, train_labels, target_labels, supports,
-                                                               methods, progress=len(supports) > 1)):
-            found.update(new)
-    return [selection.support_choice(choice, found, methods, n) for found, n in zip(scores, n_folds)]
+@dataclass
+class SpaceVectors:
+    """One candidate space: its ``model`` and the vectors of the source's ``train`` and ``validation``
+    splits and of the ``target`` images."""
+    model: keras.Model
+    train: np.ndarray
+    validation: np.ndarray
+    target: np.ndarray
 
 
-def choice_accuracies(vectors, train_labels, target_labels, choices, episodes):
-    """Share of each episode's queries right with that episode's choice (fitted on its support)."""
-    accuracies = np.zeros(len(episodes))
-    for kind in {choice.features for choice in choices}:
-        v = vectors[kind]
-        spaces = whitened_spaces(v.train, train_labels, v.target,
-                                 {method_shrinkage(choice.kwargs) for choice in choices if choice.features == kind})
-        for e, ((support, query), choice) in enumerate(zip(episodes, choices)):
-            if choice.features == kind:  # fitting in the whitened space is fitting with whiten
-                source, target = spaces[method_shrinkage(choice.kwargs)]
-                model = fit_transfer(source, train_labels, target[support], target_labels[support],
-                                     **{**choice.kwargs, "whiten": None})
-                accuracies[e] = np.mean(model.predict(target[query]) == target_labels[query])
-    return accuracies
+def embed_all(model, splits, name):
+    """Concatenated vectors of ``splits`` (empty ones allowed) by ``model``."""
+    parts = [embed_images(model, split, description=f"{name} of {len(split)} images") for split in splits if len(split)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def auto_accuracies(params, vectors, train_labels, target_labels, choice, picks, episodes):
-    """``auto``'s share right on each episode: ``choice`` re-decided on the episode's support
-    (choose_on_supports), fitted on it and scored on its queries; counts each pick in ``picks``."""
-    chosen = choose_on_supports(params, vectors, train_labels, target_labels, choice, [support for support, _ in episodes])
-    picks.update(c.key for c in chosen)
-    return choice_accuracies(vectors, train_labels, target_labels, chosen, episodes)
+def embed_spaces(models, data, encoder, encoder_vectors):
+    """{(network, kind): SpaceVectors}; ``encoder_vectors``: (train, target) as ``encoder`` embeds them."""
+    spaces = {}
+    for key, model in models.items():
+        name = f"{key[0]} {key[1]} features"
+        if model is encoder:
+            train, target = encoder_vectors
+        else:
+            train, target = embed_all(model, [data.train], name), embed_all(model, data.target.splits, name)
+        spaces[key] = SpaceVectors(model, train, embed_all(model, [data.validation], name), target)
+    return spaces
 
 
-def evaluate_transfer(params, vectors, train_labels, target_labels, choices, baselines):
-    """Few-shot episodes for each K: every mode on the chosen features and shrinkage, ``auto`` (the
-    choice re-decided on each episode's support, choose_on_supports), the baselines and the ceiling,
-    all on the same episodes. Returns (results, {K: {candidate key: episodes whose support chose it}})."""
-    results, picks = {}, {}
+def held_out_class_evidence(params, data, spaces, model_dir, restart, n_way):
+    """EpisodeEvidence for new classes: a fold encoder trained like the main one (into
+    ``model_dir``/selection_encoder, resumable) without the source classes of choice.held_out_fold, and
+    episodes with that fold (train and validation images; with pseudo_classes each of their symmetries a
+    class of its own) as the new classes, the other train images as the source; the fine-tuned
+    network's candidates are scored on the fold encoder's features, the others on their own. None when
+    the source has too few classes for a fold."""
+    classes = np.unique(data.train.labels)
+    fold = held_out_fold(classes, n_way, params["seed"])
+    if not len(fold):
+        stage("too few source classes (4 needed) for held-out-class evidence: the support decides, or the fallback")
+        return None
+    kept = np.setdiff1d(classes, fold)
+    stage(f"training a fold encoder without the source classes {[data.names[c] for c in fold]} (evidence for the choice)")
+    fold_data = replace(data, train=select_classes(data.train, kept), validation=select_classes(data.validation, kept),
+                        test=select_classes(data.test, kept), target=None)
+    fold_encoder = train(params, fold_data, os.path.join(model_dir, "selection_encoder"), restart).encoder
+    unseen = [split for split in (select_classes(data.train, fold), select_classes(data.validation, fold)) if len(split)]
+    if params["pseudo_classes"]:  # the fold's symmetries as classes of their own: more ways, as in training
+        unseen = [relabel(with_pseudo_classes(split), np.concatenate(
+            [split.labels + i * len(data.names) for i in range(N_VARIANTS)])) for split in unseen]
+    fold_models = transfer_feature_models(params, fold_encoder, new_classes=True)
+    source_rows, stand_ins = np.isin(data.train.labels, kept), {}
+    for (network, kind), vectors in spaces.items():
+        if network == "fine_tuned":
+            model, name = fold_models[kind], f"fold encoder {kind} features"
+            stand_ins[(network, kind)] = embed_all(model, [fold_data.train], name), embed_all(model, unseen, name)
+        else:
+            stand_ins[(network, kind)] = vectors.train[source_rows], embed_all(
+                vectors.model, unseen, f"{network} {kind} features")
+    unseen_labels = np.concatenate([split.labels for split in unseen])
+    symmetries = " and their symmetries" if params["pseudo_classes"] else ""
+    return EpisodeEvidence(stand_ins, data.train.labels[source_rows], unseen_labels, True, params["episodes"],
+                           params["seed"], f"source classes {[data.names[c] for c in fold]}{symmetries}, "
+                           "held out of training")
+
+
+def validation_evidence(params, data, spaces):
+    """EpisodeEvidence for a new domain: the source validation split stands in for the target, the train
+    split is the source (without a validation split, half of each train class stands in)."""
+    if len(data.validation):
+        stand_ins = {key: (v.train, v.validation) for key, v in spaces.items()}
+        return EpisodeEvidence(stand_ins, data.train.labels, data.validation.labels, False, params["episodes"],
+                               params["seed"], "the source validation split")
+    halved = halve_per_class(data.train.labels, params["seed"])
+    stand_ins = {key: (v.train[~halved], v.train[halved]) for key, v in spaces.items()}
+    return EpisodeEvidence(stand_ins, data.train.labels[~halved], data.train.labels[halved], False,
+                           params["episodes"], params["seed"], "half of each train class (no validation split)")
+
+
+def open_candidates(params, spaces, unlabeled=(False, True)):
+    """choice.candidates over ``spaces``, with the modes and shrinkages transfer_mode / transfer_whiten
+    leave open."""
+    modes = CHOICE_MODES if params["transfer_mode"] == "auto" else (params["transfer_mode"],)
+    shrinkages = SHRINKAGES if params["transfer_whiten"] == "auto" else (params["transfer_whiten"],)
+    widths = {key: v.train.shape[1] for key, v in spaces.items()}
+    return candidates(widths, modes, shrinkages, unlabeled)
+
+
+class EpisodeSearches:
+    """``auto`` and ``semi_supervised`` as episode methods: a TransferSearch fitted on each episode's
+    support, over the candidates without a pool (auto) or over all of them with the episode's queries as
+    the pool (semi_supervised); ``picks`` counts what each chose."""
+
+    def __init__(self, search, labels):
+        self.search, self.labels = search, labels
+        self.picks = {"auto": Counter(), "semi_supervised": Counter()}
+
+    def method(self, name):
+        inductive = [c for c in self.search.candidates if not c.unlabeled]
+        search = _sharing(self.search, self.search.candidates if name == "semi_supervised" else inductive)
+
+        def predict(support, query):
+            search.fit(support, self.labels[support], unlabeled=query if name == "semi_supervised" else None)
+            self.picks[name][search.best_candidate_.name] += 1
+            return search.predict(query)
+
+        return predict
+
+
+def _sharing(search, chosen):
+    """A TransferSearch over ``chosen`` candidates sharing ``search``'s spaces, evidence and cached vectors."""
+    other = TransferSearch(search.spaces, search.source_labels, chosen, search.evidence, search.fallback,
+                           search.class_mapping, refit=False)
+    other.__dict__["_labelled_vectors"] = search.__dict__.setdefault("_labelled_vectors", {})
+    return other
+
+
+def mode_methods(best, spaces, train_labels, target_labels, new_classes):
+    """{mode: episode method} for the modes of choice.MODES on ``best``'s fine-tuned space and shrinkage."""
+    vectors = LabelledVectors(spaces[best.space].train, train_labels, spaces[best.space].target, new_classes)
+    methods = {}
+    for mode in CHOICE_MODES:
+        source, source_labels, target = vectors.whitened(None if mode == "none" else best.whiten)[:3]
+        methods[mode] = EstimatorMethod(TransferClassifier(mode=mode), target, target_labels,
+                                        {"source_emb": source, "source_labels": source_labels})
+    return methods
+
+
+def best_fine_tuned(search, evidence_scores):
+    """The fine-tuned candidate without a pool that ``evidence_scores`` rank first (the first one without
+    evidence): whose features and shrinkage the mode rows use."""
+    fine_tuned = [c for c in search.candidates if c.network == "fine_tuned" and not c.unlabeled]
+    return max(fine_tuned, key=lambda c: (evidence_scores.get(c, 0.0), -fine_tuned.index(c)))
+
+
+def evaluate_transfer(params, spaces, search, train_labels, target_labels, new_classes):
+    """Few-shot episodes for each K: the modes, the baselines, auto, semi_supervised and the ceiling, all
+    on the same episodes. Returns (results, {K: what the evidence and the searches chose})."""
+    results, choices = {}, {}
     n_way = len(np.unique(target_labels))
     smallest = int(np.min(np.bincount(target_labels)[np.unique(target_labels)]))
-    pixels, initial = baselines
-    for k, choice in choices.items():
+    searches = EpisodeSearches(search, target_labels)
+    for k in params["shots"]:
         n_query = min(15, smallest - k)
         if n_query < 1:
             print(f"skipping {k}-shot: a target class has only {smallest} images")
             continue
-        methods = {mode: {"mode": mode, "whiten": choice.whiten} for mode in selection.MODES}
-        chosen, picks[k] = vectors[choice.features], Counter()
-        results[f"{k}-shot"] = evaluate_few_shot(
-            chosen.train, train_labels, chosen.target, target_labels, n_way, k, methods, n_episodes=params["episodes"],
-            n_query=n_query, seed=params["seed"], baselines={"pixels": pixels, "initial_encoder": initial[choice.features]},
-            scorers={"auto": partial(auto_accuracies, params, vectors, train_labels, target_labels, choice, picks[k])})
-    return results, picks
+        scores = {} if search.evidence is None else search.evidence.scores(search.candidates, n_way, k)
+        best = best_fine_tuned(search, scores)
+        initial_kind = best.features if ("initial", best.features) in spaces else next(
+            kind for network, kind in spaces if network == "initial")
+        methods = mode_methods(best, spaces, train_labels, target_labels, new_classes)
+        methods["pixels"] = EstimatorMethod(support_centered(), spaces[("pixels", "pixels")].target, target_labels)
+        methods["initial_encoder"] = EstimatorMethod(support_centered(), spaces[("initial", initial_kind)].target,
+                                                     target_labels)
+        methods["auto"] = searches.method("auto")
+        methods["semi_supervised"] = searches.method("semi_supervised")
+        for counter in searches.picks.values():
+            counter.clear()
+        stage(f"{k}-shot episodes: {len(methods)} methods on {params['episodes']} episodes "
+              f"(auto and semi_supervised search {len(search.candidates)} candidates on each)")
+        results[f"{k}-shot"] = evaluate_few_shot(methods, target_labels, n_way, k, params["episodes"], n_query,
+                                                 params["seed"], ceiling=spaces[best.space].target)
+        ranked = sorted(scores, key=scores.get, reverse=True)
+        choices[f"{k}-shot"] = {
+            "evidence": None if search.evidence is None else search.evidence.description,
+            "mode_rows_on": best.name, "best_by_evidence": ranked[0].name if ranked else None,
+            "evidence_scores": {c.name: scores[c] for c in ranked},
+            **{f"{name}_picks": dict(counter.most_common()) for name, counter in searches.picks.items()}}
+    return results, choices
 
 
 def transfer_split(params, target_labels):
     """(support, calibration, report) indices into the target images: K = max(shots) labelled images
     per target class for the support, and the rest cut at random (seed) into halves: one to calibrate
-    the saved predictor, the other to report on (never both)."""
+    the saved predictor (and its unlabelled pool), the other to report on (never both)."""
     rng = np.random.default_rng(params["seed"])
     k = max(params["shots"])
     support = np.concatenate([rng.permutation(np.flatnonzero(target_labels == c))[:k]
@@ -202,90 +258,69 @@ def transfer_split(params, target_labels):
     return support, np.sort(held_out[:len(held_out) // 2]), np.sort(held_out[len(held_out) // 2:])
 
 
-def fit_saved_transfer(vectors, train_labels, target_labels, choice, split):
-    """The transfer classifier saved with the predictor, fitted with ``choice`` on the support of
-    ``split`` (transfer_split). Returns (classifier, accuracy on the report part)."""
-    support, _, report = split
-    classifier = fit_transfer(vectors.train, train_labels, vectors.target[support], target_labels[support],
-                              **choice.kwargs)
-    accuracy = classifier.score(vectors.target[report], target_labels[report]) if len(report) else float("nan")
-    return classifier, accuracy
-
-
-def choice_line(choice):
-    """The stage line of a selection.TransferChoice: its features, mode and shrinkage, and how it was chosen."""
-    how = "fallback rule: the source cannot form episodes" if choice.fallback else \
-        f"best of {len(choice.scores)} candidates on {choice.n_episodes} {choice.episodes.replace('_', '-')} episodes"
-    if choice.support_folds:
-        how += f", then of {len(choice.support_scores)} by leave-one-out on the support ({choice.support_folds} folds)"
-    return f"{choice.features} features, {selection.candidate_name(choice.mode, choice.whiten)} ({how})"
-
-
-def save_transfer_predictor(params, data, chosen, train_labels, target_labels, choice, split, model_dir):
-    """The transfer predictor of fit_saved_transfer (the support as its gallery), calibrated on the
-    calibration part of ``split`` (transfer_split) and saved with ``choice`` in
-    ``model_dir/predictor_transfer``; draws the transfer map. ``chosen``: the TransferVectors of the
-    choice. Returns (accuracy, calibration report on the report part)."""
-    names = data.names
+def save_transfer_predictor(params, data, spaces, search, target_labels, split, model_dir):
+    """The search fitted on the support of ``split`` (transfer_split) with its calibration part as the
+    unlabelled pool; its best candidate's predictor (the support as its gallery), calibrated on the
+    calibration part and saved with the search's record in ``model_dir/predictor_transfer``
+    (selection.json); draws the transfer map. Returns (accuracy and calibration report on the report
+    part, the search's summary)."""
+    names, train_labels = data.names, data.train.labels
     support, held, report = split
-    classifier, accuracy = fit_saved_transfer(chosen, train_labels, target_labels, choice, split)
-    predictor = Predictor(chosen.model, [names[c] for c in classifier.classes_], classifier)
-    predictor.add_gallery_embeddings(chosen.target[support], [names[c] for c in target_labels[support]],
+    search.fit(support, target_labels[support], unlabeled=held)
+    best, classifier = search.best_candidate_, search.best_estimator_
+    stage(f"saved transfer predictor: {best.name} (decided by {search.decided_by})")
+    vectors = spaces[best.space]
+    accuracy = classifier.score(vectors.target[report], target_labels[report]) if len(report) else float("nan")
+    predictor = Predictor(vectors.model, [names[c] for c in classifier.classes_], classifier, features_from=best.name)
+    predictor.add_gallery_embeddings(vectors.target[support], [names[c] for c in target_labels[support]],
                                      image_ids(data.target.splits)[support])
     calibration = calibration_report(
-        predictor, names, (chosen.target[held], target_labels[held]), (chosen.target[report], target_labels[report]),
+        predictor, names, (vectors.target[held], target_labels[held]), (vectors.target[report], target_labels[report]),
         os.path.join(model_dir, "plots", "reliability_transfer.png"))
     folder = os.path.join(model_dir, "predictor_transfer")
     predictor.save(folder)
-    write_json(os.path.join(folder, "selection.json"), choice.as_dict())
+    summary = search.summary()
+    write_json(os.path.join(folder, "selection.json"), summary)
     plots.plot_embedding_transfer(
-        os.path.join(model_dir, "plots", "transfer_map.png"), (chosen.train, [names[c] for c in train_labels]),
-        (chosen.target, [names[c] for c in target_labels]),
-        (classifier.transform(chosen.target), [names[c] for c in target_labels]),
-        source_after=classifier.transform_source(chosen.train), seed=params["seed"], method=params["plot_method"],
+        os.path.join(model_dir, "plots", "transfer_map.png"), (vectors.train, [names[c] for c in train_labels]),
+        (vectors.target, [names[c] for c in target_labels]),
+        (classifier.transform(vectors.target), [names[c] for c in target_labels]),
+        source_after=classifier.transform_source(vectors.train), seed=params["seed"], method=params["plot_method"],
         max_points=1000)
-    return accuracy, calibration
+    return accuracy, calibration, summary
 
 
 @dataclass
 class TransferResult:
     """What the transfer stage hands on: the few-shot ``episodes`` ({"K-shot": {method: summary}}), the
-    ``choices`` ({"K-shot": the source-episode selection.TransferChoice.as_dict() with "support_picks":
-    {candidate: episodes whose support chose it}}), the saved predictor's ``accuracy`` on
-    the report part of the target and its ``calibration`` report, the ``target_labels``, and the
-    ``support`` rows (indices into the target images) the saved predictor was fitted on."""
+    ``choices`` ({"K-shot": evidence scores and what the searches picked}), the saved predictor's
+    ``accuracy`` on the report part of the target, its ``calibration`` report and its ``search``
+    (TransferSearch.summary), the ``target_labels``, and the ``support`` rows (indices into the target
+    images) the saved predictor was fitted on."""
     episodes: dict
     choices: dict
     accuracy: float
     calibration: dict
+    search: dict
     target_labels: np.ndarray
     support: np.ndarray
 
 
 def run_transfer(params, encoder, data, model_dir, encoder_vectors, restart=False):
-    """The transfer stage on ``data`` (PreparedData with a target): features and mode chosen on the
-    source (or on held-out source classes, see choose_on_held_out_classes) and re-decided on each
-    support (choose_on_supports), episodes with baselines, the saved transfer predictor;
-    ``encoder_vectors`` as in embed_for_transfer. Returns a TransferResult."""
-    vectors, train_labels, held_out_labels, target_labels, halved = embed_for_transfer(
-        params, encoder, data, encoder_vectors)
+    """The transfer stage on ``data`` (PreparedData with a target); ``encoder_vectors``: (train, target)
+    as ``encoder`` embeds them. Returns a TransferResult."""
+    new_classes, train_labels, target_labels = data.target.new_classes, data.train.labels, data.target.labels
+    spaces = embed_spaces(network_models(params, encoder, data), data, encoder, encoder_vectors)
     n_way = len(np.unique(target_labels))
-    choices = None
-    if data.target.new_classes and params["transfer_selection"] == "held_out_classes":
-        choices = choose_on_held_out_classes(params, data, model_dir, restart, n_way)
-    if choices is None:
-        choices = {k: choose_transfer(params, vectors, train_labels, held_out_labels, halved,
-                                      data.target.new_classes, n_way, k) for k in params["shots"]}
-    for k, choice in choices.items():
-        stage(f"{k}-shot transfer: {choice_line(choice)}")
-    baselines = baseline_vectors(params, data, [c.features for c in choices.values()])
-    episodes, picks = evaluate_transfer(params, vectors, train_labels, target_labels, choices, baselines)
+    evidence = (held_out_class_evidence(params, data, spaces, model_dir, restart, n_way) if new_classes
+                else validation_evidence(params, data, spaces))
+    search = TransferSearch({key: (v.train, v.target) for key, v in spaces.items()}, train_labels,
+                            open_candidates(params, spaces), evidence)
+    stage(f"choosing among {len(search.candidates)} candidates by {evidence.description if evidence else 'no evidence'}"
+          " and, with 2 shots a class or more, leave-one-out on the support")
+    episodes, choices = evaluate_transfer(params, spaces, search, train_labels, target_labels, new_classes)
     split = transfer_split(params, target_labels)
-    saved_choice = choose_on_supports(params, vectors, train_labels, target_labels, choices[max(params["shots"])],
-                                      [split[0]])[0]
-    stage(f"saved transfer predictor: {choice_line(saved_choice)}")
-    accuracy, calibration = save_transfer_predictor(
-        params, data, vectors[saved_choice.features], train_labels, target_labels, saved_choice, split, model_dir)
-    described = {f"{k}-shot": {**c.as_dict(), "support_picks": dict(picks.get(k, Counter()).most_common())}
-                 for k, c in choices.items()}
-    return TransferResult(episodes, described, accuracy, calibration, target_labels, split[0])
+    accuracy, calibration, summary = save_transfer_predictor(params, data, spaces, search, target_labels, split,
+                                                             model_dir)
+    return TransferResult(episodes, choices, accuracy, calibration, summary, target_labels, split[0])
+

@@ -4,7 +4,8 @@ Small scikit-learn pieces, one module each: ``whitening`` (WithinClassWhitening,
 ``domain`` (class mapping, DomainCentering, the source prior, translated source points),
 ``prototypes`` (NearestMeanClassifier, kNN votes, transductive refinement), ``serialization``
 (get_state / from_state without pickle, classifier_from_state) and ``classifier`` (TransferClassifier
-composing them, fit_transfer).
+composing them, with a fixed mode and whitening). Choosing them is triplet_keras.choice's job, above
+this package (fit_transfer, TransferSearch).
 
 Notation: source embeddings x with labels y and class means mu_s(j); a labelled target support with
 K_c examples of class c and class means mu_t(c); an optional unlabelled target pool u. Each target
@@ -12,8 +13,7 @@ class c is *mapped* to a source class j = map(c) (same classes in a new domain, 
 ``class_mapping``) or is *new*. Every mode ends in a nearest-prototype classifier, possibly after a
 query transform T (whiten, subtract an offset, L2-normalise).
 
-Whitening (``whiten``, a shrinkage lambda in [0, 1], "auto" to choose it with the mode on source
-episodes, None to switch it off): every mode but ``none`` first maps source, support, pool and
+Whitening (``whiten``, a shrinkage lambda in [0, 1], None to switch it off): every mode but ``none`` first maps source, support, pool and
 queries by x -> (x - m_s) W, W = S^(-1/2), S = (1 - lambda) S_w + lambda tr(S_w) / d I, S_w the
 source's pooled within-class covariance and m_s the mean of its class means (source_whitening, module
 ``whitening``; or learnt on other labelled source data such as its pseudo-classes, the ``whitening``
@@ -33,13 +33,6 @@ The modes below work in that space:
   delta and delta the mean of mu_t(c) - mu_s(map(c)) over the mapped classes (0 when none is mapped).
   A new class borrows prior_c = sum_j w_j (mu_s(j) + delta), w a softmax of -d(mu_t(c) - delta,
   mu_s(j)) / temperature over its ``n_borrow`` nearest source classes, weighted by ``kappa_new``.
-* ``auto``: the mode (and, with ``whiten="auto"``, the shrinkage) that scores best on few-shot
-  episodes simulated on the source embeddings given to fit, half of each class held out
-  (triplet_keras.selection; new classes when no target class maps to a source class, else a new
-  domain); then, when the support has K >= 2 shots of every class, the best by leave-one-out on the
-  support (K fits, each without one shot per class, scored on the shots left out; ties: the
-  source-episode score). Kept in ``mode_``, ``whiten_``, ``selection_`` (every candidate's source
-  score) and ``support_selection_`` (its share right on the support).
 
 Transductive refinement (``transductive=True`` with a pool): soft k-means with the support fixed,
 p_c <- (n_c p0_c + sum_i r_ic T(u_i)) / (n_c + sum_i r_ic), r_i = softmax(-d(T(u_i), p) / temperature),
@@ -50,12 +43,12 @@ dominant class drag its neighbours' prototypes (tests/test_transfer.py measures 
 """
 from ..distances import l2_normalize
 from ..distances import pairwise as distances  # the name callers import from here
-from .classifier import MODES, WHITEN_DEFAULT, TransferClassifier, fit_transfer
+from .classifier import MODES, TransferClassifier
 from .domain import DomainCentering, borrow_weights, source_prior
 from .prototypes import METRICS, NearestMeanClassifier, class_means
 from .serialization import STATE_VERSION, classifier_from_state
 from .whitening import Whitening, WithinClassWhitening, source_whitening
 
 __all__ = ["DomainCentering", "METRICS", "MODES", "NearestMeanClassifier", "STATE_VERSION", "TransferClassifier",
-           "WHITEN_DEFAULT", "Whitening", "WithinClassWhitening", "borrow_weights", "class_means",
-           "classifier_from_state", "distances", "fit_transfer", "l2_normalize", "source_prior", "source_whitening"]
+           "Whitening", "WithinClassWhitening", "borrow_weights", "class_means",
+           "classifier_from_state", "distances", "l2_normalize", "source_prior", "source_whitening"]

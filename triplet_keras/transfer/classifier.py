@@ -1,5 +1,5 @@
 """TransferClassifier: nearest prototype over target classes, prototypes from the support and the
-source (the modes and their math: the package docstring), and fit_transfer, its one-call form."""
+source (the modes and their math: the package docstring). Choosing the mode is triplet_keras.choice's job."""
 import numpy as np
 from sklearn.base import TransformerMixin
 from sklearn.utils.multiclass import check_classification_targets
@@ -12,18 +12,14 @@ from .prototypes import NearestMeanClassifier, class_means, knn_scores, refine_p
 from .whitening import Whitening, source_whitening
 
 MODES = ("none", "translate", "center", "calibrate")
-WHITEN_DEFAULT = "auto"
 
 
 class TransferClassifier(TransformerMixin, NearestMeanClassifier):
     """Nearest prototype over target classes, with prototypes built from the support and the source.
 
     ``fit(support, labels, source_emb=..., source_labels=..., unlabeled=..., class_mapping=...)``;
-    without a source every mode is ``none``. ``source_scores``: the selection_ of an earlier fit on the
-    same source for as many classes and shots, which "auto" then reuses instead of simulating the source
-    episodes again. Fitted: classes_, means_ (the prototypes), mode_ and whiten_ (``auto`` resolved),
-    selection_ (the source-episode score of each candidate when something was "auto"),
-    support_selection_ (each candidate's leave-one-out share right on the support when it decided),
+    without a source every mode is ``none``. ``whiten``: None or a shrinkage in [0, 1] (not used by
+    ``none``). Fitted: classes_, means_ (the prototypes), mode_ and whiten_ (what was fitted),
     source_center_ and whitening_ (the whitening; whitening_ is empty without it), offset_ and
     normalize_ (the rest of the query transform), source_offset_ (its source-side counterpart), and
     for kNN reference_points_ with reference_index_ (indices into classes_). Like scikit-learn's
@@ -31,11 +27,10 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
     """
     _state_arrays = ("classes_", "means_", "offset_", "reference_points_", "reference_index_", "source_center_",
                      "whitening_", "source_offset_")
-    _state_fields = ("mode_", "normalize_", "whiten_", "selection_", "support_selection_")
+    _state_fields = ("mode_", "normalize_", "whiten_")
 
-    def __init__(self, mode="auto", whiten=WHITEN_DEFAULT, kappa=2.0, kappa_new=1.0, n_borrow=3, knn=None,
-                 transductive=False, refine_steps=10, confidence=0.9, metric="cosine", temperature=0.1,
-                 selection_episodes=100, source_scores=None):
+    def __init__(self, mode="center", whiten=None, kappa=2.0, kappa_new=1.0, n_borrow=3, knn=None,
+                 transductive=False, refine_steps=10, confidence=0.9, metric="cosine", temperature=0.1):
         self.mode = mode
         self.whiten = whiten
         self.kappa = kappa
@@ -47,28 +42,26 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         self.confidence = confidence
         self.metric = metric
         self.temperature = temperature
-        self.selection_episodes = selection_episodes
-        self.source_scores = source_scores
 
     def _check_params(self):
         super()._check_params()
-        if self.mode not in MODES + ("auto",):
-            raise ValueError(f"mode must be 'auto' or one of {MODES}, got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES} (triplet_keras.fit_transfer or TransferSearch "
+                             f"choose one), got {self.mode!r}")
         if self.knn is not None and (self.mode != "translate" or self.transductive):
             raise ValueError("knn is only used by mode='translate' without transductive refinement")
         if self.knn is not None and not int(self.knn) >= 1:
             raise ValueError(f"knn must be a positive integer, got {self.knn!r}")
         if self.kappa < 0 or self.kappa_new < 0:
             raise ValueError("kappa and kappa_new must be >= 0")
-        if self.whiten not in (None, "auto") and not (isinstance(self.whiten, (int, float))
-                                                      and 0.0 <= self.whiten <= 1.0):
-            raise ValueError(f"whiten must be None, 'auto' or a shrinkage in [0, 1], got {self.whiten!r}")
+        if self.whiten is not None and not (isinstance(self.whiten, (int, float)) and not isinstance(self.whiten, bool)
+                                            and 0.0 <= self.whiten <= 1.0):
+            raise ValueError(f"whiten must be None or a shrinkage in [0, 1], got {self.whiten!r}")
 
     def fit(self, X, y, source_emb=None, source_labels=None, unlabeled=None, class_mapping=None, whitening=None):
         """``whitening``: a Whitening learnt on other labelled embeddings of the source domain (such as
         its pseudo-classes, which the encoder trained on); by default source_whitening(source_emb,
-        source_labels, whiten). Either way only when the whitening shrinkage is not None; it needs a
-        numeric ``whiten``, since "auto" compares shrinkages on the source itself."""
+        source_labels, whiten). Either way only when ``whiten`` is not None."""
         X, y = check_X_y(X, y, dtype=np.float64)
         check_classification_targets(y)
         self._check_params()
@@ -79,7 +72,7 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         source = None
         if source_emb is not None:
             source = Source.labelled(source_emb, source_labels, self.classes_, class_mapping)
-        self._choose(source, X, y, counts, whitening, class_mapping)
+        self._set_whitening(source, whitening)
         if self.whitening_.size:
             X, unlabeled = self._whiten(X), None if unlabeled is None else self._whiten(unlabeled)
             source = source.mapped_through(self._whiten)
@@ -91,33 +84,13 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
                                             self.refine_steps, self.confidence, self.metric, self.temperature)
         return self
 
-    def _choose(self, source, X, y, counts, whitening, class_mapping):
-        """Sets mode_, whiten_, selection_ and support_selection_ ("auto": from episodes on the source,
-        then by leave-one-out on the support X, y when every class has two shots or more;
-        triplet_keras.selection), then source_center_ and whitening_."""
-        self.mode_, self.whiten_, self.selection_, self.support_selection_ = self.mode, self.whiten, {}, {}
-        if source is None:
-            self.mode_, self.whiten_ = "none", None
-        elif "auto" in (self.mode, self.whiten):
-            if whitening is not None and self.whiten == "auto":
-                raise ValueError("a given whitening needs a numeric whiten; 'auto' chooses it on the source")
-            from .. import selection  # selection scores this class: import late
-
-            methods = selection.open_candidates(self.mode, self.whiten)
-            if not self.source_scores:
-                held_out = selection.halve_per_class(source.labels)
-                choice = selection.choose_transfer(
-                    {"features": (source.emb[~held_out], source.emb[held_out])}, source.labels[~held_out],
-                    source.labels[held_out], not (source.mapped >= 0).any(), len(self.classes_),
-                    max(1, int(counts.min())), self.mode, self.whiten, self.selection_episodes)
-            else:
-                choice = selection.scored_choice(self.source_scores, methods)
-            choice = selection.choose_on_own_support(choice, source.emb, source.labels, X, y, methods, class_mapping,
-                                                     whitening)
-            self.mode_, self.whiten_ = choice.mode, choice.whiten
-            self.selection_, self.support_selection_ = choice.scores, choice.support_scores
+    def _set_whitening(self, source, whitening):
+        """Sets mode_ and whiten_ (``none`` without a source; ``none`` is never whitened), then
+        source_center_ and whitening_."""
+        self.mode_ = "none" if source is None else self.mode
+        self.whiten_ = None if self.mode_ == "none" else self.whiten
         self.source_center_, self.whitening_ = np.zeros(self.n_features_in_), np.zeros((0, 0))
-        if self.mode_ != "none" and self.whiten_ is not None:
+        if self.whiten_ is not None:
             if whitening is None:
                 whitening = source_whitening(source.emb, source.labels, self.whiten_)
             self.source_center_, self.whitening_ = whitening.center, whitening.matrix
@@ -172,17 +145,3 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
 
     def _proba(self, scores):
         return scores if len(self.reference_index_) else super()._proba(scores)
-
-
-def fit_transfer(source_emb, source_labels, support_emb, support_labels, mode="auto", class_mapping=None,
-                 unlabeled=None, knn=None, kappa=2.0, transductive=False, whitening=None, **params):
-    """Fit a TransferClassifier for the target classes of the support (see the package docstring).
-
-    ``class_mapping`` maps target labels to source labels; without it, support labels that are also
-    source labels are mapped to themselves and the rest are new classes. Other keyword arguments
-    (whiten, kappa_new, n_borrow, refine_steps, confidence, metric, temperature) go to
-    TransferClassifier; ``whitening`` is a Whitening learnt elsewhere (see TransferClassifier.fit).
-    """
-    model = TransferClassifier(mode=mode, knn=knn, kappa=kappa, transductive=transductive, **params)
-    return model.fit(support_emb, support_labels, source_emb=source_emb, source_labels=source_labels,
-                     unlabeled=unlabeled, class_mapping=class_mapping, whitening=whitening)

@@ -3,13 +3,14 @@
 config = {"type": class name, "version": STATE_VERSION, "params": get_params(), the class's
 ``_state_fields``}; arrays = the class's ``_state_arrays``. Labels must be numbers or strings, so the
 arrays load with ``allow_pickle=False``. Older versions load: version 1 (before whitening) gets no
-whitening; versions 1-2 take ``whiten_`` from the ``whiten`` param and an empty ``selection_``; states
-before support_selection_ (leave-one-out on the support) get it empty.
+whitening; versions 1-2 take ``whiten_`` from the ``whiten`` param; versions 1-3 (when the classifier
+chose its own mode) keep the mode and whitening they fitted as fixed parameters and drop the record of
+that choice (now triplet_keras.choice's).
 """
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 
 
 class Serializable:
@@ -55,9 +56,13 @@ def upgrade_state(config, arrays):
         config = {**config, "params": {**config["params"], "whiten": None}}
         arrays = {"source_center_": np.zeros(dim), "whitening_": np.zeros((0, 0)), "source_offset_": np.zeros(dim),
                   **arrays}
-    config = {"whiten_": config["params"].get("whiten"), "selection_": {}, "support_selection_": {}, **config}
-    return {**config, "mode_": str(config["mode_"]), "normalize_": bool(config["normalize_"]),
-            "selection_": dict(config["selection_"]), "support_selection_": dict(config["support_selection_"])}, arrays
+    config = {"whiten_": config["params"].get("whiten"), **config}
+    params = {key: value for key, value in config["params"].items() if key not in ("selection_episodes", "source_scores")}
+    mode, whiten = str(config["mode_"]), config["whiten_"]
+    params.update(mode=mode, whiten=None if mode == "none" or whiten == "auto" else whiten)
+    config = {key: value for key, value in config.items() if key not in ("selection_", "support_selection_")}
+    return {**config, "params": params, "mode_": mode, "whiten_": params["whiten"],
+            "normalize_": bool(config["normalize_"])}, arrays
 
 
 def classifier_from_state(config, arrays):

@@ -1,0 +1,148 @@
+"""The transfer choice: candidates, the fast fits of a search against TransferClassifier, evidence,
+leave-one-out and the search's record."""
+import numpy as np
+import pytest
+
+from triplet_keras.choice import (
+    Candidate,
+    EpisodeEvidence,
+    LabelledVectors,
+    TransferSearch,
+    candidates,
+    fit_transfer,
+    held_out_fold,
+    leave_one_out_folds,
+)
+from triplet_keras.transfer import TransferClassifier, source_whitening
+
+pytestmark = pytest.mark.backend_free
+
+
+def blobs(rng, classes, per_class, dim=12, shift=0.0, spread=0.6):
+    """Gaussian classes around fixed centres (class c's centre from a seeded draw), moved by ``shift``."""
+    centres = np.random.default_rng(7).normal(size=(20, dim)) * 2
+    labels = np.repeat(np.asarray(classes), per_class)
+    return centres[labels] + shift + rng.normal(scale=spread, size=(len(labels), dim)), labels
+
+
+@pytest.mark.parametrize("new_classes", [True, False])
+def test_fast_fits_match_transfer_classifier_for_every_kind_of_candidate(new_classes):
+    rng = np.random.default_rng(0)
+    source, source_labels = blobs(rng, range(6), 30)
+    target_classes = range(6, 11) if new_classes else range(6)
+    target, target_labels = blobs(rng, target_classes, 20, shift=0.7)
+    vectors = LabelledVectors(source, source_labels, target, new_classes)
+    support = np.concatenate([np.flatnonzero(target_labels == c)[:3] for c in target_classes])
+    query = np.setdiff1d(np.arange(len(target)), support)
+    pool = query[::2]
+    checked = 0
+    for candidate in candidates({("n", "f"): target.shape[1]}):
+        fast = vectors.predict(candidate, support, target_labels[support], query, pool)
+        model = TransferClassifier(mode=candidate.mode, whiten=candidate.shrinkage, transductive=candidate.unlabeled)
+        model.fit(target[support], target_labels[support], source_emb=source, source_labels=source_labels,
+                  unlabeled=target[pool] if candidate.unlabeled else None)
+        np.testing.assert_array_equal(fast, model.predict(target[query]), err_msg=candidate.name)
+        checked += 1
+    assert checked == 13  # none, center x 4 shrinkages, each with and without the pool; translate x 3
+
+
+def test_candidates_run_simplest_first_and_skip_whitening_wide_spaces():
+    found = candidates({("fine_tuned", "backbone"): 64, ("pixels", "pixels"): 4096}, unlabeled=(False,))
+    names = [c.name for c in found]
+    assert names[:3] == ["fine_tuned backbone: none", "fine_tuned backbone: translate whiten 0.1",
+                         "fine_tuned backbone: translate whiten 0.3"]
+    assert [c.name for c in found if c.network == "pixels"] == ["pixels pixels: none", "pixels pixels: center"]
+    assert Candidate("initial", "grid", "center", 0.3, True).name == "initial grid: center whiten 0.3 + unlabeled"
+    assert Candidate(mode="none", whiten=0.3).shrinkage is None
+
+
+def test_leave_one_out_folds_leave_one_shot_of_every_class_out():
+    labels = np.array([0, 1, 0, 1, 0, 1, 0])
+    folds = leave_one_out_folds(labels)
+    assert [out.tolist() for _, out in folds] == [[0, 1], [2, 3], [4, 5]]
+    assert all(np.intersect1d(kept, out).size == 0 and len(kept) + len(out) == 7 for kept, out in folds)
+    assert leave_one_out_folds([0, 1, 1]) == []
+
+
+def test_held_out_fold_leaves_half_the_classes_at_most_n_way_and_none_below_four():
+    assert len(held_out_fold(np.arange(3), 5)) == 0
+    assert len(held_out_fold(np.arange(5), 5)) == 2
+    assert len(held_out_fold(np.arange(36), 26)) == 18
+    np.testing.assert_array_equal(held_out_fold(np.arange(10), 3, seed=1), held_out_fold(np.arange(10), 3, seed=1))
+
+
+def spaces_where_one_network_separates_the_target(rng):
+    """Two spaces of the same images: in "good" the target classes lie apart, in "bad" on top of each
+    other (only noise); the source is separable in both."""
+    source_good, source_labels = blobs(rng, range(6), 20)
+    target_good, target_labels = blobs(rng, range(6, 11), 12)
+    source_bad, _ = blobs(rng, range(6), 20)
+    target_bad = rng.normal(size=target_good.shape)
+    stand_in_good, stand_in_labels = blobs(rng, range(11, 15), 12)
+    stand_in_bad = rng.normal(size=stand_in_good.shape)
+    spaces = {("good", "f"): (source_good, target_good), ("bad", "f"): (source_bad, target_bad)}
+    evidence = EpisodeEvidence({("good", "f"): (source_good, stand_in_good), ("bad", "f"): (source_bad, stand_in_bad)},
+                               source_labels, stand_in_labels, new_classes=True, n_episodes=20)
+    return spaces, source_labels, target_labels, evidence
+
+
+def test_search_takes_the_network_that_separates_held_out_classes_and_records_every_score():
+    rng = np.random.default_rng(1)
+    spaces, source_labels, target_labels, evidence = spaces_where_one_network_separates_the_target(rng)
+    found = candidates({key: 12 for key in spaces}, unlabeled=(False,))
+    support = np.array([np.flatnonzero(target_labels == c)[0] for c in range(6, 11)])
+    search = TransferSearch(spaces, source_labels, found, evidence).fit(support, target_labels[support])
+    assert search.decided_by == "evidence" and search.best_candidate_.network == "good"
+    results = search.cv_results_
+    assert len(results["candidate"]) == len(found) and sorted(results["rank"]) == list(range(1, len(found) + 1))
+    assert results["candidate"][results["rank"].index(1)] == search.best_candidate_.name
+    assert all(np.isnan(results["support_score"]))  # one shot: no leave-one-out
+    bad = [s for s, p in zip(results["evidence_score"], results["params"]) if p["network"] == "bad"]
+    assert max(bad) < 0.6 < min(s for s, p in zip(results["evidence_score"], results["params"]) if p["network"] == "good")
+    query = np.setdiff1d(np.arange(len(target_labels)), support)
+    assert search.score(query, target_labels[query]) > 0.9
+
+
+def test_leave_one_out_on_the_support_overrules_misleading_evidence():
+    """The evidence says "bad" (its stand-ins are swapped), but with 3 shots a class the support shows
+    that "good" separates the target: leave-one-out has the last word."""
+    rng = np.random.default_rng(2)
+    spaces, source_labels, target_labels, evidence = spaces_where_one_network_separates_the_target(rng)
+    evidence.spaces = {("good", "f"): evidence.spaces[("bad", "f")], ("bad", "f"): evidence.spaces[("good", "f")]}
+    found = candidates({key: 12 for key in spaces}, unlabeled=(False,))
+    support = np.concatenate([np.flatnonzero(target_labels == c)[:3] for c in range(6, 11)])
+    one_shot = support[::3]
+    assert TransferSearch(spaces, source_labels, found, evidence).fit(
+        one_shot, target_labels[one_shot]).best_candidate_.network == "bad"
+    search = TransferSearch(spaces, source_labels, found, evidence).fit(support, target_labels[support])
+    assert search.decided_by == "leave-one-out" and search.n_folds_ == 3 and search.best_candidate_.network == "good"
+
+
+def test_search_without_evidence_or_shots_takes_the_documented_fallback():
+    rng = np.random.default_rng(3)
+    spaces, source_labels, target_labels, _ = spaces_where_one_network_separates_the_target(rng)
+    found = candidates({key: 12 for key in spaces}, unlabeled=(False,))
+    support = np.array([np.flatnonzero(target_labels == c)[0] for c in range(6, 11)])
+    search = TransferSearch(spaces, source_labels, found).fit(support, target_labels[support])
+    assert search.decided_by == "fallback" and search.best_candidate_ == Candidate("good", "f", "none")
+    with pytest.raises(ValueError, match="unlabelled pool"):
+        TransferSearch(spaces, source_labels, [Candidate("good", "f", "center", unlabeled=True)]).fit(
+            support, target_labels[support])
+
+
+def test_fit_transfer_auto_returns_a_fitted_classifier_of_a_searched_candidate():
+    rng = np.random.default_rng(4)
+    source, source_labels = blobs(rng, range(8), 20)
+    target, target_labels = blobs(rng, range(8, 13), 10, shift=0.5)
+    support = np.concatenate([np.flatnonzero(target_labels == c)[:2] for c in range(8, 13)])
+    query = np.setdiff1d(np.arange(len(target)), support)
+    model = fit_transfer(source, source_labels, target[support], target_labels[support], unlabeled=target[query])
+    assert model.mode_ in ("none", "translate", "center") and model.score(target[query], target_labels[query]) > 0.9
+    fixed = fit_transfer(source, source_labels, target[support], target_labels[support], mode="center", whiten=0.3)
+    expected = TransferClassifier(mode="center", whiten=0.3).fit(
+        target[support], target_labels[support], source_emb=source, source_labels=source_labels)
+    np.testing.assert_allclose(fixed.means_, expected.means_)
+    whitening = source_whitening(source, source_labels, 0.3)
+    np.testing.assert_allclose(fixed.whitening_, whitening.matrix)
+    with pytest.raises(ValueError, match="need a fixed mode"):
+        fit_transfer(source, source_labels, target[support], target_labels[support], kappa=3.0)
