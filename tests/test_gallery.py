@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from triplet_keras.gallery import Gallery, extend_gallery, lookup, neighbour_index
+from triplet_keras.gallery import Gallery, GalleryIndex, extend_gallery, lookup
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 
@@ -15,7 +15,9 @@ def test_extend_and_lookup_match_a_brute_force():
     gallery = extend_gallery(gallery, embeddings[25:], labels[25:], ids=[f"x{i}" for i in range(15)])
     assert isinstance(gallery, Gallery) and gallery.embeddings.dtype == np.float32
     assert gallery.ids.tolist() == [str(i) for i in range(25)] + [f"x{i}" for i in range(15)]
-    found = lookup(gallery, neighbour_index(gallery), queries, k=4)
+    index = GalleryIndex(6)
+    index.extend(gallery.embeddings)
+    found = lookup(gallery, index, queries, k=4)
     unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
     cosine = 1 - unit(queries) @ unit(embeddings).T
     order = np.argsort(cosine, axis=1)[:, :4]
@@ -33,6 +35,8 @@ def test_bad_items_and_k_are_refused():
                              ((np.eye(3), ["a"] * 3, ["x"]), "3 gallery images, 3 labels and 1 ids")]:
         with pytest.raises(ValueError, match=match):
             extend_gallery(gallery, *arguments)
+    index = GalleryIndex(3)
+    index.extend(gallery.embeddings)
     for k in (0, 4):
         with pytest.raises(ValueError, match="k must be between 1 and the gallery size 3"):
-            lookup(gallery, neighbour_index(gallery), np.eye(3), k)
+            lookup(gallery, index, np.eye(3), k)
