@@ -40,3 +40,105 @@ def test_bad_items_and_k_are_refused():
     for k in (0, 4):
         with pytest.raises(ValueError, match="k must be between 1 and the gallery size 3"):
             lookup(gallery, index, np.eye(3), k)
+
+
+def clustered(n, rng, classes=20, dimension=16, noise=0.5):
+    """n embeddings around ``classes`` random unit centres, and their class numbers."""
+    labels = rng.integers(0, classes, n)
+    centres = np.random.default_rng(99).normal(size=(classes, dimension))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    return (centres[labels] + rng.normal(0, noise / np.sqrt(dimension), (n, dimension))).astype(np.float32), labels
+
+
+def exact_neighbours(queries, embeddings, k):
+    """(cosine distances, rows) of the k nearest rows by numpy brute force, nearest first."""
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    cosine = 1 - unit(queries) @ unit(embeddings).T
+    order = np.argsort(cosine, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(cosine, order, axis=1), order
+
+
+def recall(found, expected):
+    """Mean share of each row of ``expected`` found in the same row of ``found``."""
+    return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, expected)])
+
+
+def test_exact_up_to_the_limit_then_approximate_with_high_recall():
+    rng = np.random.default_rng(1)
+    embeddings, _ = clustered(4000, rng)
+    queries, _ = clustered(200, rng)
+    index = GalleryIndex(16, exact_limit=4000)
+    index.extend(embeddings)
+    assert index.exact and index.size == 4000
+    distances, rows = index.search(queries, 10)
+    expected_distances, expected_rows = exact_neighbours(queries, embeddings, 10)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_allclose(distances, expected_distances, atol=1e-5)
+
+    approximate = GalleryIndex(16, exact_limit=1000, probes=8)
+    approximate.extend(embeddings)
+    assert not approximate.exact and approximate.index.nlist == 100  # 4000 // 40 cells, 8 probed
+    distances, rows = approximate.search(queries, 10)
+    assert recall(rows, expected_rows) >= 0.9
+    hits = rows == expected_rows
+    np.testing.assert_allclose(distances[hits], expected_distances[hits], atol=1e-5)  # exact distances of found items
+    assert np.all(np.diff(distances, axis=1) >= -1e-6)
+
+
+def test_k_beyond_the_probed_cells_searches_every_cell():
+    embeddings, _ = clustered(400, np.random.default_rng(2))
+    index = GalleryIndex(16, exact_limit=100, probes=1)
+    index.extend(embeddings)
+    _, rows = index.search(embeddings[:5], 400)  # one probed cell holds far fewer than 400 items
+    assert np.all(rows >= 0) and all(sorted(row) == list(range(400)) for row in rows)
+
+
+def test_growth_adds_new_items_and_retrains_fourfold():
+    rng = np.random.default_rng(3)
+    embeddings, _ = clustered(8000, rng)
+    index = GalleryIndex(16, exact_limit=1000)
+    index.extend(embeddings[:800])
+    assert index.exact and index.size == 800
+    index.extend(embeddings[:1600])  # past the limit: cells trained on all 1,600 items
+    assert not index.exact and index.size == 1600 and index.index.nlist == 40
+    index.extend(embeddings[:3000])  # cell_count(3000) = 3000 // 40 = 75 < 2 * 40 cells: only added
+    assert index.size == 3000 and index.index.nlist == 40
+    index.extend(embeddings)  # cell_count(8000) = 2 sqrt(8000) = 178 >= 80: trained again
+    assert index.size == 8000 and index.index.nlist == 178
+    distances, rows = index.search(embeddings[7990:], 1)
+    assert rows[:, 0].tolist() == list(range(7990, 8000))  # each newest item finds itself
+    np.testing.assert_allclose(distances, 0, atol=1e-5)
+    index.extend(embeddings)  # nothing new: unchanged
+    assert index.size == 8000
+    with pytest.raises(ValueError, match="holds 8000 items but the gallery only 10"):
+        index.extend(embeddings[:10])
+
+
+@pytest.mark.parametrize("exact_limit", [10_000, 500])
+def test_serialised_index_gives_the_same_answers(exact_limit):
+    rng = np.random.default_rng(5)
+    embeddings, _ = clustered(3000, rng)
+    queries, _ = clustered(50, rng)
+    index = GalleryIndex(16, exact_limit=exact_limit)
+    index.extend(embeddings)
+    loaded = GalleryIndex.from_bytes(index.to_bytes(), 16, exact_limit=exact_limit)
+    assert loaded.exact == index.exact and loaded.size == 3000
+    for got, expected in zip(loaded.search(queries, 5), index.search(queries, 5)):
+        np.testing.assert_array_equal(got, expected)
+    loaded.extend(np.concatenate([embeddings, queries]))  # and it keeps growing
+    assert loaded.search(queries[:1], 1)[1][0, 0] == 3000
+
+
+def test_bad_index_bytes_and_queries_are_refused():
+    index = GalleryIndex(4)
+    index.extend(np.eye(4))
+    for data, match in [(np.arange(20, dtype=np.uint8), "not a FAISS index"),
+                        (index.to_bytes(), "inner-product index of 3-d")]:
+        with pytest.raises(ValueError, match=match):
+            GalleryIndex.from_bytes(data, 3)
+    with pytest.raises(ValueError, match=r"must be \(n, 4\), got \(2, 3\)"):
+        index.search(np.ones((2, 3)), 1)
+    with pytest.raises(ValueError, match="exact_limit and probes must be >= 1"):
+        GalleryIndex(4, probes=0)
+    distances, _ = index.search(np.zeros((1, 4)), 4)  # a zero query is at cosine distance 1 from everything
+    np.testing.assert_allclose(distances, 1, atol=1e-6)

@@ -3,11 +3,12 @@
 
 The index holds the L2-normalised gallery embeddings in FAISS: an exact inner-product search
 (``IndexFlatIP``) up to ``exact_limit`` items, and beyond it an inverted-file index (``IndexIVFFlat``)
-of ``nlist = 2 sqrt(N)`` k-means cells (fewer for small N, see cell_count), of which the ``probes`` nearest are scanned per query; the
-cosine distance of a found item is 1 - <q, x> / (|q| |x|) either way (a zero vector is at distance 1).
+of ``nlist = 2 sqrt(N)`` k-means cells (fewer for small N, see cell_count), of which the ``probes``
+nearest to a query are scanned. The cosine distance of a found item is 1 - <q, x> / (|q| |x|) either
+way (a zero vector is at distance 1).
 The index grows with the gallery: new items are added to it, and the cells are trained again (on all
-items) once 2 sqrt(N) reaches twice their number, i.e. the gallery is four times the size they were
-trained at. It is saved in FAISS's own serialised format.
+items) once cell_count(N) reaches twice their number (for large N: the gallery is four times the size
+they were trained at). It is saved in FAISS's own serialised format.
 """
 import math
 from typing import NamedTuple
