@@ -114,28 +114,33 @@ def test_growth_adds_new_items_and_retrains_fourfold():
         index.extend(embeddings[:10])
 
 
-@pytest.mark.parametrize("exact_limit", [10_000, 500])
-def test_serialised_index_gives_the_same_answers(exact_limit):
+def test_index_rebuilt_from_its_cells_gives_the_same_answers():
     rng = np.random.default_rng(5)
     embeddings, _ = clustered(3000, rng)
     queries, _ = clustered(50, rng)
-    index = GalleryIndex(16, exact_limit=exact_limit)
+    index = GalleryIndex(16, exact_limit=500)
     index.extend(embeddings)
-    loaded = GalleryIndex.from_bytes(index.to_bytes(), 16, exact_limit=exact_limit)
-    assert loaded.exact == index.exact and loaded.size == 3000
+    assert index.cells.shape == (3000,) and index.centroids.shape == (75, 16)
+    loaded = GalleryIndex.from_cells(embeddings, index.centroids, index.cells, exact_limit=500)
+    assert not loaded.exact and loaded.size == 3000
     for got, expected in zip(loaded.search(queries, 5), index.search(queries, 5)):
         np.testing.assert_array_equal(got, expected)
     loaded.extend(np.concatenate([embeddings, queries]))  # and it keeps growing
     assert loaded.search(queries[:1], 1)[1][0, 0] == 3000
 
 
-def test_bad_index_bytes_and_queries_are_refused():
-    index = GalleryIndex(4)
-    index.extend(np.eye(4))
-    for data, match in [(np.arange(20, dtype=np.uint8), "not a FAISS index"),
-                        (index.to_bytes(), "inner-product index of 3-d")]:
+def test_bad_cells_and_queries_are_refused():
+    embeddings, centroids = np.eye(4, dtype=np.float32), np.eye(2, 4, dtype=np.float32)
+    for arrays, match in [((centroids, [0, 1, 1]), r"4 ints in \[0, 2\)"),
+                          ((centroids, [0, 1, 2, 1]), r"4 ints in \[0, 2\)"),
+                          ((centroids, [0.0, 1, 1, 1]), "ints"),
+                          ((np.eye(2, 3), [0, 1, 1, 1]), r"finite floats \(nlist, 4\)"),
+                          ((np.full((2, 4), np.nan), [0, 1, 1, 1]), "finite floats"),
+                          ((np.zeros((0, 4)), np.zeros(4, int)), r"\(nlist, 4\)")]:
         with pytest.raises(ValueError, match=match):
-            GalleryIndex.from_bytes(data, 3)
+            GalleryIndex.from_cells(embeddings, *arrays)
+    index = GalleryIndex(4)
+    index.extend(embeddings)
     with pytest.raises(ValueError, match=r"must be \(n, 4\), got \(2, 3\)"):
         index.search(np.ones((2, 3)), 1)
     with pytest.raises(ValueError, match="exact_limit and probes must be >= 1"):

@@ -8,13 +8,15 @@ nearest to a query are scanned. The cosine distance of a found item is 1 - <q, x
 way (a zero vector is at distance 1).
 The index grows with the gallery: new items are added to it, and the cells are trained again (on all
 items) once cell_count(N) reaches twice their number (for large N: the gallery is four times the size
-they were trained at). It is saved in FAISS's own serialised format.
+they were trained at). It is saved as two arrays, the cell centroids and the cell of each item, from
+which :meth:`GalleryIndex.from_cells` rebuilds the same index.
 """
 import math
 from typing import NamedTuple
 
 import faiss
 import numpy as np
+from faiss.contrib.ivf_tools import add_preassigned
 from sklearn.preprocessing import normalize
 
 EXACT_LIMIT = 50_000
@@ -71,6 +73,7 @@ class GalleryIndex:
 
     ``extend(embeddings)`` brings the index up to date with the gallery embeddings (N, D), whose first
     ``size`` rows it already holds; ``search(queries, k)`` gives (distances, rows), each (n, k).
+    ``centroids`` (nlist, D) and ``cells`` (N,), the cell of each row, are None while exact.
     """
 
     def __init__(self, dimension, exact_limit=EXACT_LIMIT, probes=PROBES):
@@ -80,6 +83,7 @@ class GalleryIndex:
         self.exact_limit = exact_limit
         self.probes = probes
         self.index = faiss.IndexFlatIP(dimension)
+        self.centroids = self.cells = None
 
     @property
     def size(self):
@@ -87,7 +91,7 @@ class GalleryIndex:
 
     @property
     def exact(self):
-        return not isinstance(self.index, faiss.IndexIVFFlat)
+        return self.cells is None
 
     def extend(self, embeddings):
         """Add the rows of ``embeddings`` past ``size``; (re)train the cells when the gallery passes
@@ -97,23 +101,29 @@ class GalleryIndex:
             raise ValueError(f"the index holds {self.size} items but the gallery only {total}")
         if total == self.size:
             return
-        if total > self.exact_limit and (self.exact or cell_count(total) >= 2 * self.index.nlist):
-            self._train(embeddings)
-        else:
+        if total > self.exact_limit and (self.exact or cell_count(total) >= 2 * len(self.centroids)):
+            sample = np.random.default_rng(0).choice(total, min(total, TRAINING_POINTS_PER_CELL * cell_count(total)),
+                                                     replace=False)
+            kmeans = faiss.Kmeans(self.dimension, cell_count(total), niter=KMEANS_ITERATIONS, spherical=True, seed=0)
+            kmeans.train(unit_rows(embeddings[np.sort(sample)]))
+            self._use_cells(kmeans.centroids)
+        if self.exact:
             self.index.add(unit_rows(embeddings[self.size:]))
+        else:
+            for start in range(self.size, total, EXACT_LIMIT):
+                rows = unit_rows(embeddings[start:start + EXACT_LIMIT])
+                self._add_to_cells(rows, self.index.quantizer.search(rows, 1)[1][:, 0])
 
-    def _train(self, embeddings):
-        """A new IVF index of cell_count(N) cells, trained on a fixed sample, holding every row."""
-        cells = cell_count(len(embeddings))
+    def _use_cells(self, centroids):
+        """Start an empty IVF index over these centroids."""
         quantizer = faiss.IndexFlatIP(self.dimension)
-        index = faiss.IndexIVFFlat(quantizer, self.dimension, cells, faiss.METRIC_INNER_PRODUCT)
-        index.cp.niter = KMEANS_ITERATIONS
-        sample = np.random.default_rng(0).choice(len(embeddings), min(len(embeddings), TRAINING_POINTS_PER_CELL * cells),
-                                                 replace=False)
-        index.train(unit_rows(embeddings[np.sort(sample)]))
-        for start in range(0, len(embeddings), EXACT_LIMIT):
-            index.add(unit_rows(embeddings[start:start + EXACT_LIMIT]))
-        self.index = index
+        quantizer.add(centroids)
+        self.index = faiss.IndexIVFFlat(quantizer, self.dimension, len(centroids), faiss.METRIC_INNER_PRODUCT)
+        self.centroids, self.cells = centroids, np.zeros(0, np.int64)
+
+    def _add_to_cells(self, rows, cells):
+        add_preassigned(self.index, rows, cells)
+        self.cells = np.concatenate([self.cells, cells])
 
     def search(self, queries, k):
         """(cosine distances, gallery rows), each (n, k), nearest first."""
@@ -132,25 +142,28 @@ class GalleryIndex:
                 similarities[short], rows[short] = self.index.search(queries[short], k, params=every_cell)
         return 1 - similarities, rows
 
-    def to_bytes(self):
-        """The index in FAISS's serialised format, as a uint8 array."""
-        return faiss.serialize_index(self.index)
-
     @classmethod
-    def from_bytes(cls, data, dimension, exact_limit=EXACT_LIMIT, probes=PROBES):
-        """A GalleryIndex of an array written by to_bytes (a flat or IVF inner-product index over
-        ``dimension``); ValueError for anything else."""
-        try:
-            index = faiss.deserialize_index(np.asarray(data, np.uint8))
-        except RuntimeError as error:  # FAISS's error for bytes it cannot parse
-            raise ValueError(f"not a FAISS index: {error}") from error
-        if not isinstance(index, (faiss.IndexFlatIP, faiss.IndexIVFFlat)):
-            raise ValueError(f"a {type(index).__name__}, not an IndexFlatIP or IndexIVFFlat")
-        if index.d != dimension or index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise ValueError(f"not an inner-product index of {dimension}-d vectors")
-        gallery_index = cls(dimension, exact_limit, probes)
-        gallery_index.index = index
-        return gallery_index
+    def from_cells(cls, embeddings, centroids, cells, exact_limit=EXACT_LIMIT, probes=PROBES):
+        """The approximate index of the gallery ``embeddings`` (N, D) with these ``centroids`` (nlist, D)
+        and ``cells`` (N,) ints in [0, nlist), as a saved index's attributes; ValueError for arrays that
+        do not fit together."""
+        embeddings = np.asarray(embeddings, np.float32)
+        centroids, cells = np.asarray(centroids), np.asarray(cells)
+        dimension = embeddings.shape[1]
+        if centroids.ndim != 2 or centroids.shape[1] != dimension or not len(centroids) \
+                or centroids.dtype.kind != "f" or not np.all(np.isfinite(centroids)):
+            raise ValueError(f"index centroids must be finite floats (nlist, {dimension}), got {centroids.dtype} "
+                             f"{centroids.shape}")
+        if cells.shape != (len(embeddings),) or cells.dtype.kind not in "iu" \
+                or (len(cells) and not 0 <= cells.min() <= cells.max() < len(centroids)):
+            raise ValueError(f"index cells must be {len(embeddings)} ints in [0, {len(centroids)}), one per "
+                             f"gallery item, got {cells.dtype} {cells.shape}")
+        index = cls(dimension, exact_limit, probes)
+        index._use_cells(centroids.astype(np.float32))
+        for start in range(0, len(embeddings), EXACT_LIMIT):
+            index._add_to_cells(unit_rows(embeddings[start:start + EXACT_LIMIT]),
+                                cells[start:start + EXACT_LIMIT].astype(np.int64))
+        return index
 
 
 def lookup(gallery, index, embeddings, k=5):

@@ -2,9 +2,9 @@
 
 A model directory holds ``encoder.keras`` (loaded in Keras safe mode), ``classifier.npz`` (numeric or
 string arrays only, loaded with allow_pickle=False), ``gallery.npz`` when there is a gallery (its
-embeddings, labels and ids, the last two as unicode arrays, and ``index``, the FAISS serialisation of
-its approximate index when it is beyond the exact size; see triplet_keras.gallery) and ``predictor.json``, which names the
-format, the class names, the image size, the classifier's configuration and the calibration. Each
+embeddings, labels and ids, the last two as unicode arrays, and, when its index is approximate,
+``index_centroids`` and ``index_cells``: see triplet_keras.gallery) and ``predictor.json``, which
+names the format, the class names, the image size, the classifier's configuration and the calibration. Each
 file is written to a temporary file and renamed into place; the JSON goes last. Version 1 folders
 (before calibration and galleries) still load, uncalibrated and without a gallery; version 2
 calibrations (one distance threshold) load as a "distance" score; a gallery.npz without an index
@@ -28,7 +28,6 @@ VERSIONS = (1, 2, 3)
 CONFIG_FILE = "predictor.json"
 ARRAYS_FILE = "classifier.npz"
 GALLERY_FILE = "gallery.npz"
-GALLERY_INDEX = "index"  # the array of gallery.npz holding the serialised GalleryIndex
 ENCODER_FILE = "encoder.keras"
 # what np.load raises for a missing, truncated or hostile .npz
 NPZ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
@@ -51,7 +50,7 @@ def save_predictor(predictor, directory):
         arrays = predictor.gallery._asdict()
         index = predictor.neighbour_index()
         if not index.exact:
-            arrays[GALLERY_INDEX] = index.to_bytes()
+            arrays.update(index_centroids=index.centroids, index_cells=index.cells)
         atomic_write(os.path.join(directory, GALLERY_FILE), lambda temporary: np.savez(temporary, **arrays))
     calibration = predictor.calibration
     config = {"format": FORMAT, "version": VERSION, "class_names": predictor.class_names,
@@ -91,8 +90,9 @@ def load_predictor(predictor_class, directory, batch_size=64):
         try:
             with np.load(gallery_path, allow_pickle=False) as stored:
                 predictor.add_gallery_embeddings(*(stored[name] for name in Gallery._fields))
-                if GALLERY_INDEX in stored.files:
-                    predictor.gallery_index = saved_index(stored[GALLERY_INDEX], predictor.gallery)
+                if "index_cells" in stored.files:
+                    predictor.gallery_index = GalleryIndex.from_cells(predictor.gallery.embeddings,
+                                                                      stored["index_centroids"], stored["index_cells"])
         except NPZ_ERRORS as error:
             raise PredictorFormatError(f"invalid gallery file {gallery_path!r}: {error}") from error
     calibration = saved_calibration(config.get("calibration"), config["version"])
@@ -100,14 +100,6 @@ def load_predictor(predictor_class, directory, batch_size=64):
         raise PredictorFormatError(f"{config_path!r}: the neighbours score needs a gallery, and there is none")
     predictor.calibration = calibration
     return predictor
-
-
-def saved_index(data, gallery):
-    """The GalleryIndex serialised in ``data``; ValueError unless it holds exactly the gallery's items."""
-    index = GalleryIndex.from_bytes(data, gallery.embeddings.shape[1])
-    if index.size != len(gallery.ids):
-        raise ValueError(f"its index holds {index.size} items, the gallery {len(gallery.ids)}")
-    return index
 
 
 def read_config(path):
