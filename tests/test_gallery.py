@@ -145,5 +145,7 @@ def test_bad_cells_and_queries_are_refused():
         index.search(np.ones((2, 3)), 1)
     with pytest.raises(ValueError, match="exact_limit and probes must be >= 1"):
         GalleryIndex(4, probes=0)
+    with pytest.raises(ValueError, match="must be finite"):
+        index.search(np.full((1, 4), np.nan), 1)
     distances, _ = index.search(np.zeros((1, 4)), 4)  # a zero query is at cosine distance 1 from everything
     np.testing.assert_allclose(distances, 1, atol=1e-6)

@@ -17,10 +17,9 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 from faiss.contrib.ivf_tools import add_preassigned
-from sklearn.preprocessing import normalize
 
 EXACT_LIMIT = 50_000
-PROBES = 16
+PROBES = 12
 TRAINING_POINTS_PER_CELL = 40  # k-means sample size per cell (FAISS warns below 39)
 KMEANS_ITERATIONS = 10
 
@@ -58,8 +57,12 @@ def extend_gallery(gallery, embeddings, labels, ids=None, dimension=None):
 
 
 def unit_rows(embeddings):
-    """float32 rows scaled to length 1 (zero rows stay zero)."""
-    return normalize(np.asarray(embeddings, np.float32), copy=True).astype(np.float32, copy=False)
+    """float32 rows scaled to length 1 (zero rows stay zero); ValueError for NaN or infinity."""
+    embeddings = np.asarray(embeddings, np.float32)
+    if not np.all(np.isfinite(embeddings)):
+        raise ValueError("embeddings must be finite: found NaN or infinity")
+    norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)
+    return embeddings / np.where(norms > 0, norms, 1)
 
 
 def cell_count(size):
