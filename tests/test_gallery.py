@@ -1,4 +1,5 @@
 """The gallery on its own: items appended with running ids, lookup against a numpy brute force, bad input."""
+import faiss
 import numpy as np
 import pytest
 
@@ -80,6 +81,10 @@ def test_exact_up_to_the_limit_then_approximate_with_high_recall():
     assert not approximate.exact and approximate.index.nlist == 100  # 4000 // 40 cells, 8 probed
     distances, rows = approximate.search(queries, 10)
     assert recall(rows, expected_rows) >= 0.9
+    threads = faiss.omp_get_max_threads()
+    one_at_a_time = np.concatenate([approximate.search(queries[i:i + 1], 10)[1] for i in range(5)])
+    np.testing.assert_array_equal(one_at_a_time, rows[:5])  # searched on one thread: the same answers
+    assert faiss.omp_get_max_threads() == threads  # and the thread setting is restored
     hits = rows == expected_rows
     np.testing.assert_allclose(distances[hits], expected_distances[hits], atol=1e-5)  # exact distances of found items
     assert np.all(np.diff(distances, axis=1) >= -1e-6)

@@ -18,10 +18,13 @@ import faiss
 import numpy as np
 from faiss.contrib.ivf_tools import add_preassigned
 
-EXACT_LIMIT = 50_000
+EXACT_LIMIT = 20_000
 PROBES = 12
 TRAINING_POINTS_PER_CELL = 40  # k-means sample size per cell (FAISS warns below 39)
 KMEANS_ITERATIONS = 10
+ADD_ROWS = 65_536  # rows normalised and added to the cells at a time
+# Fewer queries are searched on one OpenMP thread: on a busy machine, waking the others costs more.
+PARALLEL_QUERIES = 20
 
 
 class Gallery(NamedTuple):
@@ -113,8 +116,8 @@ class GalleryIndex:
         if self.exact:
             self.index.add(unit_rows(embeddings[self.size:]))
         else:
-            for start in range(self.size, total, EXACT_LIMIT):
-                rows = unit_rows(embeddings[start:start + EXACT_LIMIT])
+            for start in range(self.size, total, ADD_ROWS):
+                rows = unit_rows(embeddings[start:start + ADD_ROWS])
                 self._add_to_cells(rows, self.index.quantizer.search(rows, 1)[1][:, 0])
 
     def _use_cells(self, centroids):
@@ -135,14 +138,19 @@ class GalleryIndex:
             raise ValueError(f"query embeddings must be (n, {self.dimension}), got {queries.shape}")
         if not 1 <= k <= self.size:
             raise ValueError(f"k must be between 1 and the gallery size {self.size}, got {k!r}")
-        if self.exact:
-            similarities, rows = self.index.search(queries, k)
-        else:
-            similarities, rows = self.index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=self.probes))
-            short = np.flatnonzero((rows < 0).any(axis=1))  # the probed cells held fewer than k items
-            if len(short):
-                every_cell = faiss.SearchParametersIVF(nprobe=self.index.nlist)
-                similarities[short], rows[short] = self.index.search(queries[short], k, params=every_cell)
+        threads = faiss.omp_get_max_threads()  # OpenMP's setting for the calling thread
+        faiss.omp_set_num_threads(threads if len(queries) >= PARALLEL_QUERIES else 1)
+        try:
+            if self.exact:
+                similarities, rows = self.index.search(queries, k)
+            else:
+                similarities, rows = self.index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=self.probes))
+                short = np.flatnonzero((rows < 0).any(axis=1))  # the probed cells held fewer than k items
+                if len(short):
+                    every_cell = faiss.SearchParametersIVF(nprobe=self.index.nlist)
+                    similarities[short], rows[short] = self.index.search(queries[short], k, params=every_cell)
+        finally:
+            faiss.omp_set_num_threads(threads)
         return 1 - similarities, rows
 
     @classmethod
@@ -163,9 +171,9 @@ class GalleryIndex:
                              f"gallery item, got {cells.dtype} {cells.shape}")
         index = cls(dimension, exact_limit, probes)
         index._use_cells(centroids.astype(np.float32))
-        for start in range(0, len(embeddings), EXACT_LIMIT):
-            index._add_to_cells(unit_rows(embeddings[start:start + EXACT_LIMIT]),
-                                cells[start:start + EXACT_LIMIT].astype(np.int64))
+        for start in range(0, len(embeddings), ADD_ROWS):
+            rows = slice(start, start + ADD_ROWS)
+            index._add_to_cells(unit_rows(embeddings[rows]), cells[rows].astype(np.int64))
         return index
 
 
