@@ -15,8 +15,8 @@ from .images import as_image_size, read_image, resize_image
 from .predictor_folder import PredictorFormatError, load_predictor, save_predictor
 
 # What tests, the command line and benchmarks import from here, several of them defined in the modules above.
-__all__ = ["Calibration", "Gallery", "GalleryIndex", "ImageBatches", "Neighbours", "NEIGHBOURS", "Predictor", "PredictorFormatError",
-           "SCORES", "acceptance_thresholds", "predict"]
+__all__ = ["Calibration", "Gallery", "GalleryIndex", "ImageBatches", "Neighbours", "NEIGHBOURS", "Predictor",
+           "PredictorFormatError", "SCORES", "acceptance_thresholds", "predict"]
 
 
 class ImageBatches:
