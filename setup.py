@@ -18,6 +18,7 @@ setup(
         "scikit-learn>=1.3,<2",
         "opencv-python-headless>=4.8",
         "tqdm>=4.60",
+        "faiss-cpu>=1.8",
         "tensorboard>=2.15",
         "matplotlib>=3.7",
     ],

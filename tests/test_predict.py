@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from triplet_keras.__main__ import main
-from triplet_keras.predict import Predictor, PredictorFormatError, predict
 from triplet_keras.choice import fit_transfer
+from triplet_keras.predict import GalleryIndex, Predictor, PredictorFormatError, predict
 
 SIZE = (12, 12)
 
@@ -322,6 +322,38 @@ def test_lookup_matches_brute_force(synthetic):
     np.testing.assert_allclose(found.distances, np.take_along_axis(d, order, axis=1), atol=1e-5)
     assert found.ids.shape == found.labels.shape == found.distances.shape == (30, 7)
     assert np.all(np.diff(found.distances, axis=1) >= 0)
+
+
+def test_approximate_index_grows_serves_the_neighbours_score_and_round_trips(synthetic, tmp_path):
+    from triplet_keras.transfer import distances
+
+    rng = np.random.default_rng(6)
+    gallery, labels = clusters(2000, rng)
+    (queries, query_labels), names = clusters(60, rng), np.array(["a", "b", "c"])
+    synthetic.gallery_index = GalleryIndex(8, exact_limit=500)
+    synthetic.add_gallery_embeddings(gallery[:1000], names[labels[:1000]])
+    synthetic.lookup_embeddings(queries, k=3)  # the cells are trained on these 1,000 items
+    synthetic.add_gallery_embeddings(gallery[1000:], names[labels[1000:]])
+    found = synthetic.lookup_embeddings(queries, k=10)
+    assert synthetic.gallery_index.size == 2000 and not synthetic.gallery_index.exact
+    expected = np.argsort(distances(queries, gallery, "cosine"), axis=1)[:, :10].astype(str)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.ids, expected)]) >= 0.9
+    synthetic.calibrate_embeddings(queries, names[query_labels], accept_rate=0.5, score="neighbours", neighbours=5)
+    synthetic.save(tmp_path)
+    with np.load(tmp_path / "gallery.npz", allow_pickle=False) as stored:
+        assert stored["index_cells"].shape == (2000,)
+    loaded = Predictor.load(tmp_path)
+    assert not loaded.gallery_index.exact and loaded.calibration == synthetic.calibration
+    for got, want in zip(loaded.lookup_embeddings(queries, k=10), found):
+        np.testing.assert_array_equal(got, want)
+    unknown = loaded.unknown_embeddings(queries)
+    np.testing.assert_array_equal(unknown, synthetic.unknown_embeddings(queries))
+    assert 0 < unknown.sum() < len(queries)
+    with np.load(tmp_path / "gallery.npz", allow_pickle=False) as stored:  # an index of another size
+        np.savez(tmp_path / "gallery.npz", **{**stored, "embeddings": stored["embeddings"][:-1],
+                                              "labels": stored["labels"][:-1], "ids": stored["ids"][:-1]})
+    with pytest.raises(PredictorFormatError, match=r"gallery.npz.*must be 1999 ints in \[0, 50\)"):
+        Predictor.load(tmp_path)
 
 
 def test_lookup_images_and_bad_arguments(predictor, images):

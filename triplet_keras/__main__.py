@@ -8,6 +8,11 @@ images beyond its calibrated thresholds (Predictor.calibrate) unless --no-unknow
 or unreadable image, a bad model directory or a lookup without a gallery prints one error line and
 exits with status 2.
 
+``gallery-add --model_dir D [--batch_size N] [--chunk_size N] FOLDER`` adds the images of FOLDER's class
+subfolders to the gallery of the predictor in D and saves it, with a progress bar; killed, it resumes
+where it stopped when run again (triplet_keras.gallery_folder). It prints the number of items added
+and the gallery size; a folder or model directory it cannot use prints one error line, status 2.
+
 The Keras backend is ``KERAS_BACKEND``, or JAX when that is unset and jax is installed
 (:func:`triplet_keras.backend_choice.choose_backend`).
 """
@@ -43,6 +48,14 @@ def _predict(args):
     return 0
 
 
+def _gallery_add(args):
+    from .gallery_folder import add_folder_to_gallery
+
+    added, size = add_folder_to_gallery(args.model_dir, args.folder, args.batch_size, args.chunk_size)
+    print(f"added {added} images to the gallery of {args.model_dir}, which holds {size}")
+    return 0
+
+
 def positive_int(text):
     """argparse type: an integer >= 1."""
     if not text.isdigit() or int(text) < 1:
@@ -64,22 +77,37 @@ def _add_predict(commands):
     parser.set_defaults(run=_predict)
 
 
+def _add_gallery_add(commands):
+    parser = commands.add_parser("gallery-add", help="add a folder of images to a saved Predictor's gallery",
+                                 description="Embed the images of FOLDER/<class>/... into the gallery of the "
+                                             "predictor in --model_dir; run again after a kill to resume.")
+    parser.add_argument("--model_dir", required=True, help="directory written by Predictor.save")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="images embedded at a time")
+    parser.add_argument("--chunk_size", type=positive_int, default=1024,
+                        help="images read and saved as one resumable step")
+    parser.add_argument("folder", help="folder of class subfolders named as the predictor's classes")
+    parser.set_defaults(run=_gallery_add)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m triplet_keras",
                                      description="Triplet-loss embeddings and few-shot classification.")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_predict(commands)
+    _add_gallery_add(commands)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from .datasets import DatasetError
     from .images import ImageReadError
     from .predict import PredictorFormatError
 
     try:
         return args.run(args)
-    except (FileNotFoundError, ImageReadError, PredictorFormatError, LookupError) as error:
+    except (FileNotFoundError, NotADirectoryError, ImageReadError, PredictorFormatError, DatasetError,
+            LookupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

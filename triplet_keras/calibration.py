@@ -66,13 +66,12 @@ def calibrated_proba(classifier, embeddings, temperature):
 
 def acceptance_scores(classifier, embeddings, names, temperature, index=None, neighbours=NEIGHBOURS):
     """(N, len(names)) acceptance scores (module docstring), one column per score name, larger = less
-    like the calibration embeddings. ``index``: scikit-learn NearestNeighbors fitted on the gallery
-    embeddings with the cosine metric, needed by the neighbours score."""
+    like the calibration embeddings. ``index``: the gallery's GalleryIndex (triplet_keras.gallery),
+    needed by the neighbours score."""
     measures = {
         "distance": lambda: classifier.prototype_distances(embeddings).min(axis=1),
         "probability": lambda: 1 - calibrated_proba(classifier, embeddings, temperature).max(axis=1),
-        "neighbours": lambda: index.kneighbors(np.asarray(embeddings, np.float32),
-                                               n_neighbors=min(neighbours, index.n_samples_fit_))[0][:, -1]}
+        "neighbours": lambda: index.search(embeddings, min(neighbours, index.size))[0][:, -1]}
     return np.stack([measures[name]() for name in names], axis=1)
 
 

@@ -327,7 +327,7 @@ def load_folder(root, image_size=DEFAULT_IMAGE_SIZE, validation_fraction=0.1, te
     root = os.fspath(root)
     present = [name for name in SPLIT_FOLDERS if os.path.isdir(os.path.join(root, name))]
     split_roots = [os.path.join(root, name) for name in present] if "train" in present else [root]
-    scanned = [_scan_classes(folder) for folder in split_roots]
+    scanned = [scan_classes(folder) for folder in split_roots]
     class_names = sorted(set().union(*scanned))
     if len(class_names) < 2:
         raise DatasetError(f"{root!r} needs at least two class folders, found {class_names}")
@@ -356,7 +356,7 @@ def load_folder(root, image_size=DEFAULT_IMAGE_SIZE, validation_fraction=0.1, te
     return Dataset(class_names, *(splits.get(name, empty) for name in SPLIT_FOLDERS))
 
 
-def _scan_classes(folder):
+def scan_classes(folder):
     """{class folder name: sorted image paths below it}, hidden entries skipped."""
     classes = {}
     for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):

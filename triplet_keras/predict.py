@@ -10,13 +10,13 @@ import numpy as np
 
 from .calibration import (NEIGHBOURS, SCORES, Calibration, acceptance_scores, acceptance_thresholds,
                           calibrated_proba, fit_calibration, score_names)
-from .gallery import Gallery, Neighbours, extend_gallery, lookup, neighbour_index
+from .gallery import Gallery, GalleryIndex, Neighbours, extend_gallery, lookup
 from .images import as_image_size, read_image, resize_image
 from .predictor_folder import PredictorFormatError, load_predictor, save_predictor
 
 # What tests, the command line and benchmarks import from here, several of them defined in the modules above.
-__all__ = ["Calibration", "Gallery", "ImageBatches", "Neighbours", "NEIGHBOURS", "Predictor", "PredictorFormatError",
-           "SCORES", "acceptance_thresholds", "predict"]
+__all__ = ["Calibration", "Gallery", "GalleryIndex", "ImageBatches", "Neighbours", "NEIGHBOURS", "Predictor",
+           "PredictorFormatError", "SCORES", "acceptance_thresholds", "predict"]
 
 
 class ImageBatches:
@@ -56,6 +56,9 @@ class Predictor:
     Methods taking images (arrays or file paths) embed them and call their ``*_embeddings`` twin,
     which takes the output of :meth:`embed` instead. ``features_from``: what the encoder's vectors are
     (such as the transfer choice's candidate name: "initial backbone: center"), kept in predictor.json.
+    ``gallery_index``: the GalleryIndex that lookups and the neighbours score search (None until first
+    needed; set one to choose its exact_limit and probes); it is brought up to date with the gallery
+    before each search.
     """
 
     UNKNOWN = "unknown"
@@ -77,7 +80,7 @@ class Predictor:
         self.batch_size = batch_size
         self.calibration = None
         self.gallery = None
-        self._index = None
+        self.gallery_index = None
         if gallery is not None:
             self.add_gallery_embeddings(*gallery)
         self.calibration = calibration
@@ -95,16 +98,17 @@ class Predictor:
         step = batch_size or self.batch_size
         return np.concatenate([function(embeddings[start:start + step]) for start in range(0, len(embeddings), step)])
 
-    def _neighbour_index(self):
-        """neighbour_index of the gallery, built once per gallery."""
-        if self._index is None:
-            self._index = neighbour_index(self.gallery)
-        return self._index
+    def neighbour_index(self):
+        """gallery_index, created when None and extended with the gallery items it does not hold yet."""
+        if self.gallery_index is None:
+            self.gallery_index = GalleryIndex(self.gallery.embeddings.shape[1])
+        self.gallery_index.extend(self.gallery.embeddings)
+        return self.gallery_index
 
     def acceptance_scores(self, embeddings, names, temperature, neighbours=NEIGHBOURS, batch_size=None):
         """(N, len(names)) acceptance scores (triplet_keras.calibration) of the embeddings, one column per
         score name, larger = less like the calibration images."""
-        index = self._neighbour_index() if "neighbours" in names else None
+        index = self.neighbour_index() if "neighbours" in names else None
         return self._batched(lambda rows: acceptance_scores(self.classifier, rows, names, temperature, index,
                                                             neighbours), embeddings, batch_size)
 
@@ -173,7 +177,6 @@ class Predictor:
         file paths; default the running numbers after the items already there)."""
         names = np.array(self.class_names)[label_indices(labels, self.class_names)]
         self.gallery = extend_gallery(self.gallery, embeddings, names, ids, self.classifier.n_features_in_)
-        self._index = None
         if self.calibration is not None and "neighbours" in self.calibration.thresholds:
             warnings.warn("the gallery changed after calibrating with the neighbours score: call calibrate again",
                           stacklevel=2)
@@ -187,7 +190,7 @@ class Predictor:
         """The k gallery items nearest to each embedding (cosine distance), as Neighbours (n, k)."""
         if self.gallery is None:
             raise ValueError("the predictor has no gallery: call add_gallery(images, labels, ids) first")
-        return lookup(self.gallery, self._neighbour_index(), embeddings, k)
+        return lookup(self.gallery, self.neighbour_index(), embeddings, k)
 
     def lookup(self, images, k=5):
         """lookup_embeddings of the images' embeddings."""

@@ -2,11 +2,13 @@
 
 A model directory holds ``encoder.keras`` (loaded in Keras safe mode), ``classifier.npz`` (numeric or
 string arrays only, loaded with allow_pickle=False), ``gallery.npz`` when there is a gallery (its
-embeddings, labels and ids, the last two as unicode arrays) and ``predictor.json``, which names the
-format, the class names, the image size, the classifier's configuration and the calibration. Each
+embeddings, labels and ids, the last two as unicode arrays, and, when its index is approximate,
+``index_centroids`` and ``index_cells``: see triplet_keras.gallery) and ``predictor.json``, which
+names the format, the class names, the image size, the classifier's configuration and the calibration. Each
 file is written to a temporary file and renamed into place; the JSON goes last. Version 1 folders
 (before calibration and galleries) still load, uncalibrated and without a gallery; version 2
-calibrations (one distance threshold) load as a "distance" score.
+calibrations (one distance threshold) load as a "distance" score; a gallery.npz without an index
+(older folders, small galleries) gets one built when first searched.
 """
 import json
 import os
@@ -16,7 +18,7 @@ import numpy as np
 
 from .calibration import saved_calibration, saved_calibration_problems
 from .export import atomic_write, write_text
-from .gallery import Gallery
+from .gallery import Gallery, GalleryIndex
 from .images import as_image_size
 from .transfer import classifier_from_state
 
@@ -45,8 +47,11 @@ def save_predictor(predictor, directory):
     state, arrays = predictor.classifier.get_state()
     atomic_write(os.path.join(directory, ARRAYS_FILE), lambda temporary: np.savez(temporary, **arrays))
     if predictor.gallery is not None:
-        atomic_write(os.path.join(directory, GALLERY_FILE),
-                     lambda temporary: np.savez(temporary, **predictor.gallery._asdict()))
+        arrays = predictor.gallery._asdict()
+        index = predictor.neighbour_index()
+        if not index.exact:
+            arrays.update(index_centroids=index.centroids, index_cells=index.cells)
+        atomic_write(os.path.join(directory, GALLERY_FILE), lambda temporary: np.savez(temporary, **arrays))
     calibration = predictor.calibration
     config = {"format": FORMAT, "version": VERSION, "class_names": predictor.class_names,
               "image_size": list(predictor.image_size), "classifier": state,
@@ -86,6 +91,9 @@ def load_predictor(predictor_class, directory, batch_size=64):
         try:
             with np.load(gallery_path, allow_pickle=False) as stored:
                 predictor.add_gallery_embeddings(*(stored[name] for name in Gallery._fields))
+                if "index_cells" in stored.files:
+                    predictor.gallery_index = GalleryIndex.from_cells(predictor.gallery.embeddings,
+                                                                      stored["index_centroids"], stored["index_cells"])
         except NPZ_ERRORS as error:
             raise PredictorFormatError(f"invalid gallery file {gallery_path!r}: {error}") from error
     calibration = saved_calibration(config.get("calibration"), config["version"])
