@@ -174,7 +174,8 @@ def test_source_whitening_matches_numpy_reference(domains):
         np.testing.assert_allclose(w, w.T, atol=1e-12)
         assert w.dtype == np.float32  # the d x d matrix is stored in float32, computed in float64
         np.testing.assert_allclose(w @ shrunk @ w, np.eye(DIM), atol=1e-6)
-    np.testing.assert_allclose(source_whitening(xs, ys, 1.0)[1], np.eye(DIM) / np.sqrt(np.trace(pooled) / DIM))
+    np.testing.assert_allclose(source_whitening(xs, ys, 1.0)[1], np.eye(DIM) / np.sqrt(np.trace(pooled) / DIM),
+                               atol=1e-12)
     single = source_whitening(xs.astype(np.float32), ys, 0.3)  # float32 input is accumulated in float64
     np.testing.assert_allclose(single.matrix, source_whitening(xs, ys, 0.3).matrix, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="shrinkage"):

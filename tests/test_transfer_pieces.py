@@ -8,6 +8,7 @@ from scipy.special import softmax
 from sklearn.utils.estimator_checks import check_estimator
 
 from triplet_keras.choice import fit_transfer
+from triplet_keras.transfer.whitening import source_whitenings
 from triplet_keras.transfer import (DomainCentering, NearestMeanClassifier, WithinClassWhitening, classifier_from_state,
                                     source_prior, source_whitening)
 from triplet_keras.transfer.prototypes import knn_scores, refine_prototypes
@@ -180,3 +181,15 @@ def test_states_of_versions_2_and_3_load_with_the_mode_and_whitening_they_fitted
     assert (restored.mode, restored.whiten, restored.mode_, restored.whiten_) == ("center", 0.3, "center", 0.3)
     assert not hasattr(restored, "selection_") and "source_scores" not in restored.get_params()
     np.testing.assert_allclose(restored.predict_proba(xs), model.predict_proba(xs), atol=1e-6)
+
+
+def test_whitenings_of_several_shrinkages_from_one_eigendecomposition_match_each_alone():
+    rng = np.random.default_rng(9)
+    xs, ys = anisotropic(rng, 4, 20)
+    together = source_whitenings(xs, ys, [0.0, 0.1, 0.6, 1.0])
+    for shrinkage, whitening in together.items():
+        alone = source_whitening(xs, ys, shrinkage)
+        np.testing.assert_allclose(whitening.center, alone.center)
+        np.testing.assert_allclose(whitening.matrix, alone.matrix, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="shrinkage"):
+        source_whitenings(xs, ys, [0.3, 1.2])

@@ -36,7 +36,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .distances import l2_normalize, pairwise
 from .evaluation import sample_episodes
-from .transfer import TransferClassifier, class_means, source_whitening
+from .transfer import TransferClassifier, class_means
+from .transfer.whitening import source_whitenings
 from .transfer.domain import shrink_toward, source_classes_of
 from .transfer.prototypes import refine_prototypes
 
@@ -118,8 +119,12 @@ class LabelledVectors:
         the class means of the centred and L2-normalised source rows), whitened by ``shrinkage``."""
         if shrinkage not in self._spaces:
             source, other = self.source, self.other
-            whitening = None if shrinkage is None else source_whitening(source, self.source_labels, shrinkage)
-            if whitening is not None:
+            whitening = None
+            if shrinkage is not None:
+                if shrinkage not in self.whitenings:  # SHRINKAGES and this one, from one eigendecomposition
+                    self.whitenings.update(source_whitenings(source, self.source_labels, set(SHRINKAGES[1:]) | {
+                        shrinkage}))
+                whitening = self.whitenings[shrinkage]
                 source, other = whitening.apply(source), whitening.apply(other)
             classes, index = np.unique(self.source_labels, return_inverse=True)
             means = class_means(source, index, len(classes))

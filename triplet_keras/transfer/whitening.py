@@ -70,17 +70,8 @@ class WithinClassWhitening(TransformerMixin, BaseEstimator):
         return self
 
     def _dense_matrix(self, X, index, means):
-        """S^(-1/2) from the within-class scatter, accumulated one class at a time (no N x d copy)."""
-        dim = X.shape[1]
-        scatter = np.zeros((dim, dim))
-        for c, mean in enumerate(means):
-            residuals = X[index == c].astype(np.float64) - mean
-            scatter += residuals.T @ residuals
-        scatter /= len(X)
-        scatter = (1.0 - self.shrinkage) * scatter + self.shrinkage * np.trace(scatter) / dim * np.eye(dim)
-        values, vectors = np.linalg.eigh(scatter)
-        floor = max(values.max(), 1e-12) * EIGEN_FLOOR
-        return (vectors / np.sqrt(np.maximum(values, floor))) @ vectors.T
+        """S^(-1/2) from the eigenpairs of the within-class scatter (within_class_eigen)."""
+        return shrunk_inverse_root(*within_class_eigen(X, index, means), self.shrinkage)
 
     def _fit_low_rank(self, X, index, means):
         """The r leading eigenpairs of S_w from the residuals, the rest of the spectrum isotropic."""
@@ -109,6 +100,38 @@ class WithinClassWhitening(TransformerMixin, BaseEstimator):
         if self.rank is not None:
             raise ValueError("a low-rank whitening has no d x d matrix; use transform")
         return Whitening(self.center_, self.matrix_)
+
+
+def within_class_eigen(X, index, means):
+    """(eigenvalues, eigenvectors) of S_w, the within-class scatter of X (rows of class index[i], class
+    means ``means``), accumulated one class at a time in float64 (no N x d copy)."""
+    dim = X.shape[1]
+    scatter = np.zeros((dim, dim))
+    for c, mean in enumerate(means):
+        residuals = X[index == c].astype(np.float64) - mean
+        scatter += residuals.T @ residuals
+    return np.linalg.eigh(scatter / len(X))
+
+
+def shrunk_inverse_root(values, vectors, shrinkage):
+    """S^(-1/2) for S = (1 - shrinkage) S_w + shrinkage tr(S_w) / d I, from S_w's eigenpairs (shrinkage
+    moves eigenvalues, not eigenvectors), eigenvalues floored at EIGEN_FLOOR times the largest."""
+    values = (1.0 - shrinkage) * values + shrinkage * values.sum() / len(values)
+    floor = max(values.max(), 1e-12) * EIGEN_FLOOR
+    return (vectors / np.sqrt(np.maximum(values, floor))) @ vectors.T
+
+
+def source_whitenings(source_emb, source_labels, shrinkages):
+    """{shrinkage: source_whitening(source_emb, source_labels, shrinkage)} from one eigendecomposition."""
+    X, labels = np.asarray(source_emb), np.asarray(source_labels)
+    classes, index = np.unique(labels, return_inverse=True)
+    means = np.stack([X[index == c].mean(axis=0, dtype=np.float64) for c in range(len(classes))])
+    eigen = within_class_eigen(X, index, means)
+    for shrinkage in shrinkages:
+        if not 0.0 <= shrinkage <= 1.0:
+            raise ValueError(f"whitening shrinkage must be in [0, 1], got {shrinkage!r}")
+    return {shrinkage: Whitening(means.mean(axis=0), shrunk_inverse_root(*eigen, shrinkage).astype(np.float32))
+            for shrinkage in shrinkages}
 
 
 def source_whitening(source_emb, source_labels, shrinkage):
