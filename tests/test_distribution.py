@@ -3,6 +3,7 @@
 Each backend runs in its own interpreter, because the device count is fixed when JAX or TensorFlow
 starts. Batches are sorted by class, so each device's half holds only half of the classes: a loss
 mined per device would pick other negatives, and the test checks that this would be detected.
+The multi-process test does the same with 2 JAX processes on 127.0.0.1 (one CPU device each).
 """
 import json
 import os
@@ -122,7 +123,6 @@ def test_tensorflow_mirrored_strategy_matches_one_device_with_the_all_gathered_l
 MULTI_PROCESS_SCRIPT = r"""
 import sys
 process_id, num_processes, coordinator = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-import keras  # first: the package registers its Keras objects when keras is imported
 if num_processes > 1:
     from triplet_keras.distribution import initialize_processes
     initialize_processes(coordinator, num_processes, process_id)

@@ -181,8 +181,9 @@ def test_candidate_search_keeps_the_semi_hard_share_with_a_tenth_of_the_points()
     assert abs(share - exact_share) < 0.1 * exact_share
 
 
-def test_candidate_search_memory_stays_at_block_size_times_candidates():
-    embeddings, labels = _clustered(20000, 100, 10)
+@pytest.mark.parametrize("classes", [100, 3])  # a few large classes: their members are not all candidates
+def test_candidate_search_memory_stays_at_block_size_times_candidates(classes):
+    embeddings, labels = _clustered(20000, classes, min(classes, 10))
     tracemalloc.start()
     triplets = mine_triplets(embeddings, labels, "semi_hard", block_size=256, progress=False, max_exact=0,
                              candidates=512)

@@ -21,23 +21,26 @@ Up to ``max_exact`` points the search is exact and the result depends only on th
 ``seed``, not on ``block_size``.
 
 Above ``max_exact`` points, "hard" and "semi_hard" search each block of anchors against about
-``candidates`` candidate negatives instead of all N points (time O(N x candidates), memory
-O(block_size x candidates)), with the same rules on the candidates:
+``candidates`` candidate negatives instead of all N points, with the same rules (and the same
+fallback) on the candidates: time O(N x candidates), memory O(block_size x candidates). Classes
+are put in groups of nearby classes (k-means over the class means, groups of about
+``block_size`` points); a block holds anchors of one group, and its candidates are:
 
-- half from the nearest classes: the classes whose means lie closest to the mean of one of the
-  block's classes, whole classes in order of that distance while they fit in half the budget
-  (at least one); hard and semi-hard negatives lie mostly there once the embedding separates
-  the classes;
+- half from the classes nearest to the block's by class mean, whole classes while they fit, then
+  a random part of the next one; a block of several small classes puts its own ones first, each
+  a source of near negatives for the others. Hard and semi-hard negatives lie mostly there once
+  the embedding separates the classes;
 - half drawn uniformly from all N points, so an anchor whose positive lies far still finds
   negatives near its d(a, p), wherever they are.
 
-The positives are those of the exact search; the result also depends on ``block_size`` then.
+The anchors and positives are those of the exact search; the negatives also depend on
+``block_size`` then.
 """
 import numpy as np
 from sklearn.cluster import KMeans
 from tqdm.auto import tqdm
 
-from triplet_keras.distances import distance_name, pairwise
+from triplet_keras.distances import distance_name, paired, pairwise
 from triplet_keras.strategies import OFFLINE_STRATEGIES
 
 
@@ -98,8 +101,7 @@ def _draw_positives(anchors, start, size, count, rng):
 
 def _mine_negatives(points, anchors, positives, start, size, strategy, margin, squared, progress, search):
     """(n_anchors, k) negatives: for each block of anchor positions ``search.blocks(anchors, start)``
-    gives, search the columns ``search.columns(rows)`` (sorted point indices holding the rows' own
-    classes; None: all points)."""
+    gives, search the columns ``search.columns(rows)`` (sorted point indices; None: all points)."""
     metric = distance_name(None, squared)
     # Two block buffers, grown only when a block needs more: fresh 100 MB arrays per block would
     # cost page faults.
@@ -114,8 +116,13 @@ def _mine_negatives(points, anchors, positives, start, size, strategy, margin, s
                 buffer, scratch = np.empty((2, shape[0] * shape[1]), np.float32)
             distances = pairwise(points[rows], points if columns is None else points[columns], metric,
                                  out=buffer[: shape[0] * shape[1]].reshape(shape))
-            block_positives = positives[block] if columns is None else np.searchsorted(columns, positives[block])
-            anchor_positive = np.take_along_axis(distances, block_positives, axis=1)
+            if columns is None:
+                anchor_positive = np.take_along_axis(distances, positives[block], axis=1)
+            else:  # the positives need not be among the candidates
+                block_positives = positives[block]
+                repeated_anchors = np.repeat(points[rows], block_positives.shape[1], axis=0)
+                anchor_positive = paired(repeated_anchors, points[block_positives.ravel()], metric).reshape(
+                    block_positives.shape)
             _mask_own_classes(distances, start[rows], size[rows], columns)
             if strategy == "hard":
                 chosen = _closest(distances, positives.shape[1])
@@ -141,9 +148,9 @@ class _ExactSearch:
 
 class _CandidateSearch:
     """Blocks of at most ``block_size`` anchors from one group of nearby classes (k-means over the
-    class means, about ``block_size`` points a group), each against candidate columns: the
-    block's own classes, the classes nearest to them by class mean (half of ``count`` points) and
-    ``count`` / 2 points drawn uniformly."""
+    class means, about ``block_size`` points a group), each against ``count`` candidate columns:
+    half the members of the classes nearest to the block's by class mean (several own classes
+    first, whole classes while they fit, then a random part of the next one), half drawn uniformly."""
 
     def __init__(self, points, class_start, class_size, count, block_size, seed):
         self.class_start, self.class_size, self.block_size = class_start, class_size, block_size
@@ -154,7 +161,7 @@ class _CandidateSearch:
         classes_per_group = max(1, block_size // int(np.median(class_size)))
         group_count = -(-len(class_size) // classes_per_group)
         if 1 < group_count < len(class_size):
-            kmeans = KMeans(group_count, n_init=1, random_state=seed)
+            kmeans = KMeans(group_count, n_init=1, max_iter=20, random_state=seed)
             self.class_group = kmeans.fit_predict(self.means)
         else:
             self.class_group = np.arange(len(class_size))
@@ -173,13 +180,18 @@ class _CandidateSearch:
     def columns(self, rows):
         own = np.unique(np.searchsorted(self.class_start, rows, side="right") - 1)
         distances = pairwise(self.means[own], self.means, "squared_l2").min(axis=0)
-        distances[own] = np.inf
-        order = np.argsort(distances)[: len(self.class_size) - len(own)]
-        fits = np.cumsum(self.class_size[order]) <= self.near_count
-        classes = np.concatenate([own, order[: max(1, int(fits.sum()))]])
-        ranges = [np.arange(self.class_start[c], self.class_start[c] + self.class_size[c]) for c in classes]
-        drawn = self.rng.integers(0, self.point_count, self.random_count)
-        return np.unique(np.concatenate([*ranges, drawn]))
+        # Several own classes come first (each one's members are near negatives for the others); a
+        # lone class goes last, its members all masked.
+        distances[own] = -1.0 if len(own) > 1 else np.inf
+        order = np.argsort(distances)
+        whole = int(np.sum(np.cumsum(self.class_size[order]) <= self.near_count))
+        parts = [np.arange(self.class_start[c], self.class_start[c] + self.class_size[c]) for c in order[:whole]]
+        if whole < len(order):
+            room = self.near_count - int(self.class_size[order[:whole]].sum())
+            following = order[whole]
+            parts.append(self.class_start[following] + self.rng.choice(self.class_size[following], room, replace=False))
+        parts.append(self.rng.integers(0, self.point_count, self.random_count))
+        return np.unique(np.concatenate(parts))
 
 
 def _mask_own_classes(distances, row_start, row_size, columns=None):
