@@ -181,6 +181,15 @@ def test_candidate_search_keeps_the_semi_hard_share_with_a_tenth_of_the_points()
     assert abs(share - exact_share) < 0.1 * exact_share
 
 
+@pytest.mark.parametrize("classes", [100, 3])  # blocks of several classes of 3; blocks of one class
+def test_candidate_search_with_one_candidate_still_gives_a_negative_to_every_anchor(classes):
+    embeddings, labels = _clustered(300, classes, min(classes, 10))
+    for strategy in ("semi_hard", "hard"):
+        triplets = mine_triplets(embeddings, labels, strategy, triplets_per_anchor=2, progress=False, max_exact=0,
+                                 candidates=1, block_size=64)
+        _check_valid(triplets, labels, 2)
+
+
 @pytest.mark.parametrize("classes", [100, 3])  # a few large classes: their members are not all candidates
 def test_candidate_search_memory_stays_at_block_size_times_candidates(classes):
     embeddings, labels = _clustered(20000, classes, min(classes, 10))

@@ -22,18 +22,21 @@ Up to ``max_exact`` points the search is exact and the result depends only on th
 
 Above ``max_exact`` points, "hard" and "semi_hard" search each block of anchors against about
 ``candidates`` candidate negatives instead of all N points, with the same rules (and the same
-fallback) on the candidates: time O(N x candidates), memory O(block_size x candidates). Classes
+fallback) on the candidates: time O(N x candidates), memory O(block_size x candidates) (plus the
+members of a block's own classes when it holds several). Classes
 are put in groups of nearby classes (k-means over the class means, groups of about
 ``block_size`` points); a block holds anchors of one group, and its candidates are:
 
 - half from the classes nearest to the block's by class mean, whole classes while they fit, then
-  a random part of the next one; a block of several small classes puts its own ones first, each
-  a source of near negatives for the others. Hard and semi-hard negatives lie mostly there once
-  the embedding separates the classes;
+  a random part of the next one: hard and semi-hard negatives lie mostly there once the
+  embedding separates the classes;
 - half drawn uniformly from all N points, so an anchor whose positive lies far still finds
-  negatives near its d(a, p), wherever they are.
+  negatives near its d(a, p), wherever they are;
+- in a block of several (small) classes, their members too: each class's are near negatives for
+  the others.
 
-The anchors and positives are those of the exact search; the negatives also depend on
+Every anchor has a negative among its candidates: another of the block's classes, or at least
+one member of the nearest class. The anchors and positives are those of the exact search; the negatives also depend on
 ``block_size`` then.
 """
 import numpy as np
@@ -148,9 +151,10 @@ class _ExactSearch:
 
 class _CandidateSearch:
     """Blocks of at most ``block_size`` anchors from one group of nearby classes (k-means over the
-    class means, about ``block_size`` points a group), each against ``count`` candidate columns:
-    half the members of the classes nearest to the block's by class mean (several own classes
-    first, whole classes while they fit, then a random part of the next one), half drawn uniformly."""
+    class means, about ``block_size`` points a group), each against candidate columns: ``count`` / 2
+    members of the classes nearest to the block's by class mean (whole classes while they fit, then
+    a random part of the next one), ``count`` / 2 points drawn uniformly, and the members of the
+    block's own classes when it holds several."""
 
     def __init__(self, points, class_start, class_size, count, block_size, seed):
         self.class_start, self.class_size, self.block_size = class_start, class_size, block_size
@@ -180,12 +184,12 @@ class _CandidateSearch:
     def columns(self, rows):
         own = np.unique(np.searchsorted(self.class_start, rows, side="right") - 1)
         distances = pairwise(self.means[own], self.means, "squared_l2").min(axis=0)
-        # Several own classes come first (each one's members are near negatives for the others); a
-        # lone class goes last, its members all masked.
-        distances[own] = -1.0 if len(own) > 1 else np.inf
-        order = np.argsort(distances)
+        distances[own] = np.inf
+        order = np.argsort(distances)[: len(self.class_size) - len(own)]
         whole = int(np.sum(np.cumsum(self.class_size[order]) <= self.near_count))
-        parts = [np.arange(self.class_start[c], self.class_start[c] + self.class_size[c]) for c in order[:whole]]
+        # Several own classes are candidates too (each one's members are negatives for the others).
+        classes = np.concatenate([order[:whole], own if len(own) > 1 else []]).astype(np.int64)
+        parts = [np.arange(self.class_start[c], self.class_start[c] + self.class_size[c]) for c in classes]
         if whole < len(order):
             room = self.near_count - int(self.class_size[order[:whole]].sum())
             following = order[whole]
