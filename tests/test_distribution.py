@@ -176,3 +176,48 @@ def test_multi_process_jax_training_over_two_localhost_processes_matches_one_pro
     for outcome in (first, second):
         for weights, reference in zip(outcome["weights"], single["weights"]):
             np.testing.assert_allclose(weights, reference, atol=1e-5, rtol=0)
+
+
+def test_process_shard_hands_each_process_its_rows_of_every_batch():
+    import keras
+
+    from triplet_keras.distribution import ProcessShard
+
+    class Batches(keras.utils.PyDataset):
+        epochs_ended = 0
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            rows = np.arange(6 * index, 6 * index + 6)
+            return (rows, rows * 10), rows % 2
+
+        def on_epoch_end(self):
+            self.epochs_ended += 1
+
+    batches = Batches()
+    shards = [ProcessShard(batches, process_id, 3) for process_id in range(3)]
+    assert [len(shard) for shard in shards] == [2, 2, 2]
+    (images, more), labels = shards[2][1]
+    np.testing.assert_array_equal(images, [10, 11])
+    np.testing.assert_array_equal(more, [100, 110])
+    np.testing.assert_array_equal(labels, [0, 1])
+    joined = np.concatenate([shard[0][0][0] for shard in shards])
+    np.testing.assert_array_equal(joined, np.arange(6))  # the processes' rows make up the global batch
+    shards[0].on_epoch_end()
+    assert batches.epochs_ended == 1
+    with pytest.raises(ValueError, match="does not divide"):
+        ProcessShard(batches, 0, 4)[0]
+    with pytest.raises(ValueError, match="process_id"):
+        ProcessShard(batches, 2, 2)
+
+
+def test_initialize_processes_rejects_another_backend_or_a_bad_process_id():
+    import keras
+
+    from triplet_keras.distribution import initialize_processes
+
+    message = "process_id" if keras.backend.backend() == "jax" else "jax backend"
+    with pytest.raises(ValueError, match=message):
+        initialize_processes("127.0.0.1:1", 2, 2)  # checked before any connection is tried
