@@ -100,7 +100,10 @@ def digits_split():
     return data.train.subset(np.arange(0, len(data.train), 9))  # 200 images, all ten classes
 
 
-def test_merge_model_fits_from_the_generator_and_remines_with_the_current_encoder(digits_split):
+# approximate: the candidate search of large sets (a few candidates per block), forced on 200 images
+@pytest.mark.parametrize("mining", [{}, {"max_exact": 0, "candidates": 40, "block_size": 32}],
+                         ids=["exact", "approximate"])
+def test_merge_model_fits_from_the_generator_and_remines_with_the_current_encoder(digits_split, mining):
     from triplet_keras.losses import TripletMarginLoss
     from triplet_keras.models import build_encoder, build_merge_model, embed_images
 
@@ -110,12 +113,12 @@ def test_merge_model_fits_from_the_generator_and_remines_with_the_current_encode
     embeddings = embed_images(encoder, digits_split, progress=False)
     triplets = mine_triplets(embeddings, digits_split.labels, "semi_hard", progress=False)
     generator = TripletGenerator(digits_split, triplets, batch_size=50)  # 4 equal steps: one compile
-    remine = RemineCallback(generator, encoder, every=1, seed=3, progress=False)
+    remine = RemineCallback(generator, encoder, every=1, seed=3, progress=False, **mining)
     history = model.fit(generator, epochs=2, callbacks=[remine], verbose=0)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
     # the last re-mining (after epoch index 1, seed 3 + 2) used the trained encoder
     embeddings = embed_images(encoder, digits_split, progress=False)
-    expected = mine_triplets(embeddings, digits_split.labels, "semi_hard", seed=5, progress=False)
+    expected = mine_triplets(embeddings, digits_split.labels, "semi_hard", seed=5, progress=False, **mining)
     np.testing.assert_array_equal(generator.triplets, expected)
     anchors, positives, negatives = (embeddings[expected[:, column]] for column in range(3))
     active = np.sum((anchors - positives) ** 2, axis=1) + 0.2 > np.sum((anchors - negatives) ** 2, axis=1)

@@ -139,12 +139,76 @@ def test_memory_stays_at_block_size_times_n():
     assert peak < 8e6 < 4000 * 4000 * 4  # the N x N float32 matrix alone would be 64 MB
 
 
+def _clustered(n, classes, groups, seed=0, dim=16):
+    """Unit vectors: classes scattered around a few group centres, points around their class centre."""
+    rng = np.random.default_rng(seed)
+    group = rng.normal(size=(groups, dim))
+    centre = group[rng.integers(0, groups, classes)] + 0.6 * rng.normal(size=(classes, dim))
+    labels = rng.integers(0, classes, n)
+    embeddings = (centre[labels] + 0.25 * rng.normal(size=(n, dim))).astype(np.float32)
+    return embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True), labels
+
+
+def _semi_hard_share(embeddings, triplets, margin=0.2):
+    anchors, positives, negatives = (embeddings[triplets[:, column]].astype(np.float64) for column in range(3))
+    d_ap, d_an = (np.sum((anchors - other) ** 2, axis=1) for other in (positives, negatives))
+    return np.mean((d_ap < d_an) & (d_an < d_ap + margin))
+
+
+@pytest.mark.parametrize("strategy", ["semi_hard", "hard"])
+def test_candidate_search_covering_every_point_gives_the_exact_triplets(strategy):
+    """Above max_exact, a budget that holds every class makes each block's candidates all points:
+    the grouped blocks and the candidate columns must then reproduce the exact search."""
+    embeddings, labels = _clustered(400, 40, 4)
+    exact = mine_triplets(embeddings, labels, strategy, triplets_per_anchor=2, seed=1, progress=False)
+    covering = mine_triplets(embeddings, labels, strategy, triplets_per_anchor=2, seed=1, progress=False,
+                             max_exact=0, candidates=10_000, block_size=30)
+    np.testing.assert_array_equal(covering, exact)
+
+
+def test_candidate_search_keeps_the_semi_hard_share_with_a_tenth_of_the_points():
+    embeddings, labels = _clustered(3000, 60, 6)
+    exact = mine_triplets(embeddings, labels, "semi_hard", progress=False)
+    first, second = (mine_triplets(embeddings, labels, "semi_hard", progress=False, max_exact=0, candidates=300,
+                                   block_size=100, seed=seed) for seed in (0, 0))
+    np.testing.assert_array_equal(first, second)  # deterministic with a seed
+    _check_valid(first, labels, 1)
+    np.testing.assert_array_equal(first[:, :2], exact[:, :2])  # the same anchors and positives
+    assert not np.array_equal(first, exact)
+    share, exact_share = _semi_hard_share(embeddings, first), _semi_hard_share(embeddings, exact)
+    random_share = _semi_hard_share(embeddings, mine_triplets(embeddings, labels, "random", progress=False))
+    assert 0.5 < exact_share < 0.9 and random_share < 0.05  # semi-hard negatives are few and need finding
+    assert abs(share - exact_share) < 0.1 * exact_share
+
+
+@pytest.mark.parametrize("classes", [100, 3])  # blocks of several classes of 3; blocks of one class
+def test_candidate_search_with_one_candidate_still_gives_a_negative_to_every_anchor(classes):
+    embeddings, labels = _clustered(300, classes, min(classes, 10))
+    for strategy in ("semi_hard", "hard"):
+        triplets = mine_triplets(embeddings, labels, strategy, triplets_per_anchor=2, progress=False, max_exact=0,
+                                 candidates=1, block_size=64)
+        _check_valid(triplets, labels, 2)
+
+
+@pytest.mark.parametrize("classes", [100, 3])  # a few large classes: their members are not all candidates
+def test_candidate_search_memory_stays_at_block_size_times_candidates(classes):
+    embeddings, labels = _clustered(20000, classes, min(classes, 10))
+    tracemalloc.start()
+    triplets = mine_triplets(embeddings, labels, "semi_hard", block_size=256, progress=False, max_exact=0,
+                             candidates=512)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    _check_valid(triplets, labels, 1)
+    assert peak < 12e6 < 256 * 20000 * 4 * 2  # the two exact block buffers alone would be 41 MB
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"labels": np.zeros(10)}, "two classes"),
     ({"labels": np.arange(10)}, "two members"),
     ({"strategy": "easy"}, "strategy"),
     ({"embeddings": np.full((10, 2), np.nan)}, "NaN"),
     ({"labels": np.zeros(3)}, "N labels"),
+    ({"candidates": 0}, "candidates"),
 ])
 def test_bad_input(kwargs, message):
     arguments = {"embeddings": np.ones((10, 2)), "labels": np.arange(10) % 2, **kwargs}

@@ -17,27 +17,49 @@ chosen by ``strategy`` (:mod:`triplet_keras.strategies`), with d the squared Euc
 Distances (:func:`triplet_keras.distances.pairwise`) are computed for ``block_size``
 anchors against all N points at a time, so memory is O(block_size x N): the N x N matrix is never
 built. Points are sorted by label first, so each block masks its own classes as column ranges.
-The result depends only on the inputs and ``seed``, not on ``block_size``.
+Up to ``max_exact`` points the search is exact and the result depends only on the inputs and
+``seed``, not on ``block_size``.
+
+Above ``max_exact`` points, "hard" and "semi_hard" search each block of anchors against about
+``candidates`` candidate negatives instead of all N points, with the same rules (and the same
+fallback) on the candidates: time O(N x candidates), memory O(block_size x candidates) (plus the
+members of a block's own classes when it holds several). Classes
+are put in groups of nearby classes (k-means over the class means, groups of about
+``block_size`` points); a block holds anchors of one group, and its candidates are:
+
+- half from the classes nearest to the block's by class mean, whole classes while they fit, then
+  a random part of the next one: hard and semi-hard negatives lie mostly there once the
+  embedding separates the classes;
+- half drawn uniformly from all N points, so an anchor whose positive lies far still finds
+  negatives near its d(a, p), wherever they are;
+- in a block of several (small) classes, their members too: each class's are near negatives for
+  the others.
+
+Every anchor has a negative among its candidates: another of the block's classes, or at least
+one member of the nearest class. The anchors and positives are those of the exact search; the negatives also depend on
+``block_size`` then.
 """
 import numpy as np
+from sklearn.cluster import KMeans
 from tqdm.auto import tqdm
 
-from triplet_keras.distances import distance_name, pairwise
+from triplet_keras.distances import distance_name, paired, pairwise
 from triplet_keras.strategies import OFFLINE_STRATEGIES
 
 
 def mine_triplets(embeddings, labels, strategy="semi_hard", margin=0.2, triplets_per_anchor=1, seed=0,
-                  block_size=1024, squared=True, progress=True):
+                  block_size=1024, squared=True, progress=True, max_exact=50_000, candidates=16_384):
     """int64 array (n_anchors * triplets_per_anchor, 3) of (anchor, positive, negative) row indices
-    into ``embeddings`` (N, D), ordered by anchor."""
+    into ``embeddings`` (N, D), ordered by anchor. Exact up to ``max_exact`` points, else each
+    block of anchors searches about ``candidates`` candidate negatives (see the module notes)."""
     embeddings = np.asarray(embeddings, np.float32)
     labels = np.asarray(labels).reshape(-1)
     if embeddings.ndim != 2 or len(embeddings) != len(labels):
         raise ValueError(f"need embeddings (N, D) and N labels, got {embeddings.shape} and {labels.shape}")
     if strategy not in OFFLINE_STRATEGIES:
         raise ValueError(f"strategy must be one of {OFFLINE_STRATEGIES}, got {strategy!r}")
-    if triplets_per_anchor < 1 or block_size < 1:
-        raise ValueError("triplets_per_anchor and block_size must be >= 1")
+    if min(triplets_per_anchor, block_size, candidates) < 1 or max_exact < 0:
+        raise ValueError("triplets_per_anchor, block_size and candidates must be >= 1, max_exact >= 0")
     if not np.isfinite(embeddings).all():
         raise ValueError("embeddings contain NaN or infinity")
 
@@ -59,8 +81,13 @@ def mine_triplets(embeddings, labels, strategy="semi_hard", margin=0.2, triplets
         drawn = rng.integers(0, outside, size=positives.shape)
         negatives = drawn + (drawn >= start[anchors][:, None]) * size[anchors][:, None]
     else:
-        negatives = _mine_negatives(embeddings[order], anchors, positives, start, size, strategy, margin,
-                                    block_size, squared, progress)
+        points = embeddings[order]
+        if len(points) > max_exact:
+            search = _CandidateSearch(points, class_start, class_size, candidates, block_size, seed)
+        else:
+            search = _ExactSearch(block_size)
+        negatives = _mine_negatives(points, anchors, positives, start, size, strategy, margin, squared, progress,
+                                    search)
 
     rows = order[np.stack([np.repeat(anchors, triplets_per_anchor), positives.ravel(), negatives.ravel()], 1)]
     return rows[np.argsort(rows[:, 0], kind="stable")].astype(np.int64)
@@ -75,30 +102,111 @@ def _draw_positives(anchors, start, size, count, rng):
     return start[anchors][:, None] + offsets + (offsets >= rank)
 
 
-def _mine_negatives(points, anchors, positives, start, size, strategy, margin, block_size, squared, progress):
+def _mine_negatives(points, anchors, positives, start, size, strategy, margin, squared, progress, search):
+    """(n_anchors, k) negatives: for each block of anchor positions ``search.blocks(anchors, start)``
+    gives, search the columns ``search.columns(rows)`` (sorted point indices; None: all points)."""
     metric = distance_name(None, squared)
-    # Two block buffers, allocated once: fresh 100 MB arrays per block would cost page faults.
-    buffer, scratch = np.empty((2, min(block_size, len(anchors)), len(points)), np.float32)
+    # Two block buffers, grown only when a block needs more: fresh 100 MB arrays per block would
+    # cost page faults.
+    buffer = scratch = np.empty(0, np.float32)
     negatives = np.empty_like(positives)
     with tqdm(total=len(anchors), desc=f"mining {strategy}", unit="anchor", disable=not progress, leave=False) as bar:
-        for low in range(0, len(anchors), block_size):
-            rows = anchors[low : low + block_size]
-            distances = pairwise(points[rows], points, metric, out=buffer[: len(rows)])
-            anchor_positive = np.take_along_axis(distances, positives[low : low + block_size], axis=1)
-            _mask_own_classes(distances, start[rows], size[rows])
+        for block in search.blocks(anchors, start):
+            rows = anchors[block]
+            columns = search.columns(rows)
+            shape = (len(rows), len(points) if columns is None else len(columns))
+            if buffer.size < shape[0] * shape[1]:
+                buffer, scratch = np.empty((2, shape[0] * shape[1]), np.float32)
+            distances = pairwise(points[rows], points if columns is None else points[columns], metric,
+                                 out=buffer[: shape[0] * shape[1]].reshape(shape))
+            if columns is None:
+                anchor_positive = np.take_along_axis(distances, positives[block], axis=1)
+            else:  # the positives need not be among the candidates
+                block_positives = positives[block]
+                repeated_anchors = np.repeat(points[rows], block_positives.shape[1], axis=0)
+                anchor_positive = paired(repeated_anchors, points[block_positives.ravel()], metric).reshape(
+                    block_positives.shape)
+            _mask_own_classes(distances, start[rows], size[rows], columns)
             if strategy == "hard":
-                negatives[low : low + len(rows)] = _closest(distances, positives.shape[1])
+                chosen = _closest(distances, positives.shape[1])
             else:
-                negatives[low : low + len(rows)] = _semi_hard(distances, anchor_positive, margin, scratch[: len(rows)])
+                chosen = _semi_hard(distances, anchor_positive, margin, scratch[: distances.size].reshape(shape))
+            negatives[block] = chosen if columns is None else columns[chosen]
             bar.update(len(rows))
     return negatives
 
 
-def _mask_own_classes(distances, row_start, row_size):
-    """Set each row's own-class columns to +inf; rows come sorted by class, so one slice per class."""
+class _ExactSearch:
+    """Blocks of ``block_size`` consecutive anchors, each against all points."""
+
+    def __init__(self, block_size):
+        self.block_size = block_size
+
+    def blocks(self, anchors, start):
+        return (slice(low, low + self.block_size) for low in range(0, len(anchors), self.block_size))
+
+    def columns(self, rows):
+        return None
+
+
+class _CandidateSearch:
+    """Blocks of at most ``block_size`` anchors from one group of nearby classes (k-means over the
+    class means, about ``block_size`` points a group), each against candidate columns: ``count`` / 2
+    members of the classes nearest to the block's by class mean (whole classes while they fit, then
+    a random part of the next one), ``count`` / 2 points drawn uniformly, and the members of the
+    block's own classes when it holds several."""
+
+    def __init__(self, points, class_start, class_size, count, block_size, seed):
+        self.class_start, self.class_size, self.block_size = class_start, class_size, block_size
+        self.means = np.add.reduceat(points, class_start, axis=0) / class_size[:, None]
+        self.near_count, self.random_count = count - count // 2, count // 2
+        self.rng = np.random.default_rng([seed, 1])
+        self.point_count = len(points)
+        classes_per_group = max(1, block_size // int(np.median(class_size)))
+        group_count = -(-len(class_size) // classes_per_group)
+        if 1 < group_count < len(class_size):
+            kmeans = KMeans(group_count, n_init=1, max_iter=20, random_state=seed)
+            self.class_group = kmeans.fit_predict(self.means)
+        else:
+            self.class_group = np.arange(len(class_size))
+
+    def blocks(self, anchors, start):
+        """Index arrays into ``anchors`` (label-sorted rows), one group at a time, cut every
+        ``block_size`` anchors."""
+        anchor_class = np.searchsorted(self.class_start, start[anchors])
+        group = self.class_group[anchor_class]
+        visit = np.argsort(group, kind="stable")
+        group_start = np.flatnonzero(np.diff(group[visit], prepend=-1))
+        for low, high in zip(group_start, [*group_start[1:], len(visit)]):
+            for cut in range(low, high, self.block_size):
+                yield visit[cut : min(cut + self.block_size, high)]
+
+    def columns(self, rows):
+        own = np.unique(np.searchsorted(self.class_start, rows, side="right") - 1)
+        distances = pairwise(self.means[own], self.means, "squared_l2").min(axis=0)
+        distances[own] = np.inf
+        order = np.argsort(distances)[: len(self.class_size) - len(own)]
+        whole = int(np.sum(np.cumsum(self.class_size[order]) <= self.near_count))
+        # Several own classes are candidates too (each one's members are negatives for the others).
+        classes = np.concatenate([order[:whole], own if len(own) > 1 else []]).astype(np.int64)
+        parts = [np.arange(self.class_start[c], self.class_start[c] + self.class_size[c]) for c in classes]
+        if whole < len(order):
+            room = self.near_count - int(self.class_size[order[:whole]].sum())
+            following = order[whole]
+            parts.append(self.class_start[following] + self.rng.choice(self.class_size[following], room, replace=False))
+        parts.append(self.rng.integers(0, self.point_count, self.random_count))
+        return np.unique(np.concatenate(parts))
+
+
+def _mask_own_classes(distances, row_start, row_size, columns=None):
+    """Set each row's own-class columns to +inf; rows come sorted by class, so one slice per class.
+    ``columns``: the sorted point index of each column of ``distances`` (None: column j is point j)."""
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(row_start)) + 1, [len(row_start)]])
     for first, stop in zip(bounds[:-1], bounds[1:]):
-        distances[first:stop, row_start[first] : row_start[first] + row_size[first]] = np.inf
+        low, high = row_start[first], row_start[first] + row_size[first]
+        if columns is not None:
+            low, high = np.searchsorted(columns, [low, high])
+        distances[first:stop, low:high] = np.inf
 
 
 def _closest(distances, count):

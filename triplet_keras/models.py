@@ -16,8 +16,7 @@ import numpy as np
 from keras import layers, ops
 from tqdm.auto import tqdm
 
-from triplet_keras import distances_ops
-from triplet_keras.distribution import replica_count
+from triplet_keras import distances_ops, distribution
 from triplet_keras.export import atomic_write, to_jsonable
 from triplet_keras.images import as_image_size
 
@@ -499,7 +498,7 @@ def embed_images(encoder, images, batch_size=256, progress=True, description="em
     if count == 0:
         return np.zeros((0, encoder.output_shape[-1]), np.float32)
     load = images.load if hasattr(images, "load") else (lambda indices: np.asarray(images[indices]))
-    batches = PredictBatches(load, count, batch_size, encoder.input_shape[1:], replica_count())
+    batches = PredictBatches(load, count, batch_size, encoder.input_shape[1:], distribution.replica_count())
     out = encoder.predict(batches, verbose=0, callbacks=[PredictProgress(batches, description, progress)])
     if batches.error is not None:
         raise batches.error
