@@ -63,13 +63,20 @@ def initial_encoder(params, image_shape):
     return build_training_model(params, image_shape)[1]
 
 
+def initial_kind(kinds):
+    """The one kind of features the initial network enters the choice with, and its baseline uses:
+    ``backbone`` (the pooled features a practitioner keeps), else the first of ``kinds``."""
+    return "backbone" if "backbone" in kinds else next(iter(kinds))
+
+
 def network_models(params, encoder, data):
-    """{(network, kind): model} of every candidate space: the fine-tuned ``encoder`` and the initial one
-    by transfer_feature_models, and the pixels."""
+    """{(network, kind): model} of every candidate space: the fine-tuned ``encoder`` with every kind of
+    transfer_feature_models, the initial one with initial_kind, and the pixels."""
     new_classes, image_shape = data.target.new_classes, data.train.image_shape
     models = {("fine_tuned", kind): model for kind, model in transfer_feature_models(params, encoder, new_classes).items()}
     initial = transfer_feature_models(params, initial_encoder(params, image_shape), new_classes)
-    models.update({("initial", kind): model for kind, model in initial.items()})
+    kind = initial_kind(initial)
+    models[("initial", kind)] = initial[kind]
     models[("pixels", "pixels")] = pixel_features(image_shape)
     return models
 
@@ -223,12 +230,10 @@ def evaluate_transfer(params, spaces, search, train_labels, target_labels, new_c
             continue
         scores = {} if search.evidence is None else search.evidence.scores(search.candidates, n_way, k)
         best = best_fine_tuned(search, scores)
-        initial_kind = best.features if ("initial", best.features) in spaces else next(
-            kind for network, kind in spaces if network == "initial")
         methods = mode_methods(best, spaces, train_labels, target_labels, new_classes)
         methods["pixels"] = EstimatorMethod(support_centered(), spaces[("pixels", "pixels")].target, target_labels)
-        methods["initial_encoder"] = EstimatorMethod(support_centered(), spaces[("initial", initial_kind)].target,
-                                                     target_labels)
+        initial = next(v for (network, _), v in spaces.items() if network == "initial")
+        methods["initial_encoder"] = EstimatorMethod(support_centered(), initial.target, target_labels)
         methods["auto"] = searches.method("auto")
         methods["semi_supervised"] = searches.method("semi_supervised")
         for counter in searches.picks.values():
