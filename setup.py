@@ -21,6 +21,8 @@ setup(
         "faiss-cpu>=1.8",
         "tensorboard>=2.15",
         "matplotlib>=3.7",
+        "pillow>=9.2",  # glyphs: drawing characters (also a matplotlib dependency)
+        "fonttools>=4.22",  # glyphs: reading cmaps (also a matplotlib dependency)
     ],
     # torch: the PyTorch backend (KERAS_BACKEND=torch); 2.13.0 as a CPU wheel, not the multi-GB CUDA build.
     extras_require={"test": ["pytest>=7", "hypothesis>=6.80"], "torch": ["torch==2.13.0"]},

@@ -8,12 +8,15 @@ same target episodes. Regimes:
 * new classes: the encoder trains on one half of the classes (two splits: the first five and the
   last five, or the even and the odd classes), 5-way episodes on the other half;
 * new domain (digits): the encoder trains on all ten digits, 10-way episodes on the test split
-  redrawn in another writing style (``target_transform: style``).
+  redrawn in another writing style (``target_transform: style``);
+* many classes (glyphs, rendered from the installed fonts by triplet_keras.glyphs): the encoder
+  trains on the 36 digits and capital letters, 26-way episodes on the 26 small letters (the split
+  of experiments/glyphs/params.json); skipped with a message when no fonts are installed.
 
 Prints one Markdown table per regime and dataset (mean over seeds, [min-max] of the seed means, and
 the choices ``auto`` made) and writes benchmarks/results/accuracy.json.
 
-    python benchmarks/bench_accuracy.py [--datasets digits fashion_mnist] [--seeds 0 1 2] [--episodes 200]
+    python benchmarks/bench_accuracy.py [--datasets digits fashion_mnist glyphs] [--seeds 0 1 2] [--episodes 200]
 """
 import argparse
 import json
@@ -28,7 +31,7 @@ choose_backend()  # before keras is imported, as in init.py
 
 import keras  # noqa: E402
 
-from triplet_keras.datasets import load_dataset  # noqa: E402
+from triplet_keras.datasets import DatasetError, load_dataset  # noqa: E402
 from triplet_keras.params import load_params  # noqa: E402
 from triplet_keras.pipeline import run  # noqa: E402
 
@@ -45,7 +48,9 @@ def class_splits(names, kind):
 
 
 def settings(dataset, split_kind):
-    """[(regime label, params overrides)] for one dataset."""
+    """[(regime label, params overrides)] for one dataset; glyphs keep their experiment's split."""
+    if dataset == "glyphs":
+        return [("new classes, source = digits + capitals", {})]
     names = load_dataset(dataset, max_per_class=2).class_names
     cases = [(f"new classes, source = {label}", {"source_classes": chosen})
              for label, chosen in class_splits(names, split_kind).items()]
@@ -90,9 +95,10 @@ def markdown(title, summary, choices):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["digits", "fashion_mnist"])
+    parser.add_argument("--datasets", nargs="+", default=["digits", "fashion_mnist", "glyphs"])
     parser.add_argument("--splits", default={"digits": "halves", "fashion_mnist": "halves"}, type=json.loads,
-                        help='JSON {dataset: "halves" | "parity"}: how the classes are cut in two')
+                        help='JSON {dataset: "halves" | "parity"}: how the classes are cut in two (not glyphs: '
+                             "digits + capitals -> small letters)")
     parser.add_argument("--regime", default="", help="run only the regimes whose label contains this text")
     parser.add_argument("--params", default={}, type=json.loads,
                         help='JSON {key: value}: parameters set on top of each experiment\'s params.json')
@@ -107,6 +113,12 @@ def main():
         json.dump(report, handle)
     tables = []
     for dataset in args.datasets:
+        if dataset == "glyphs":
+            try:
+                load_dataset("glyphs", max_per_class=2)  # built from the installed fonts on first use
+            except DatasetError as error:
+                print(f"glyphs skipped: {error}", flush=True)
+                continue
         for regime, overrides in settings(dataset, args.splits.get(dataset, "halves")):
             if args.regime not in regime:
                 continue

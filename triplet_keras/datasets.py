@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from triplet_keras.glyphs import GlyphError, build_glyph_folder
 from triplet_keras.images import as_image_size, has_image_signature, is_image_file, read_image, resize_image
 
 DEFAULT_IMAGE_SIZE = (224, 224)
@@ -38,6 +39,8 @@ CIFAR10_CHECKSUMS = {
 }
 CIFAR10_HOST = ("www.cs.toronto.edu", 443)
 IDX_DATASETS = ("mnist", "fashion_mnist")
+GLYPHS = "glyphs"
+GLYPH_IMAGE_SIZE = (28, 28)
 
 
 class DatasetError(ValueError):
@@ -188,8 +191,8 @@ def load_dataset(
     cache_bytes=0,
     max_per_class=None,
 ):
-    """Load ``source``: "cifar10", "mnist", "fashion_mnist", "digits", or a folder (a path, or a
-    folder name inside ``cache_dir``).
+    """Load ``source``: "cifar10", "mnist", "fashion_mnist", "digits", "glyphs", or a folder (a path,
+    or a folder name inside ``cache_dir``).
 
     - "digits": scikit-learn's 1,797 8x8 digits (offline), gray 0..16 scaled to RGB 0..255.
     - "cifar10": the official ``cifar-10-python.tar.gz`` from ``archive``, else from ``cache_dir``,
@@ -197,6 +200,9 @@ def load_dataset(
     - "mnist", "fashion_mnist": the four official gzip IDX files from the folder ``archive``, else
       from where a system package or Keras keeps them, else downloaded (see :mod:`triplet_keras.idx`);
       28 x 28 gray images repeated to RGB.
+    - "glyphs": the folder ``cache_dir/glyphs`` of characters rendered from the installed fonts,
+      one class per character and one image per font, 28 x 28 gray as RGB; built on first use
+      (:func:`triplet_keras.glyphs.build_glyph_folder`), then read as a folder.
     - a folder: class subfolders under one root, or ``train/`` plus ``validation/`` and/or
       ``test/`` each holding class subfolders (see :func:`load_folder`).
 
@@ -227,12 +233,21 @@ def load_dataset(
         train_gray, train_labels, test_gray, test_labels, class_names = load_idx_dataset(name, archive, cache_dir)
         return _official_splits(gray_to_rgb(train_gray), train_labels, gray_to_rgb(test_gray), test_labels,
                                 class_names, image_size, validation_fraction, seed, max_per_class)
+    if name == GLYPHS:
+        folder = os.path.join(cache_dir, GLYPHS)
+        if not os.path.isdir(folder):
+            try:
+                build_glyph_folder(folder)
+            except GlyphError as error:
+                raise DatasetError(str(error)) from error
+        return load_folder(folder, image_size or GLYPH_IMAGE_SIZE, validation_fraction, test_fraction, seed,
+                           strict, workers, verify, cache_bytes, max_per_class)
     for folder in (os.fspath(source), os.path.join(cache_dir, os.fspath(source))):
         if os.path.isdir(folder):
             return load_folder(folder, image_size or DEFAULT_IMAGE_SIZE, validation_fraction, test_fraction,
                                seed, strict, workers, verify, cache_bytes, max_per_class)
-    raise DatasetError(f"unknown dataset {source!r}: not 'cifar10', 'mnist', 'fashion_mnist', 'digits' or a folder "
-                       f"(also looked in {cache_dir!r})")
+    raise DatasetError(f"unknown dataset {source!r}: not 'cifar10', 'mnist', 'fashion_mnist', 'digits', 'glyphs' "
+                       f"or a folder (also looked in {cache_dir!r})")
 
 
 def cap_per_class(labels, max_per_class, seed=0):

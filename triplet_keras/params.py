@@ -12,7 +12,8 @@ from triplet_keras.strategies import OFFLINE_STRATEGIES, ONLINE_STRATEGIES
 
 # name: (default, type or tuple of allowed values, help)
 SCHEMA = {
-    "dataset": ("digits", str, '"digits", "cifar10", "mnist", "fashion_mnist" or a folder of class subfolders'),
+    "dataset": ("digits", str, '"digits", "cifar10", "mnist", "fashion_mnist", "glyphs" (rendered from the installed '
+                'fonts) or a folder of class subfolders'),
     "archive": (None, str, "offline data: the local cifar-10-python.tar.gz (CIFAR-10), or the folder holding the "
                 "four IDX .gz files (MNIST, Fashion-MNIST)"),
     "image_size": (None, list, "size images are resized to on load: [height, width] or one number n for n x n "
