@@ -1,9 +1,10 @@
 """Few-shot accuracy of the whole pipeline (init.py) on real and toy data, with both baselines.
 
 For each dataset, class split and training seed, init.py's own ``run`` trains the encoder with the
-experiment's params.json, chooses the transfer on source episodes (then on each support by
-leave-one-out) and reports every mode, ``auto``, ``pixels``, ``initial_encoder`` and the ceiling on the
-same target episodes. Regimes:
+experiment's params.json and reports, on the same target episodes, ``pixels``, ``initial_encoder``, every
+mode, ``auto`` (triplet_keras.choice: the search on evidence the features never trained on, then each
+support's leave-one-out), ``semi_supervised`` (the same with the episode's queries as unlabelled pool)
+and the ceiling. Regimes:
 
 * new classes: the encoder trains on one half of the classes (two splits: the first five and the
   last five, or the even and the odd classes), 5-way episodes on the other half;
@@ -29,14 +30,13 @@ from triplet_keras.backend_choice import choose_backend
 
 choose_backend()  # before keras is imported, as in init.py
 
-import keras  # noqa: E402
 
 from triplet_keras.datasets import DatasetError, load_dataset  # noqa: E402
 from triplet_keras.params import load_params  # noqa: E402
-from triplet_keras.pipeline import run  # noqa: E402
+from triplet_keras.pipeline import machine, run  # noqa: E402
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
-COLUMNS = ("none", "translate", "center", "auto", "pixels", "initial_encoder", "ceiling")
+COLUMNS = ("pixels", "initial_encoder", "none", "translate", "center", "auto", "semi_supervised", "ceiling")
 
 
 def class_splits(names, kind):
@@ -70,23 +70,22 @@ def run_case(dataset, overrides, seed, args):
 
 
 def summarise(runs):
-    """{K: {column: (mean, min, max) over seeds}}, {K: [the source choice and the supports' most frequent one]}."""
+    """{K: {column: (mean, min, max) over seeds}}, {K: [each seed's most frequent auto pick]}."""
     table, choices = {}, {}
     for metrics in runs:
         for shots, rows in metrics["transfer"].items():
             for column in COLUMNS:
                 table.setdefault(shots, {}).setdefault(column, []).append(rows[column]["mean"])
-            choice, picks = metrics["transfer_choice"][shots], metrics["transfer_choice"][shots]["support_picks"]
-            whiten = "" if choice["whiten"] is None else f" {choice['whiten']:g}"
-            top = max(picks, key=picks.get)  # the supports' most frequent choice
-            choices.setdefault(shots, []).append(f"{choice['features']}/{choice['mode']}{whiten} (supports: {top} "
-                                                 f"{100 * picks[top] / sum(picks.values()):.0f}%)")
+            picks = metrics["transfer_choice"][shots]["auto_picks"]
+            top = max(picks, key=picks.get)
+            choices.setdefault(shots, []).append(f"{top} ({100 * picks[top] / sum(picks.values()):.0f}%)")
     summary = {shots: {c: (sum(v) / len(v), min(v), max(v)) for c, v in columns.items()} for shots, columns in table.items()}
     return summary, choices
 
 
 def markdown(title, summary, choices):
-    lines = [f"**{title}**", "", "| K | " + " | ".join(COLUMNS) + " | auto chose on the source (on the supports) |", "|---" * (len(COLUMNS) + 2) + "|"]
+    lines = [f"**{title}**", "", "| K | " + " | ".join(COLUMNS) + " | auto's most frequent pick per seed |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
     for shots, columns in summary.items():
         cells = [f"{100 * m:.1f} [{100 * lo:.0f}-{100 * hi:.0f}]" for m, lo, hi in (columns[c] for c in COLUMNS)]
         lines.append(f"| {shots} | " + " | ".join(cells) + f" | {', '.join(choices[shots])} |")
@@ -107,8 +106,7 @@ def main():
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "accuracy.json"))
     args = parser.parse_args()
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    report = {"args": vars(args), "backend": keras.backend.backend(), "machine": platform.platform(),
-              "processor": platform.processor(), "cpus": os.cpu_count(), "results": {}}
+    report = {"args": vars(args), "machine": {**machine(), "platform": platform.platform()}, "results": {}}
     with open(args.output, "w", encoding="utf-8") as handle:
         json.dump(report, handle)
     tables = []
@@ -130,7 +128,8 @@ def main():
                 seconds.append(round(wall, 1))
                 print(f"{dataset}, {regime}, seed {seed}: {wall:.0f} s", flush=True)
                 report["results"][title] = {"seconds": seconds, "runs": [
-                    {key: m[key] for key in ("transfer", "transfer_choice", "fine_tuning_verdict", "calibration")}
+                    {key: m[key] for key in ("transfer", "transfer_choice", "fine_tuning_verdict", "calibration", "scores",
+                                             "machine")}
                     for m in runs]}
                 with open(args.output, "w", encoding="utf-8") as handle:  # after every run: nothing lost
                     json.dump(report, handle, indent=2)

@@ -17,6 +17,7 @@ Re-running into the same folder resumes from ``last.keras`` unless ``restart`` i
 parameters in RESUMABLE_KEYS may differ from those it was trained with.
 """
 import os
+import platform
 
 import keras
 import numpy as np
@@ -95,6 +96,18 @@ def export_run_embeddings(model_dir, data, evaluation, transfer):
                       log_dir=os.path.join(model_dir, "logs"))
 
 
+def machine():
+    """The machine a run measured on: its CPU model, cores, Keras backend and versions."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "backend": keras.backend.backend(), "keras": keras.__version__,
+            "python": platform.python_version()}
+
+
 def report(model_dir, params, trained, evaluation, calibration, transfer):
     """The report stage: ``model_dir/metrics.json`` and the printed summary; returns the metrics dict."""
     scores, episodes, choices, search = dict(evaluation.scores), {}, {}, None
@@ -105,7 +118,7 @@ def report(model_dir, params, trained, evaluation, calibration, transfer):
     result = {"params": params, "scores": scores, "transfer": episodes, "transfer_choice": choices,
               "saved_transfer_search": search,
               "fine_tuning_verdict": verdict, "calibration": calibration,
-              "epochs_trained": len(trained.history.get("loss", []))}
+              "epochs_trained": len(trained.history.get("loss", [])), "machine": machine()}
     write_json(os.path.join(model_dir, "metrics.json"), result)
     stage("summary")
     print(summary_table(scores, episodes))
