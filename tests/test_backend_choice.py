@@ -16,6 +16,7 @@ def fake(monkeypatch):
     """Set the device ("cpu"/"gpu") and the installed backends that choose_backend sees."""
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     monkeypatch.setattr(backend_choice, "_jaxlib_version", lambda: (0, 10))
 
     def set_up(device, installed):
@@ -38,6 +39,7 @@ def test_unset_takes_the_first_installed_of_the_device_preference(fake, capsys, 
     assert backend_choice.choose_backend() == chosen
     assert backend_choice.os.environ["KERAS_BACKEND"] == chosen
     assert backend_choice.os.environ.get("XLA_FLAGS") == xla_flags
+    assert backend_choice.os.environ.get("TF_CPP_MIN_LOG_LEVEL") == ("1" if chosen == "tensorflow" else None)
     captured = capsys.readouterr()
     assert captured.out == ""
     others = "|".join(name for name in ("jax", "tensorflow", "torch") if name != chosen)
@@ -65,6 +67,10 @@ def test_a_set_backend_is_kept_without_looking_at_the_device(fake, monkeypatch, 
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_xnnpack=false")
     assert backend_choice.choose_backend(announce=False) == "jax"
     assert backend_choice.os.environ["XLA_FLAGS"] == "--xla_cpu_use_xnnpack=false"
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    assert backend_choice.choose_backend(announce=False) == "tensorflow"
+    assert backend_choice.os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
     assert capsys.readouterr() == ("", "")
 
 

@@ -34,7 +34,8 @@ XNNPACK_FLAG = "--xla_cpu_use_xnnpack=true"
 def choose_backend(announce=True):
     """Set ``KERAS_BACKEND`` when it is unset: the first installed backend of ``PREFERENCE[device]``
     (left unset when none of them is installed, so that Keras reports it). With ``announce``, print
-    the backend and how to choose another in one line on stderr. Under JAX, also add
+    the backend and how to choose another in one line on stderr. Under TensorFlow, set
+    ``TF_CPP_MIN_LOG_LEVEL=1`` when it is unset (its C++ warnings and errors still show). Under JAX, add
     ``--xla_cpu_use_xnnpack=true`` to ``XLA_FLAGS`` unless they already name that flag (XLA's XNNPACK
     CPU kernels; only for jaxlib 0.10+, where it was measured, as XLA aborts on a flag it does not
     know). Returns the backend name now in ``KERAS_BACKEND`` (None when unset).
@@ -51,6 +52,8 @@ def choose_backend(announce=True):
         fastest = PREFERENCE[device][0]
         reason = (f"the fastest measured on {device_note}" if backend == fastest
                   else f"{fastest}, the fastest measured on {device_note}, is not installed")
+    if backend == "tensorflow":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no INFO lines from TensorFlow's import
     flags = os.environ.get("XLA_FLAGS", "")
     if backend == "jax" and "xla_cpu_use_xnnpack" not in flags and _jaxlib_version() >= (0, 10):
         os.environ["XLA_FLAGS"] = f"{flags} {XNNPACK_FLAG}".strip()
