@@ -27,9 +27,9 @@ def fake(monkeypatch):
 
 
 @pytest.mark.parametrize("device, installed, chosen, xla_flags", [
-    ("cpu", {"jax", "tensorflow", "torch"}, "tensorflow", None),
+    ("cpu", {"jax", "tensorflow", "torch"}, "jax", "--xla_cpu_use_xnnpack=true"),
     ("gpu", {"jax", "tensorflow", "torch"}, "jax", "--xla_cpu_use_xnnpack=true"),
-    ("cpu", {"jax", "torch"}, "jax", "--xla_cpu_use_xnnpack=true"),
+    ("cpu", {"tensorflow", "torch"}, "tensorflow", None),
     ("cpu", {"torch"}, "torch", None),
     ("gpu", {"tensorflow", "torch"}, "tensorflow", None),
 ])

@@ -114,6 +114,7 @@ try:
 except SystemExit:
     pass
 print(json.dumps([os.environ.get("KERAS_BACKEND"), os.environ.get("XLA_FLAGS")]))
+print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"), file=sys.stderr)
 """
 # The console script runs the function setup.py names, as pip's generated script does.
 CONSOLE_SCRIPT = re.search(r"triplet-keras=([\w.]+):(\w+)", (ROOT / "setup.py").read_text()).groups()
@@ -125,23 +126,25 @@ ENTRIES = {
 
 
 def run_entry(entry, env_changes):
-    """(KERAS_BACKEND and XLA_FLAGS after ``entry --help``, its stderr lines)."""
+    """(KERAS_BACKEND and XLA_FLAGS after ``entry --help``, its stderr lines, the last of them
+    TF_CPP_MIN_LOG_LEVEL)."""
     done = run_python(ENTRY.format(entry=entry, run=ENTRIES[entry]), env_changes)
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr.splitlines()
 
 
 @pytest.mark.parametrize("entry", sorted(ENTRIES))
 def test_entry_points_choose_the_same_way_and_respect_a_set_backend(entry):
-    # No GPU in sight: TensorFlow, the fastest measured on a CPU (and an install requirement).
-    state, stderr = run_entry(entry, {"KERAS_BACKEND": None, "XLA_FLAGS": None, "CUDA_VISIBLE_DEVICES": ""})
-    assert state == ["tensorflow", None]
-    assert [line for line in stderr if line.startswith("Keras backend")] == [
-        "Keras backend: tensorflow (the fastest measured on CPU, no NVIDIA GPU found); "
-        "KERAS_BACKEND=jax|torch chooses another"]
-    state, stderr = run_entry(entry, {"KERAS_BACKEND": "jax", "XLA_FLAGS": None})
+    # No GPU in sight: JAX, the fastest measured on a CPU (and an install requirement).
     new_jaxlib = JAX_INSTALLED and tuple(
         int(part) for part in importlib.metadata.version("jaxlib").split(".")[:2]) >= (0, 10)
+    state, stderr = run_entry(entry, {"KERAS_BACKEND": None, "XLA_FLAGS": None, "CUDA_VISIBLE_DEVICES": ""})
     assert state == ["jax", "--xla_cpu_use_xnnpack=true" if new_jaxlib else None]
+    assert [line for line in stderr if line.startswith("Keras backend")] == [
+        "Keras backend: jax (the fastest measured on CPU, no NVIDIA GPU found); "
+        "KERAS_BACKEND=tensorflow|torch chooses another"]
+    state, stderr = run_entry(entry, {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": None, "XLA_FLAGS": None})
+    assert state == ["tensorflow", None]
+    assert stderr[-1] == "1"  # TF_CPP_MIN_LOG_LEVEL: no INFO lines from TensorFlow's import
     state, stderr = run_entry(entry, {"KERAS_BACKEND": "numpy", "XLA_FLAGS": "--xla_cpu_use_xnnpack=false"})
     assert state == ["numpy", "--xla_cpu_use_xnnpack=false"]
     assert stderr[0] == "Keras backend: numpy (set by KERAS_BACKEND); KERAS_BACKEND=jax|tensorflow|torch chooses another"
