@@ -26,5 +26,5 @@ setup(
     ],
     # torch: the PyTorch backend (KERAS_BACKEND=torch); 2.13.0 as a CPU wheel, not the multi-GB CUDA build.
     extras_require={"test": ["pytest>=7", "hypothesis>=6.80"], "torch": ["torch==2.13.0"]},
-    entry_points={"console_scripts": ["triplet-keras=triplet_keras.__main__:main"]},
+    entry_points={"console_scripts": ["triplet-keras=triplet_keras.__main__:cli"]},
 )

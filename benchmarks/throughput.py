@@ -1,13 +1,14 @@
 """Training, embedding and input-pipeline throughput of triplet_keras beside the PyTorch stack.
 
 One run on one machine measures: triplet training of our merge model and online-loss model (Keras
-on JAX and on PyTorch, eager and torch.compile; optionally on TensorFlow) and of torchvision ResNet50 + pytorch-metric-learning doing the
-same work (eager and torch.compile); embedding extraction; decoding and resizing a folder of JPEGs;
-and the machine's dense matmul rate, the practical FLOP peak. Every part runs in its own
-subprocess, so one framework's threads and memory do not disturb another's. It prints a Markdown
-table and writes JSON:
+on JAX, on TensorFlow as a graph and with XLA, and on PyTorch, eager and optionally torch.compile)
+and of torchvision ResNet50 + pytorch-metric-learning doing the same work (eager and torch.compile);
+embedding extraction; decoding and resizing a folder of JPEGs; and the machine's dense matmul rate,
+the practical FLOP peak. Every part runs in its own subprocess (Keras reads KERAS_BACKEND once, on
+import), so one framework's threads and memory do not disturb another's. It prints a Markdown table
+and writes JSON:
 
-    .venv/bin/python benchmarks/throughput.py --device cpu
+    .venv/bin/python benchmarks/throughput.py --device cpu --torch_python .venv-torch/bin/python
 
 Image rates count images: a merge-model step on a batch of B images trains B / 3 triplets.
 """
@@ -26,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-PARTS = ("peak", "jax", "keras_torch", "torch", "pipeline", "tensorflow")
-DEFAULT_PARTS = ("peak", "jax", "keras_torch", "torch", "pipeline")
+PARTS = ("peak", "jax", "tensorflow", "keras_torch", "torch", "pipeline")
 BACKENDS = {"jax": "jax", "keras_torch": "torch", "tensorflow": "tensorflow"}
+TORCH_PARTS = ("keras_torch", "torch")
 TRAIN_TASKS = ("merge", "online")
 
 
@@ -45,7 +46,11 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the table shows the median")
     parser.add_argument("--jpegs", type=int, default=300, help="JPEG files for the pipeline part")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="pipeline reader threads")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(DEFAULT_PARTS))
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--torch_python", default=sys.executable,
+                        help="the Python that runs the PyTorch parts (torch is not a dependency of the package)")
+    parser.add_argument("--keras_torch_jit", action="store_true",
+                        help="also train Keras on PyTorch with jit_compile=True (torch.compile; minutes on CPU)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "throughput.json"))
     parser.add_argument("--worker", choices=PARTS, help=argparse.SUPPRESS)
     parser.add_argument("--worker_out", help=argparse.SUPPRESS)
@@ -104,10 +109,14 @@ def keras_worker(args):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     framework = f"keras-{keras.backend.backend()}"
     batches = random_batches(args, args.batch)
-    # JAX and TensorFlow compile by default; on PyTorch Keras runs eager unless asked for torch.compile.
-    jit_modes = (False, True) if keras.backend.backend() == "torch" else ("auto",)
+    # The variants: JAX always compiles with XLA; TensorFlow runs a graph (jit_compile="auto" turns XLA
+    # off on a CPU-only machine) or compiles it with XLA; PyTorch runs eager, or hands the Keras step to
+    # torch.compile.
+    jit_modes = {"jax": {"jit": True},
+                 "tensorflow": {"graph": False, "xla": True},
+                 "torch": {"eager": False, **({"jit": True} if args.keras_torch_jit else {})}}[keras.backend.backend()]
     rows = []
-    for task, jit_compile in itertools.product(TRAIN_TASKS, jit_modes):
+    for task, (variant, jit_compile) in itertools.product(TRAIN_TASKS, jit_modes.items()):
         start = time.perf_counter()
         encoder = build_encoder(args.backbone, weights=None, input_shape=(args.image_size, args.image_size, 3))
         if task == "merge":
@@ -122,7 +131,6 @@ def keras_worker(args):
         def run(steps):
             model.fit(cycle(data, steps), steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
 
-        variant = "jit" if model.jit_compile else "eager"
         row = measure(run, args.batch, args, framework=framework, task=f"train {task}", variant=variant)
         rows.append({**row, "build_s": build_s, "train_flops_per_image": 3 * forward_flops(encoder)})
 
@@ -242,7 +250,8 @@ def run_part(part, args, argv):
     if args.device == "cpu":
         env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, __file__, *argv, "--worker", part, "--worker_out", out.name]
+        python = args.torch_python if part in TORCH_PARTS else sys.executable
+        command = [python, __file__, *argv, "--worker", part, "--worker_out", out.name]
         result = subprocess.run(command, env=env)
         if result.returncode:
             print(f"part {part!r} failed (exit {result.returncode})", file=sys.stderr)

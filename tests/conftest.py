@@ -6,7 +6,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 from triplet_keras.backend_choice import choose_backend  # noqa: E402
 
-choose_backend()  # the XLA flags of the entry scripts under JAX, before keras is imported
+choose_backend(announce=False)  # the XLA flags of the entry points under JAX, before keras is imported
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

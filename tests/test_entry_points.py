@@ -1,9 +1,10 @@
 """Importing the package changes no environment variable and registers every Keras object it defines;
-init.py and ``python -m triplet_keras`` choose the backend. Each check runs in a fresh interpreter."""
+init.py, ``triplet-keras`` and ``python -m triplet_keras`` choose the backend, all the same way. Each check runs in a fresh interpreter."""
 import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,15 +21,21 @@ ROOT = Path(__file__).resolve().parents[1]
 JAX_INSTALLED = importlib.util.find_spec("jax") is not None
 
 
-def python(code, env_changes):
-    """Run ``code`` in a fresh interpreter at the repository root; its last stdout line, parsed as JSON."""
+def run_python(code, env_changes):
+    """Run ``code`` in a fresh interpreter at the repository root, the environment changed by
+    ``env_changes`` (None removes a variable); the finished process, which must have succeeded."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     for name, value in env_changes.items():
         env.pop(name, None) if value is None else env.__setitem__(name, value)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return done
+
+
+def python(code, env_changes):
+    """Run ``code`` as :func:`run_python` does; its last stdout line, parsed as JSON."""
+    return json.loads(run_python(code, env_changes).stdout.strip().splitlines()[-1])
 
 
 def test_import_changes_no_environment_variable():
@@ -103,28 +110,41 @@ ENTRY = """
 import json, os, runpy, sys
 sys.argv = [{entry!r}, "--help"]
 try:
-    runpy.{run}({target!r}, run_name="__main__")
+    {run}
 except SystemExit:
     pass
-state = [os.environ.get("KERAS_BACKEND"), os.environ.get("XLA_FLAGS")]
-if {import_keras}:
-    import keras
-    state.append(keras.backend.backend())
-print(json.dumps(state))
+print(json.dumps([os.environ.get("KERAS_BACKEND"), os.environ.get("XLA_FLAGS")]))
+print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"), file=sys.stderr)
 """
-ENTRIES = {"init.py": ("run_path", "init.py"), "python -m triplet_keras": ("run_module", "triplet_keras")}
+# The console script runs the function setup.py names, as pip's generated script does.
+CONSOLE_SCRIPT = re.search(r"triplet-keras=([\w.]+):(\w+)", (ROOT / "setup.py").read_text()).groups()
+ENTRIES = {
+    "init.py": 'runpy.run_path("init.py", run_name="__main__")',
+    "python -m triplet_keras": 'runpy.run_module("triplet_keras", run_name="__main__", alter_sys=True)',
+    "triplet-keras": "from {} import {} as console_script; sys.exit(console_script())".format(*CONSOLE_SCRIPT),
+}
+
+
+def run_entry(entry, env_changes):
+    """(KERAS_BACKEND and XLA_FLAGS after ``entry --help``, its stderr lines, the last of them
+    TF_CPP_MIN_LOG_LEVEL)."""
+    done = run_python(ENTRY.format(entry=entry, run=ENTRIES[entry]), env_changes)
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr.splitlines()
 
 
 @pytest.mark.parametrize("entry", sorted(ENTRIES))
-def test_entry_points_choose_jax_when_unset_and_respect_a_set_backend(entry):
-    run, target = ENTRIES[entry]
-    unset = python(ENTRY.format(entry=entry, run=run, target=target, import_keras=entry == "init.py"),
-                   {"KERAS_BACKEND": None, "XLA_FLAGS": None})
-    if JAX_INSTALLED:
-        new_jaxlib = tuple(int(part) for part in importlib.metadata.version("jaxlib").split(".")[:2]) >= (0, 10)
-        assert unset == ["jax", "--xla_cpu_use_xnnpack=true" if new_jaxlib else None] + ["jax"] * (entry == "init.py")
-    else:
-        assert unset[:2] == [None, None]
-    chosen = python(ENTRY.format(entry=entry, run=run, target=target, import_keras=False),
-                    {"KERAS_BACKEND": "numpy", "XLA_FLAGS": "--xla_cpu_use_xnnpack=false"})
-    assert chosen == ["numpy", "--xla_cpu_use_xnnpack=false"]
+def test_entry_points_choose_the_same_way_and_respect_a_set_backend(entry):
+    # No GPU in sight: JAX, the fastest measured on a CPU (and an install requirement).
+    new_jaxlib = JAX_INSTALLED and tuple(
+        int(part) for part in importlib.metadata.version("jaxlib").split(".")[:2]) >= (0, 10)
+    state, stderr = run_entry(entry, {"KERAS_BACKEND": None, "XLA_FLAGS": None, "CUDA_VISIBLE_DEVICES": ""})
+    assert state == ["jax", "--xla_cpu_use_xnnpack=true" if new_jaxlib else None]
+    assert [line for line in stderr if line.startswith("Keras backend")] == [
+        "Keras backend: jax (the fastest measured on CPU, no NVIDIA GPU found); "
+        "KERAS_BACKEND=tensorflow|torch chooses another"]
+    state, stderr = run_entry(entry, {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": None, "XLA_FLAGS": None})
+    assert state == ["tensorflow", None]
+    assert stderr[-1] == "1"  # TF_CPP_MIN_LOG_LEVEL: no INFO lines from TensorFlow's import
+    state, stderr = run_entry(entry, {"KERAS_BACKEND": "numpy", "XLA_FLAGS": "--xla_cpu_use_xnnpack=false"})
+    assert state == ["numpy", "--xla_cpu_use_xnnpack=false"]
+    assert stderr[0] == "Keras backend: numpy (set by KERAS_BACKEND); KERAS_BACKEND=jax|tensorflow|torch chooses another"

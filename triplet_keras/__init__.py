@@ -2,7 +2,8 @@
 
 Importing the package changes no environment variable and does not import a deep-learning backend,
 so the command-line help is quick; the backend is the one ``KERAS_BACKEND`` names, as always with
-Keras (the entry scripts pick JAX when it is unset: :mod:`triplet_keras.backend_choice`). Public
+Keras (the entry points pick the fastest for the device when it is unset:
+:mod:`triplet_keras.backend_choice`). Public
 names are imported lazily. Every Keras object of the package (layers, losses) is registered as soon
 as keras is imported, before or after this package, so ``keras.saving.load_model`` reads the files
 the package writes in safe mode without importing anything else first. When keras comes later, a

@@ -1,4 +1,4 @@
-"""Command line: ``python -m triplet_keras <command> ...``.
+"""Command line: ``triplet-keras <command> ...`` or ``python -m triplet_keras <command> ...``.
 
 ``predict --model_dir D [--proba] [--lookup K] [--no-unknown] [--batch_size N] image ...`` prints one
 ``path<TAB>class`` line per image; --proba adds ``<TAB>probability`` (of the most likely class), and
@@ -13,8 +13,9 @@ subfolders to the gallery of the predictor in D and saves it, with a progress ba
 where it stopped when run again (triplet_keras.gallery_folder). It prints the number of items added
 and the gallery size; a folder or model directory it cannot use prints one error line, status 2.
 
-The Keras backend is ``KERAS_BACKEND``, or JAX when that is unset and jax is installed
-(:func:`triplet_keras.backend_choice.choose_backend`).
+The Keras backend is ``KERAS_BACKEND``, or when that is unset the fastest one measured for the device
+(:func:`triplet_keras.backend_choice.choose_backend`, called by :func:`cli`, the function behind both
+commands).
 """
 import argparse
 import os
@@ -112,6 +113,12 @@ def main(argv=None):
         return 2
 
 
+def cli(argv=None):
+    """The ``triplet-keras`` console script and ``python -m triplet_keras``: choose the Keras backend
+    (before keras is imported), then run :func:`main`; its exit status."""
+    choose_backend()
+    return main(argv)
+
+
 if __name__ == "__main__":
-    choose_backend()  # before keras is imported
-    sys.exit(main())
+    sys.exit(cli())

@@ -1,30 +1,105 @@
-"""The Keras backend of the entry scripts (init.py, ``python -m triplet_keras``, the benchmarks).
+"""The Keras backend of the entry points: init.py, ``triplet-keras`` and ``python -m triplet_keras``
+(both through :func:`triplet_keras.__main__.cli`), and the benchmarks.
 
-Importing this module (or ``triplet_keras``) changes nothing; an entry script calls
+Importing this module (or ``triplet_keras``) changes nothing; an entry point calls
 :func:`choose_backend` first thing, before keras is imported, because Keras reads ``KERAS_BACKEND``
 once, on import. A library user picks the backend the Keras way, by setting ``KERAS_BACKEND``.
+
+When ``KERAS_BACKEND`` is unset, the entry points take the fastest backend measured for the device
+(benchmarks/throughput.py; the numbers are in benchmarks/README.md), the first one installed of
+:data:`PREFERENCE`: JAX, then TensorFlow, then PyTorch, on a CPU as with an NVIDIA GPU that JAX can
+use. The two entries are kept apart because the CPU order is contested (an earlier run on the same
+kind of machine had TensorFlow at 3x JAX; benchmarks/README.md) and the printed line names the device.
+
+The device is found without importing keras, jax or torch (an import costs seconds, and a JAX or
+TensorFlow that starts on the GPU takes most of its memory before the chosen backend could): a GPU is
+there when ``CUDA_VISIBLE_DEVICES`` does not hide every device and the driver shows one, as a
+``/dev/nvidia<N>`` device node or, where there are none (WSL), in ``nvidia-smi -L``; JAX can use it
+when one of its CUDA plugins (``pip install "jax[cuda13]"``) is installed. A GPU without that plugin
+counts as a CPU, since jax[cpu] and tensorflow-cpu would both run on the CPU.
 """
+import glob
 import importlib.metadata
 import importlib.util
 import os
+import re
+import shutil
+import subprocess
+import sys
 
+BACKENDS = ("jax", "tensorflow", "torch")
+# Fastest first, per device (benchmarks/README.md). On the shared 2-core CPU, 2026-12-03, Keras trained
+# ResNet50 fastest on JAX, then TensorFlow with XLA, then PyTorch; TensorFlow embedded fastest.
+PREFERENCE = {"cpu": ("jax", "tensorflow", "torch"), "gpu": ("jax", "tensorflow", "torch")}
 XNNPACK_FLAG = "--xla_cpu_use_xnnpack=true"
 
 
-def choose_backend():
-    """Set ``KERAS_BACKEND=jax`` when it is unset and jax is installed (JAX trains faster than
-    TensorFlow on CPU and GPU). Under JAX, also add ``--xla_cpu_use_xnnpack=true`` to ``XLA_FLAGS``
-    unless they already name that flag: XLA's XNNPACK CPU kernels train ResNet50 faster on CPU
-    (benchmarks/README.md). Only for jaxlib 0.10+, where it was measured, as XLA aborts on a flag
-    it does not know. Returns the backend name now in ``KERAS_BACKEND`` (None when unset).
+def choose_backend(announce=True):
+    """Set ``KERAS_BACKEND`` when it is unset: the first installed backend of ``PREFERENCE[device]``
+    (left unset when none of them is installed, so that Keras reports it). With ``announce``, print
+    the backend and how to choose another in one line on stderr. Under TensorFlow, set
+    ``TF_CPP_MIN_LOG_LEVEL=1`` when it is unset (its C++ warnings and errors still show). Under JAX, add
+    ``--xla_cpu_use_xnnpack=true`` to ``XLA_FLAGS`` unless they already name that flag (XLA's XNNPACK
+    CPU kernels; only for jaxlib 0.10+, where it was measured, as XLA aborts on a flag it does not
+    know). Returns the backend name now in ``KERAS_BACKEND`` (None when unset).
     """
-    if "KERAS_BACKEND" not in os.environ and importlib.util.find_spec("jax") is not None:
-        os.environ["KERAS_BACKEND"] = "jax"
     backend = os.environ.get("KERAS_BACKEND")
+    if backend:
+        reason = "set by KERAS_BACKEND"
+    else:
+        device, device_note = detect_device()
+        installed = [name for name in PREFERENCE[device] if is_installed(name)]
+        if not installed:
+            return None
+        backend = os.environ["KERAS_BACKEND"] = installed[0]
+        fastest = PREFERENCE[device][0]
+        reason = (f"the fastest measured on {device_note}" if backend == fastest
+                  else f"{fastest}, the fastest measured on {device_note}, is not installed")
+    if backend == "tensorflow":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no INFO lines from TensorFlow's import
     flags = os.environ.get("XLA_FLAGS", "")
     if backend == "jax" and "xla_cpu_use_xnnpack" not in flags and _jaxlib_version() >= (0, 10):
         os.environ["XLA_FLAGS"] = f"{flags} {XNNPACK_FLAG}".strip()
+    if announce:
+        others = "|".join(name for name in BACKENDS if name != backend)
+        print(f"Keras backend: {backend} ({reason}); KERAS_BACKEND={others} chooses another",
+              file=sys.stderr, flush=True)
     return backend
+
+
+def is_installed(name):
+    """Whether the backend's package can be imported (found without importing it)."""
+    return importlib.util.find_spec(name) is not None
+
+
+def detect_device():
+    """("gpu", description) when JAX can use an NVIDIA GPU here, else ("cpu", description)."""
+    if not nvidia_gpu_visible():
+        return "cpu", "CPU, no NVIDIA GPU found"
+    if not jax_cuda_installed():
+        return "cpu", 'CPU: an NVIDIA GPU, but no CUDA plugin for JAX (pip install "jax[cuda13]")'
+    return "gpu", "an NVIDIA GPU"
+
+
+def nvidia_gpu_visible():
+    """Whether the NVIDIA driver shows a GPU that ``CUDA_VISIBLE_DEVICES`` does not hide."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    if glob.glob("/dev/nvidia[0-9]*"):
+        return True
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return re.search(r"^GPU \d+:", listing, re.MULTILINE) is not None
+
+
+def jax_cuda_installed():
+    """Whether a CUDA plugin of JAX (the jax-cuda12-plugin or jax-cuda13-plugin distribution) is installed."""
+    return any(re.fullmatch(r"jax[-_]cuda\d+[-_]plugin", dist.metadata["Name"] or "", re.IGNORECASE)
+               for dist in importlib.metadata.distributions())
 
 
 def _jaxlib_version():
