@@ -40,7 +40,8 @@ def main_job_values(metrics):
 
 
 def main_job_table(metrics):
-    lines = [machine_line(metrics["machine"]), "", "| metric | value |", "|---|---|"]
+    lines = [machine_line(metrics["machine"]) + f" init.py took {metrics['seconds']} s (a resumed run: less).", "",
+             "| metric | value |", "|---|---|"]
     for label, values in main_job_values(metrics).items():
         if " / " in label:
             shots = label.split(": ")[0].split(", ")[1]

@@ -34,7 +34,7 @@ def test_the_readme_main_job_table_is_written_from_a_run_and_read_back(tmp_path)
                "transfer": {"1-shot": {name: {"mean": value} for name, value in zip(
                    tables.ROWS, (0.7, 0.74, 0.8, 0.88, 0.97))}},
                "saved_transfer_search": {"best_name": "fine_tuned grid: none"},
-               "machine": {"cpu": "Some CPU", "cores": 2, "keras": "3", "backend": "jax"}}
+               "machine": {"cpu": "Some CPU", "cores": 2, "keras": "3", "backend": "jax"}, "seconds": 80}
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- table: main-job -->\nold\n<!-- /table -->\nafter\n")
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))

@@ -37,7 +37,7 @@ from triplet_keras.evaluation import BASELINES
 from triplet_keras.export import export_embeddings, write_json
 from triplet_keras.prepared_data import prepare_data
 from triplet_keras.source_evaluation import calibration_report, embed_splits, evaluate_source, save_source_predictor
-from triplet_keras.stages import PipelineError, stage, start_clock
+from triplet_keras.stages import PipelineError, elapsed_seconds, stage, start_clock
 from triplet_keras.training import train
 from triplet_keras.transfer_evaluation import run_transfer, transfer_split
 
@@ -118,7 +118,8 @@ def report(model_dir, params, trained, evaluation, calibration, transfer):
     result = {"params": params, "scores": scores, "transfer": episodes, "transfer_choice": choices,
               "saved_transfer_search": search,
               "fine_tuning_verdict": verdict, "calibration": calibration,
-              "epochs_trained": len(trained.history.get("loss", [])), "machine": machine()}
+              "epochs_trained": len(trained.history.get("loss", [])), "machine": machine(),
+              "seconds": round(elapsed_seconds())}
     write_json(os.path.join(model_dir, "metrics.json"), result)
     stage("summary")
     print(summary_table(scores, episodes))

@@ -12,10 +12,14 @@ def start_clock():
     STARTED["at"] = time.perf_counter()
 
 
+def elapsed_seconds():
+    """Seconds since start_clock."""
+    return time.perf_counter() - STARTED.setdefault("at", time.perf_counter())
+
+
 def stage(text):
     """Print the stage and the seconds since start_clock (else since the first stage)."""
-    elapsed = time.perf_counter() - STARTED.setdefault("at", time.perf_counter())
-    print(f"==> {text} [{elapsed:.0f} s]", flush=True)
+    print(f"==> {text} [{elapsed_seconds():.0f} s]", flush=True)
 
 
 STARTED = {}
