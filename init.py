@@ -6,8 +6,8 @@
 
 Parameters come from <model_dir>/params.json; any --key VALUE flag overrides one (values parse as
 JSON: --epochs 5, --weights none, --source_classes '["cat", "dog"]'). The Keras backend is
-KERAS_BACKEND, or when that is unset the fastest one measured for the device (TensorFlow on a CPU,
-JAX with an NVIDIA GPU; triplet_keras.backend_choice), printed in one line at start.
+KERAS_BACKEND, or when that is unset the fastest one installed as measured for the device (JAX on a
+CPU and with an NVIDIA GPU; triplet_keras.backend_choice), printed in one line at start.
 """
 import argparse
 import errno
