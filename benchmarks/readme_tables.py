@@ -14,6 +14,8 @@ import os
 import re
 import sys
 
+import numpy as np
+
 README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
 ROWS = ("pixels", "initial_encoder", "auto", "semi_supervised", "ceiling")
 SEARCHED = ("auto", "semi_supervised")
@@ -51,6 +53,12 @@ def main_job_table(metrics):
             cells = f"{values[0]:.3f}"
         lines.append(f"| {label} | {cells} |")
     lines.append(f"| saved transfer predictor's features | {metrics['saved_transfer_search']['best_name']} |")
+    for name, report in metrics["calibration"].items():
+        unseen = report.get("unseen_unknown_share")
+        lines.append(f"| calibration of the {name} predictor (`init.py`, held-out images) | ECE {report['ece_after']:.3f} "
+                     f"({report['ece_before']:.3f} before), {100 * report['accepted_share']:.1f}% accepted, "
+                     f"{100 * report['accepted_accuracy']:.1f}% of those right"
+                     + ("" if unseen is None else f", {100 * unseen:.1f}% of never-seen classes \"unknown\"") + " |")
     return "\n".join(lines)
 
 
@@ -66,22 +74,25 @@ def parse_main_job_table(text):
 
 
 def few_shot_table(report):
-    """One Markdown table per regime of a bench_accuracy.py report: means over seeds, the range of auto
-    and semi_supervised, and their difference to the better baseline."""
-    lines = [machine_line(report["machine"]) + f" Seeds {', '.join(map(str, report['args']['seeds']))}, "
-             f"{report['args']['episodes']} episodes per K; accuracy in %, [min-max] over the seeds."]
+    """One Markdown table per regime of a bench_accuracy.py report (every run it holds, so a report
+    still being written gives the seeds done): means over seeds, the range of auto and
+    semi_supervised, and their difference to the better baseline."""
+    lines = [machine_line(report["machine"]) + f" {report['args']['episodes']} episodes per K; accuracy in %, "
+             "[min-max] over the seeds."]
     for title, result in report["results"].items():
-        summary = result.get("summary")
-        if not summary:
-            continue
-        lines += ["", f"**{title}**", "",
+        runs = [run["transfer"] for run in result["runs"]]
+        lines += ["", f"**{title}** ({len(runs)} seed{'s' if len(runs) > 1 else ''})", "",
                   "| K | " + " | ".join(ROWS) + " | auto - best baseline | semi_supervised - best baseline |",
                   "|---" * (len(ROWS) + 3) + "|"]
-        for shots, columns in summary.items():
-            best = max(columns[b][0] for b in BASELINES)
-            cells = [f"{100 * columns[name][0]:.1f}" + (f" [{100 * columns[name][1]:.0f}-{100 * columns[name][2]:.0f}]"
-                                                         if name in SEARCHED else "") for name in ROWS]
-            gains = [f"{100 * (columns[name][0] - best):+.1f}" for name in SEARCHED]
+        for shots in runs[0]:
+            mean = {name: float(np.mean([run[shots][name]["mean"] for run in runs])) for name in ROWS}
+            best = max(mean[name] for name in BASELINES)
+            cells = []
+            for name in ROWS:
+                values = [run[shots][name]["mean"] for run in runs]
+                spread = f" [{100 * min(values):.0f}-{100 * max(values):.0f}]" if name in SEARCHED else ""
+                cells.append(f"{100 * mean[name]:.1f}{spread}")
+            gains = [f"{100 * (mean[name] - best):+.1f}" for name in SEARCHED]
             lines.append(f"| {shots.split('-')[0]} | " + " | ".join(cells) + " | " + " | ".join(gains) + " |")
     return "\n".join(lines)
 

@@ -34,6 +34,8 @@ def test_the_readme_main_job_table_is_written_from_a_run_and_read_back(tmp_path)
                "transfer": {"1-shot": {name: {"mean": value} for name, value in zip(
                    tables.ROWS, (0.7, 0.74, 0.8, 0.88, 0.97))}},
                "saved_transfer_search": {"best_name": "fine_tuned grid: none"},
+               "calibration": {"source": {"ece_after": 0.01, "ece_before": 0.02, "accepted_share": 0.9,
+                                          "accepted_accuracy": 0.99, "unseen_unknown_share": 0.97}},
                "machine": {"cpu": "Some CPU", "cores": 2, "keras": "3", "backend": "jax"}, "seconds": 80}
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- table: main-job -->\nold\n<!-- /table -->\nafter\n")
@@ -43,6 +45,7 @@ def test_the_readme_main_job_table_is_written_from_a_run_and_read_back(tmp_path)
     assert text.startswith("before\n") and text.endswith("after\n") and "Some CPU" in text and "old" not in text
     assert "| new classes, 1-shot: pixels / initial_encoder / auto / semi_supervised / ceiling | 0.700 / 0.740 / " \
            "**0.800** / **0.880** / 0.970 |" in text  # bold: beat both baselines
+    assert "ECE 0.010 (0.020 before), 90.0% accepted, 99.0% of those right, 97.0% of never-seen" in text
     assert tables.parse_main_job_table(text) == tables.main_job_values(metrics)
     assert tables.main(["--main-job", str(tmp_path / "metrics.json"), "--readme", str(readme), "--check"]) == 0
     readme.write_text(text.replace("0.700", "0.701"))
