@@ -146,3 +146,32 @@ def test_fit_transfer_auto_returns_a_fitted_classifier_of_a_searched_candidate()
     np.testing.assert_allclose(fixed.whitening_, whitening.matrix)
     with pytest.raises(ValueError, match="need a fixed mode"):
         fit_transfer(source, source_labels, target[support], target_labels[support], kappa=3.0)
+
+
+@pytest.mark.parametrize("pool_kind", ["unbalanced", "with foreign classes"])
+def test_the_search_with_an_awkward_pool_is_not_worse_than_without_one(pool_kind):
+    """A pool 80% of one class, or half of it from classes the support does not have: the refinement
+    keeps only confident points, and the leave-one-out decides whether to use it at all, so the search
+    with the pool stays within two points of the search without one."""
+    rng = np.random.default_rng(11)
+    source, source_labels = blobs(rng, range(6), 30, spread=0.9)
+    target, target_labels = blobs(rng, range(6, 16), 40, shift=0.5, spread=1.1)
+    spaces = {("n", "f"): (source, target)}
+    found = candidates({("n", "f"): target.shape[1]})
+    inductive_only = [c for c in found if not c.unlabeled]
+    gains = []
+    for draw in range(8):
+        classes = rng.choice(np.arange(6, 16), 5, replace=False)
+        support = np.concatenate([rng.choice(np.flatnonzero(target_labels == c), 3, replace=False) for c in classes])
+        rest = np.setdiff1d(np.flatnonzero(np.isin(target_labels, classes)), support)
+        query = rest[::2]
+        if pool_kind == "unbalanced":
+            first = rest[target_labels[rest] == classes[0]]
+            pool = np.concatenate([first] + [rest[target_labels[rest] == c][:2] for c in classes[1:]])
+        else:
+            foreign = np.flatnonzero(~np.isin(target_labels, classes))
+            pool = np.concatenate([rest[1::2], rng.choice(foreign, len(rest[1::2]), replace=False)])
+        with_pool = TransferSearch(spaces, source_labels, found, refit=False).fit(support, target_labels[support], pool)
+        without = TransferSearch(spaces, source_labels, inductive_only, refit=False).fit(support, target_labels[support])
+        gains.append(with_pool.score(query, target_labels[query]) - without.score(query, target_labels[query]))
+    assert np.mean(gains) > -0.02
