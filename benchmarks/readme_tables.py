@@ -1,12 +1,13 @@
 """Write the README's result tables from the runs' metrics, so that no number in them is typed by hand.
 
-    python benchmarks/readme_tables.py --main-job experiments/digits/metrics.json \
-        --accuracy benchmarks/results/accuracy_digits.json benchmarks/results/accuracy_fashion.json
+    python benchmarks/readme_tables.py --main-job benchmarks/runs/main_job_metrics.json \
+        --accuracy benchmarks/runs/accuracy_digits.json benchmarks/runs/accuracy_fashion.json
 
 Each table sits in README.md between ``<!-- table: NAME -->`` and ``<!-- /table -->``: ``main-job`` from
 the main job's metrics.json (init.py --model_dir experiments/digits), ``few-shot`` from the JSON files
 bench_accuracy.py writes. Every table says on which machine its runs were measured. ``--check`` writes
-nothing and exits 1 when README.md differs from what the runs give.
+nothing and exits 1 when README.md differs from what the runs give. The runs behind the README's
+tables are kept in benchmarks/runs/ (copies of the files the runs wrote).
 """
 import argparse
 import json
