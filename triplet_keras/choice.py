@@ -114,6 +114,11 @@ class LabelledVectors:
         self.whitenings = {}  # shrinkage: its transfer.Whitening (None unwhitened), once whitened() made it
         self.kappa, self.refine_steps, self.confidence, self.temperature = kappa, refine_steps, confidence, temperature
 
+    def whitening(self, shrinkage):
+        """The transfer.Whitening of ``shrinkage`` learnt on the source (None for None)."""
+        self.whitened(shrinkage)
+        return self.whitenings[shrinkage]
+
     def whitened(self, shrinkage):
         """(source rows or class means, their labels, other vectors, the mean of the source class means,
         the class means of the centred and L2-normalised source rows), whitened by ``shrinkage``."""
@@ -193,9 +198,7 @@ class EpisodeEvidence:
 
     def scores(self, candidates, n_way, k_shot):
         key = (n_way, k_shot)
-        if key not in self._scores:
-            self._scores[key] = {}
-        known = self._scores[key]
+        known = self._scores.setdefault(key, {})
         missing = [c for c in candidates if c not in known]
         episodes = self.episodes(n_way, k_shot) if missing else []
         for candidate in (missing if episodes else ()):
@@ -260,13 +263,22 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
         self.class_mapping = class_mapping
         self.refit = refit
 
-    def _vectors(self, space, new_classes):
-        """LabelledVectors of a space, built once per search object."""
+    def labelled_vectors(self, space, new_classes):
+        """The LabelledVectors of a space (source and target), built once and shared with the searches
+        of with_candidates."""
         cache = self.__dict__.setdefault("_labelled_vectors", {})
         if space not in cache:
             source, target = self.spaces[space]
             cache[space] = LabelledVectors(source, self.source_labels, target, new_classes)
         return cache[space]
+
+    def with_candidates(self, candidates, refit=False):
+        """A search over other ``candidates`` with the same spaces, evidence and fallback, sharing this
+        one's LabelledVectors (their whitenings are computed once for both)."""
+        other = TransferSearch(self.spaces, self.source_labels, candidates, self.evidence, self.fallback,
+                               self.class_mapping, refit)
+        other.__dict__["_labelled_vectors"] = self.__dict__.setdefault("_labelled_vectors", {})
+        return other
 
     def fit(self, X, y, unlabeled=None):
         rows, y = np.asarray(X, dtype=np.int64), np.asarray(y)
@@ -283,7 +295,7 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
         folds = leave_one_out_folds(y)
         support = {}
         for candidate in (shortlist(open_, evidence) if folds else ()):
-            vectors = self._vectors(candidate.space, new_classes)
+            vectors = self.labelled_vectors(candidate.space, new_classes)
             right = sum(np.sum(vectors.predict(candidate, rows[kept], y[kept], rows[out], pool, self.class_mapping)
                                == y[out]) for kept, out in folds)
             support[candidate] = round(right / sum(len(out) for _, out in folds), 4)
@@ -305,19 +317,18 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
         self.best_index_ = open_.index(self.best_candidate_) if self.best_candidate_ in open_ else -1
         self._fitted = (rows, y, pool, new_classes)
         if self.refit:
-            best, vectors = self.best_candidate_, self._vectors(self.best_candidate_.space, new_classes)
+            best, vectors = self.best_candidate_, self.labelled_vectors(self.best_candidate_.space, new_classes)
             source, target = self.spaces[best.space]
-            vectors.whitened(best.shrinkage)
             self.best_estimator_ = best.estimator().fit(
                 target[rows], y, source_emb=source, source_labels=self.source_labels, class_mapping=self.class_mapping,
                 unlabeled=target[pool] if best.unlabeled and pool is not None else None,
-                whitening=vectors.whitenings[best.shrinkage])
+                whitening=vectors.whitening(best.shrinkage))
         return self
 
     def predict(self, X):
         """Labels of the target rows X by the best candidate (the same as best_estimator_'s)."""
         rows, y, pool, new_classes = self._fitted
-        vectors = self._vectors(self.best_candidate_.space, new_classes)
+        vectors = self.labelled_vectors(self.best_candidate_.space, new_classes)
         return vectors.predict(self.best_candidate_, rows, y, np.asarray(X, dtype=np.int64), pool, self.class_mapping)
 
     def summary(self):

@@ -22,7 +22,6 @@ from triplet_keras import plots
 from triplet_keras.choice import (
     SHRINKAGES,
     EpisodeEvidence,
-    LabelledVectors,
     TransferSearch,
     candidates,
     halve_per_class,
@@ -180,7 +179,7 @@ class EpisodeSearches:
 
     def method(self, name):
         inductive = [c for c in self.search.candidates if not c.unlabeled]
-        search = _sharing(self.search, self.search.candidates if name == "semi_supervised" else inductive)
+        search = self.search.with_candidates(self.search.candidates if name == "semi_supervised" else inductive)
 
         def predict(support, query):
             search.fit(support, self.labels[support], unlabeled=query if name == "semi_supervised" else None)
@@ -190,17 +189,10 @@ class EpisodeSearches:
         return predict
 
 
-def _sharing(search, chosen):
-    """A TransferSearch over ``chosen`` candidates sharing ``search``'s spaces, evidence and cached vectors."""
-    other = TransferSearch(search.spaces, search.source_labels, chosen, search.evidence, search.fallback,
-                           search.class_mapping, refit=False)
-    other.__dict__["_labelled_vectors"] = search.__dict__.setdefault("_labelled_vectors", {})
-    return other
-
-
-def mode_methods(best, spaces, train_labels, target_labels, new_classes):
-    """{mode: episode method} for the modes of choice.MODES on ``best``'s fine-tuned space and shrinkage."""
-    vectors = LabelledVectors(spaces[best.space].train, train_labels, spaces[best.space].target, new_classes)
+def mode_methods(best, search, target_labels, new_classes):
+    """{mode: episode method} for the modes of choice.MODES on ``best``'s fine-tuned space and shrinkage
+    (the vectors whitened once, as the search has them)."""
+    vectors = search.labelled_vectors(best.space, new_classes)
     methods = {}
     for mode in CHOICE_MODES:
         source, source_labels, target = vectors.whitened(None if mode == "none" else best.whiten)[:3]
@@ -216,7 +208,7 @@ def best_fine_tuned(search, evidence_scores):
     return max(fine_tuned, key=lambda c: (evidence_scores.get(c, 0.0), -fine_tuned.index(c)))
 
 
-def evaluate_transfer(params, spaces, search, train_labels, target_labels, new_classes):
+def evaluate_transfer(params, spaces, search, target_labels, new_classes):
     """Few-shot episodes for each K: the modes, the baselines, auto, semi_supervised and the ceiling, all
     on the same episodes. Returns (results, {K: what the evidence and the searches chose})."""
     results, choices = {}, {}
@@ -230,7 +222,7 @@ def evaluate_transfer(params, spaces, search, train_labels, target_labels, new_c
             continue
         scores = {} if search.evidence is None else search.evidence.scores(search.candidates, n_way, k)
         best = best_fine_tuned(search, scores)
-        methods = mode_methods(best, spaces, train_labels, target_labels, new_classes)
+        methods = mode_methods(best, search, target_labels, new_classes)
         methods["pixels"] = EstimatorMethod(support_centered(), spaces[("pixels", "pixels")].target, target_labels)
         initial = next(v for (network, _), v in spaces.items() if network == "initial")
         methods["initial_encoder"] = EstimatorMethod(support_centered(), initial.target, target_labels)
@@ -323,7 +315,7 @@ def run_transfer(params, encoder, data, model_dir, encoder_vectors, restart=Fals
                             open_candidates(params, spaces), evidence)
     stage(f"choosing among {len(search.candidates)} candidates by {evidence.description if evidence else 'no evidence'}"
           " and, with 2 shots a class or more, leave-one-out on the support")
-    episodes, choices = evaluate_transfer(params, spaces, search, train_labels, target_labels, new_classes)
+    episodes, choices = evaluate_transfer(params, spaces, search, target_labels, new_classes)
     split = transfer_split(params, target_labels)
     accuracy, calibration, summary = save_transfer_predictor(params, data, spaces, search, target_labels, split,
                                                              model_dir)
