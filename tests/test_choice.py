@@ -9,9 +9,11 @@ from triplet_keras.choice import (
     LabelledVectors,
     TransferSearch,
     candidates,
+    default_candidate,
     fit_transfer,
     held_out_fold,
     leave_one_out_folds,
+    shortlist,
 )
 from triplet_keras.transfer import TransferClassifier, source_whitening
 
@@ -124,10 +126,34 @@ def test_search_without_evidence_or_shots_takes_the_documented_fallback():
     found = candidates({key: 12 for key in spaces}, unlabeled=(False,))
     support = np.array([np.flatnonzero(target_labels == c)[0] for c in range(6, 11)])
     search = TransferSearch(spaces, source_labels, found).fit(support, target_labels[support])
-    assert search.decided_by == "fallback" and search.best_candidate_ == Candidate("good", "f", "none")
+    assert search.decided_by == "fallback" and search.best_candidate_ == Candidate("good", "f", "center", 0.3)
     with pytest.raises(ValueError, match="unlabelled pool"):
         TransferSearch(spaces, source_labels, [Candidate("good", "f", "center", unlabeled=True)]).fit(
             support, target_labels[support])
+
+
+def test_the_default_is_center_whitened_on_the_fine_tuned_grid_with_the_pool_when_there_is_one():
+    found = candidates({("fine_tuned", "backbone"): 12, ("fine_tuned", "grid"): 48, ("initial", "backbone"): 12,
+                        ("pixels", "pixels"): 4000})
+    assert default_candidate(found, pooled=False) == Candidate("fine_tuned", "grid", "center", 0.3)
+    assert default_candidate(found, pooled=True) == Candidate("fine_tuned", "grid", "center", 0.3, unlabeled=True)
+    only_modes = [c for c in found if c.mode == "none"]  # transfer_mode "none" asked for: the nearest one
+    assert default_candidate(only_modes, pooled=False) == Candidate("fine_tuned", "grid", "none")
+    listed = shortlist(found, {})
+    assert len(listed) == 8 and len({(c.space, c.unlabeled) for c in listed}) == 8
+    assert Candidate("pixels", "pixels", "center") in listed  # too wide to whiten: its nearest form
+    assert all(c.mode == "center" and c.whiten == 0.3 for c in listed if c.network != "pixels")
+
+
+def test_without_evidence_leave_one_out_picks_the_network_that_separates_the_target():
+    rng = np.random.default_rng(5)
+    spaces, source_labels, target_labels, _ = spaces_where_one_network_separates_the_target(rng)
+    spaces = {("fine_tuned", "grid"): spaces[("bad", "f")], ("initial", "backbone"): spaces[("good", "f")]}
+    found = candidates({key: 12 for key in spaces}, unlabeled=(False,))
+    support = np.concatenate([np.flatnonzero(target_labels == c)[:3] for c in range(6, 11)])
+    search = TransferSearch(spaces, source_labels, found).fit(support, target_labels[support])
+    assert search.decided_by == "leave-one-out" and search.best_candidate_ == Candidate("initial", "backbone", "center", 0.3)
+    assert np.sum(~np.isnan(search.cv_results_["support_score"])) == 2  # each space's default form
 
 
 def test_fit_transfer_auto_returns_a_fitted_classifier_of_a_searched_candidate():

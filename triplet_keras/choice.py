@@ -17,12 +17,13 @@ GridSearchCV (``cv_results_``, ``best_candidate_``, ``best_estimator_``):
 2. The support's own leave-one-out (leave_one_out_folds), when it holds K >= 2 shots of every class:
    each candidate of the shortlist (per space, with and without the pool, the evidence's best) is
    fitted K times, each time without one shot of every class, and scored on the shots left out. It
-   has the last word; ties go to the evidence score, then to the earlier candidate (the candidates run
-   simplest first).
+   has the last word; ties go to the evidence score, then to the candidate nearest the default.
 
-With neither, the ``fallback`` candidate is taken: ``none`` on the fine-tuned network's first kind of
-features for new classes (no claim the source helps), ``center`` for a new domain (the original
-method's per-domain centring). Query labels are never used.
+Without evidence (too few held-out source classes to stand for the target), the leave-one-out compares
+each space's default form, and with one shot the ``fallback`` is taken: by default the default
+candidate (default_candidate), ``center`` with whitening on the fine-tuned network's ``grid``
+features, with the pool when there is one: the form that led the earlier benchmarks (new classes and
+a new domain, benchmarks/RESULTS.md). Query labels are never used.
 
 A search fits in pre-whitened spaces (fitting on vectors whitened with the source's within-class
 covariance is fitting with that ``whiten``: tests/test_transfer.py) and, for new classes, on the source
@@ -224,17 +225,36 @@ def leave_one_out_folds(labels):
     return folds
 
 
+DEFAULT_SHRINKAGE = 0.3
+
+
+def default_order(candidate, pooled):
+    """Sort key: how far ``candidate`` is from the default form (the fine-tuned network, ``grid`` then
+    ``backbone`` features, ``center``, whitening DEFAULT_SHRINKAGE, the pool exactly when ``pooled``)."""
+    features = {"grid": 0, "backbone": 1}.get(candidate.features, 2)
+    whiten = 0 if candidate.whiten == DEFAULT_SHRINKAGE else 1 if candidate.whiten is not None else 2
+    return (candidate.network != "fine_tuned", candidate.mode != "center", whiten, features,
+            candidate.unlabeled != pooled)
+
+
+def default_candidate(candidates, pooled):
+    """The candidate of ``candidates`` nearest the default form (default_order)."""
+    return min(candidates, key=lambda candidate: default_order(candidate, pooled))
+
+
 def shortlist(candidates, evidence):
     """The candidates the support's leave-one-out compares: for each space, with and without the pool,
-    the one ``evidence`` scores highest (the first on ties); every candidate without evidence. The
-    support's few shots can tell which network lies the new classes apart; mode and whitening, whose
-    differences are a point or two, are the evidence's to settle."""
-    if not evidence:
-        return list(candidates)
+    the one ``evidence`` scores highest (the first on ties), or without evidence the one nearest the
+    default form. The support's few shots can tell which network lies the new classes apart; mode and
+    whitening, whose differences are a point or two, are the evidence's to settle."""
     best = {}
     for candidate in candidates:
         group = (candidate.space, candidate.unlabeled)
-        if group not in best or evidence.get(candidate, 0.0) > evidence.get(best[group], 0.0):
+        if group not in best:
+            best[group] = candidate
+        elif evidence and evidence.get(candidate, 0.0) > evidence.get(best[group], 0.0):
+            best[group] = candidate
+        elif not evidence and default_order(candidate, candidate.unlabeled) < default_order(best[group], candidate.unlabeled):
             best[group] = candidate
     return list(best.values())
 
@@ -244,8 +264,7 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
 
     ``spaces``: {(network, features): (source vectors, target vectors)}, the same source rows labelled
     ``source_labels`` in each; ``evidence``: an EpisodeEvidence or None; ``fallback``: the Candidate
-    taken without evidence nor leave-one-out (default: ``none`` on the first space for new classes,
-    ``center`` for a new domain). ``fit(X, y, unlabeled=None)``: X the support's rows of the target, y
+    taken without evidence nor leave-one-out (default: default_candidate). ``fit(X, y, unlabeled=None)``: X the support's rows of the target, y
     their labels, ``unlabeled`` the pool's rows (candidates using a pool are left out without one).
     Fitted: ``cv_results_`` ({"candidate": names, "params": Candidate dicts, "evidence_score",
     "support_score", "rank"}, nan where not scored), ``best_candidate_``, ``best_index_``,
@@ -299,14 +318,12 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
             right = sum(np.sum(vectors.predict(candidate, rows[kept], y[kept], rows[out], pool, self.class_mapping)
                                == y[out]) for kept, out in folds)
             support[candidate] = round(right / sum(len(out) for _, out in folds), 4)
-        ranking = sorted(range(len(open_)), key=lambda i: (-support.get(open_[i], 0.0),
-                                                            -evidence.get(open_[i], 0.0), i))
+        ranking = sorted(range(len(open_)), key=lambda i: (-support.get(open_[i], 0.0), -evidence.get(open_[i], 0.0),
+                                                            default_order(open_[i], pool is not None), i))
         self.n_folds_ = len(folds)
         self.decided_by = "leave-one-out" if support else "evidence" if evidence else "fallback"
         if self.decided_by == "fallback":
-            first = open_[0].space
-            default = Candidate(*first, "none") if new_classes else Candidate(*first, "center")
-            self.best_candidate_ = self.fallback or default
+            self.best_candidate_ = self.fallback or default_candidate(open_, pool is not None)
         else:
             self.best_candidate_ = open_[ranking[0]]
         rank = {i: r + 1 for r, i in enumerate(ranking)}
