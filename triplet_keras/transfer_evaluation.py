@@ -6,8 +6,8 @@ network before fine-tuning (``initial``: the weights training started from) and 
 evidence never comes from classes the scored features trained on: for new classes a fold encoder is
 trained like the main one without a fold of source classes (choice.held_out_fold), and every network's
 candidates are scored on episodes with that fold as the new classes (the fine-tuned network by the fold
-encoder's features, the others by their own), when the fold holds at least as many classes as the target
-(else no evidence: choice's default, or the support's leave-one-out); for a new domain the source
+encoder's features, the others by their own), when the fold holds enough classes (MIN_EVIDENCE_WAYS;
+else no evidence: choice's default, or the support's leave-one-out); for a new domain the source
 validation split stands in for the target. The rows of each K: every mode on the fine-tuned features the
 evidence ranks best, the two baselines, ``auto`` (the search over every candidate that needs no
 unlabelled images, per episode), ``semi_supervised`` (the search with each episode's queries as the
@@ -44,6 +44,9 @@ from triplet_keras.transfer import TransferClassifier
 
 # The widest transfer features "auto" tries, but for the pixels, which are always a candidate.
 MAX_AUTO_WIDTH = 2048
+# Held-out-class evidence needs episodes of this many ways (or the target's, when fewer): the usual
+# 5-way episode; a 2-class fold's 2-way episodes ranked the candidates against the target's order.
+MIN_EVIDENCE_WAYS = 5
 
 
 def transfer_feature_models(params, encoder, new_classes=False):
@@ -118,14 +121,15 @@ def held_out_class_evidence(params, data, spaces, model_dir, restart, n_way):
     episodes with that fold (train and validation images; with pseudo_classes each of their symmetries a
     class of its own) as the new classes, the other train images as the source; the fine-tuned
     network's candidates are scored on the fold encoder's features, the others on their own. None when
-    the fold holds fewer stand-in classes than the target has ways: on Fashion-MNIST's five source
-    classes, 2-way evidence ranked the candidates against the target's order (benchmarks/RESULTS.md)."""
+    the fold holds fewer stand-in classes than min(n_way, MIN_EVIDENCE_WAYS): on Fashion-MNIST's five
+    source classes, 2-way evidence ranked the candidates against the target's order
+    (benchmarks/RESULTS.md)."""
     classes = np.unique(data.train.labels)
     fold = held_out_fold(classes, n_way, params["seed"])
     stand_in_classes = len(fold) * (N_VARIANTS if params["pseudo_classes"] else 1)
-    if stand_in_classes < n_way:
-        stage(f"too few source classes to hold out ({stand_in_classes} stand-in classes for {n_way} ways): no "
-              "evidence; the support's leave-one-out decides among each network's default form, or the default")
+    if stand_in_classes < min(n_way, MIN_EVIDENCE_WAYS):
+        stage(f"too few source classes to hold out ({stand_in_classes} stand-in classes): no evidence; the "
+              "support's leave-one-out decides among each network's default form, or the default")
         return None
     kept = np.setdiff1d(classes, fold)
     stage(f"training a fold encoder without the source classes {[data.names[c] for c in fold]} (evidence for the choice)")
