@@ -41,9 +41,11 @@ from .transfer import TransferClassifier, class_means
 from .transfer.whitening import source_whitenings
 from .transfer.domain import shrink_toward, source_classes_of
 from .transfer.prototypes import refine_prototypes
+from .per_class import class_counts, shuffled_rows_per_class
+from .vocabulary import TRANSFER_MODES
 
 NETWORKS = ("fine_tuned", "initial", "pixels")
-MODES = ("none", "translate", "center")  # calibrate stays a mode to ask for: it never won a benchmark row
+SEARCHED_MODES = tuple(mode for mode in TRANSFER_MODES if mode != "calibrate")  # calibrate never won a benchmark row
 SHRINKAGES = (None, 0.1, 0.3, 0.6)
 MAX_WHITEN_WIDTH = 2048  # a d x d float64 whitening: 32 MB at this width
 MAX_QUERIES = 15
@@ -82,7 +84,7 @@ class Candidate:
                                   transductive=self.unlabeled)
 
 
-def candidates(spaces, modes=MODES, shrinkages=SHRINKAGES, unlabeled=(False, True)):
+def candidates(spaces, modes=SEARCHED_MODES, shrinkages=SHRINKAGES, unlabeled=(False, True)):
     """Every candidate over ``spaces`` ({(network, features): width}), simplest first: per space ``none``
     unwhitened, then every other mode at every shrinkage (whitening only up to MAX_WHITEN_WIDTH wide;
     ``translate`` unwhitened is ``none`` by nearest means, so it is left out); each with and without
@@ -103,7 +105,7 @@ class LabelledVectors:
     once per shrinkage. ``new_classes``: no class of the other vectors is a source class, so the source
     enters the fits through its class means alone.
 
-    ``predict`` fits a candidate with TransferClassifier's math for the modes of MODES (nearest means,
+    ``predict`` fits a candidate with TransferClassifier's math for the modes of SEARCHED_MODES (nearest means,
     no kNN), straight on these arrays: a search makes hundreds of thousands of fits, and the estimator's
     input checks would cost more than the math (tests/test_choice.py checks every candidate kind
     against TransferClassifier)."""
@@ -188,7 +190,7 @@ class EpisodeEvidence:
 
     def episodes(self, n_way, k_shot):
         """The (support, query) rows of the stand-ins, [] when they cannot form episodes."""
-        classes, counts = np.unique(self.labels, return_counts=True)
+        classes, counts = class_counts(self.labels)
         usable = classes[counts >= k_shot + 1]
         if len(usable) < 2 or n_way < 2:
             return []
@@ -309,7 +311,7 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
         open_ = [c for c in self.candidates if pool is not None or not c.unlabeled]
         if not open_:
             raise ValueError("no candidate to search: every candidate uses an unlabelled pool and none was given")
-        n_way, k_shot = len(self.classes_), int(np.min(np.unique(y, return_counts=True)[1]))
+        n_way, k_shot = len(self.classes_), int(class_counts(y)[1].min())
         evidence = {} if self.evidence is None else self.evidence.scores(open_, n_way, k_shot)
         folds = leave_one_out_folds(y)
         support = {}
@@ -368,11 +370,8 @@ def held_out_fold(source_classes, n_way, seed=0):
 
 def halve_per_class(labels, seed=0):
     """Boolean mask choosing half of each class's rows (rounded down), seeded: the held-out half."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
     held_out = np.zeros(len(labels), bool)
-    for label in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == label))
+    for rows in shuffled_rows_per_class(labels, np.random.default_rng(seed)):
         held_out[rows[: len(rows) // 2]] = True
     return held_out
 

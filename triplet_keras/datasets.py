@@ -24,6 +24,7 @@ import numpy as np
 
 from triplet_keras.glyphs import GlyphError, build_glyph_folder
 from triplet_keras.images import as_image_size, has_image_signature, is_image_file, read_image, resize_image
+from triplet_keras.per_class import shuffled_rows_per_class
 
 DEFAULT_IMAGE_SIZE = (224, 224)
 FULL_CHECK_LIMIT = 2000
@@ -256,8 +257,7 @@ def cap_per_class(labels, max_per_class, seed=0):
     labels = np.asarray(labels)
     if max_per_class is None:
         return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    kept = [rng.permutation(np.flatnonzero(labels == label))[:max_per_class] for label in np.unique(labels)]
+    kept = [rows[:max_per_class] for rows in shuffled_rows_per_class(labels, np.random.default_rng(seed))]
     return np.sort(np.concatenate(kept)).astype(np.int64) if kept else np.zeros(0, np.int64)
 
 
@@ -271,10 +271,8 @@ def stratified_split(labels, validation_fraction=0.1, test_fraction=0.2, seed=0)
     if min(validation_fraction, test_fraction) < 0 or validation_fraction + test_fraction >= 1:
         raise ValueError("fractions must be >= 0 and validation_fraction + test_fraction < 1")
     labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
     parts = ([], [], [])
-    for label in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == label))
+    for rows in shuffled_rows_per_class(labels, np.random.default_rng(seed)):
         n_test = min(int(len(rows) * test_fraction + 0.5), len(rows) - 1)
         n_validation = min(int(len(rows) * validation_fraction + 0.5), len(rows) - 1 - n_test)
         parts[2].append(rows[:n_test])

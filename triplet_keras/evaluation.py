@@ -18,6 +18,7 @@ from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
+from .per_class import class_counts
 from .transfer import NearestMeanClassifier
 
 BASELINES = ("pixels", "initial_encoder")
@@ -29,7 +30,7 @@ def sample_episodes(labels, n_way, k_shot, n_query=15, n_episodes=200, seed=0):
     classes = np.unique(labels)
     if n_way > len(classes):
         raise ValueError(f"n_way={n_way} but the target has only {len(classes)} classes")
-    smallest = min(np.sum(labels == c) for c in classes)
+    smallest = int(class_counts(labels)[1].min())
     if k_shot + (n_query or 1) > smallest:
         raise ValueError(f"a class has only {smallest} examples, fewer than k_shot + n_query")
     rng = np.random.default_rng(seed)

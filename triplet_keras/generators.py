@@ -12,6 +12,8 @@ so a run is reproducible whatever the number of data workers.
 import keras
 import numpy as np
 
+from triplet_keras.per_class import classes_with_at_least
+
 
 class TripletGenerator(keras.utils.PyDataset):
     """Batches of ``batch_size`` triplets (rows of (anchor, positive, negative) indices into
@@ -79,8 +81,7 @@ class PKBatchGenerator(keras.utils.PyDataset):
     def __init__(self, split, classes_per_batch=8, samples_per_class=4, steps_per_epoch=None, seed=0,
                  initial_epoch=0, **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
-        classes, counts = np.unique(split.labels, return_counts=True)
-        self.members = [np.flatnonzero(split.labels == label) for label in classes[counts >= 2]]
+        self.members = [np.flatnonzero(split.labels == label) for label in classes_with_at_least(split.labels, 2)]
         if len(self.members) < 2 or min(classes_per_batch, samples_per_class) < 1:
             raise ValueError("need at least two classes with two or more images, and P, K >= 1")
         self.split = split

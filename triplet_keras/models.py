@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from triplet_keras import distances_ops, distribution
 from triplet_keras.export import atomic_write, to_jsonable
 from triplet_keras.images import as_image_size
+from triplet_keras.vocabulary import TRANSFER_FEATURES
 
 BACKBONES = ("resnet50", "small_cnn")
 MIN_RESNET_SIZE = 32
@@ -257,7 +258,6 @@ def build_encoder(
     return keras.Model(images, L2Normalize(name="l2_normalize")(x), name=name)
 
 
-TRANSFER_FEATURES = ("embedding", "backbone", "grid")
 GRID_CELLS = 2
 
 

@@ -9,6 +9,7 @@ import os
 
 from triplet_keras.images import as_image_size
 from triplet_keras.strategies import OFFLINE_STRATEGIES, ONLINE_STRATEGIES
+from triplet_keras.vocabulary import TRANSFER_FEATURES, TRANSFER_MODES
 
 # name: (default, type or tuple of allowed values, help)
 SCHEMA = {
@@ -55,14 +56,14 @@ SCHEMA = {
     "source_classes": (None, list, "classes the encoder trains on; the others are the transfer target"),
     "target_dataset": (None, str, "folder of the target domain with the same class names"),
     "target_transform": (None, ("style",), "a synthetic target domain made from the test split"),
-    "transfer_mode": ("auto", ("auto", "translate", "center", "calibrate", "none"),
+    "transfer_mode": ("auto", ("auto",) + TRANSFER_MODES,
                       "transfer mode; auto: chosen with the network, features, whitening and the use of unlabelled "
                       "target images on evidence the scored features never trained on, then by leave-one-out on "
                       "the support when it has 2 shots a class or more (triplet_keras.choice)"),
     "transfer_whiten": ("auto", float, "shrinkage (0 to 1) of the source within-class covariance that whitens the "
                         "transfer features (triplet_keras.transfer.source_whitening); null: no whitening; "
                         "\"auto\": chosen with the mode"),
-    "transfer_features": ("auto", ("auto", "backbone", "grid", "embedding"),
+    "transfer_features": ("auto", ("auto",) + TRANSFER_FEATURES,
                           "vectors the transfer works on: the L2-normalised pooled backbone features under the "
                           "embedding, the backbone's last map pooled to 2 x 2 cells (4x as wide), the embedding "
                           "itself (models.feature_encoder), or auto: chosen with the mode"),

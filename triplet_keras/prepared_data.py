@@ -7,6 +7,7 @@ import numpy as np
 from triplet_keras import domain_shift
 from triplet_keras.datasets import DatasetError, load_dataset
 from triplet_keras.models import check_shift_average
+from triplet_keras.per_class import classes_with_at_least
 from triplet_keras.stages import PipelineError
 
 
@@ -68,7 +69,7 @@ def relabel(split, labels):
 
 def classes_with_pairs(split):
     """Number of classes in ``split`` with at least two images."""
-    return int(np.sum(np.bincount(split.labels) >= 2)) if len(split) else 0
+    return len(classes_with_at_least(split.labels, 2))
 
 
 def has_pairs(split):

@@ -22,6 +22,7 @@ import numpy as np
 
 from triplet_keras import plots
 from triplet_keras.choice import (
+    SEARCHED_MODES,
     SHRINKAGES,
     EpisodeEvidence,
     TransferSearch,
@@ -30,10 +31,10 @@ from triplet_keras.choice import (
     halve_per_class,
     held_out_fold,
 )
-from triplet_keras.choice import MODES as CHOICE_MODES
 from triplet_keras.evaluation import EstimatorMethod, evaluate_few_shot, support_centered
 from triplet_keras.export import write_json
-from triplet_keras.models import TRANSFER_FEATURES, embed_images, feature_encoder, pixel_features
+from triplet_keras.models import embed_images, feature_encoder, pixel_features
+from triplet_keras.per_class import class_counts, shuffled_rows_per_class
 from triplet_keras.predict import Predictor
 from triplet_keras.prepared_data import relabel, select_classes
 from triplet_keras.pseudo_classes import N_VARIANTS, with_pseudo_classes
@@ -41,6 +42,7 @@ from triplet_keras.source_evaluation import calibration_report, image_ids
 from triplet_keras.stages import stage
 from triplet_keras.training import build_training_model, train
 from triplet_keras.transfer import TransferClassifier
+from triplet_keras.vocabulary import TRANSFER_FEATURES
 
 # The widest transfer features "auto" tries, but for the pixels, which are always a candidate.
 MAX_AUTO_WIDTH = 2048
@@ -51,7 +53,7 @@ MIN_EVIDENCE_WAYS = 5
 
 def transfer_feature_models(params, encoder, new_classes=False):
     """{kind: model} of the transfer features to choose from: ``transfer_features``, or with "auto" every
-    kind of models.TRANSFER_FEATURES whose vectors are at most MAX_AUTO_WIDTH wide, but for
+    kind of vocabulary.TRANSFER_FEATURES whose vectors are at most MAX_AUTO_WIDTH wide, but for
     ``new_classes`` not the embedding: its head is trained to separate exactly the source classes."""
     kinds = TRANSFER_FEATURES if params["transfer_features"] == "auto" else (params["transfer_features"],)
     if params["transfer_features"] == "auto" and new_classes:
@@ -172,7 +174,7 @@ def validation_evidence(params, data, spaces):
 def open_candidates(params, spaces, unlabeled=(False, True)):
     """choice.candidates over ``spaces``, with the modes and shrinkages transfer_mode / transfer_whiten
     leave open."""
-    modes = CHOICE_MODES if params["transfer_mode"] == "auto" else (params["transfer_mode"],)
+    modes = SEARCHED_MODES if params["transfer_mode"] == "auto" else (params["transfer_mode"],)
     shrinkages = SHRINKAGES if params["transfer_whiten"] == "auto" else (params["transfer_whiten"],)
     widths = {key: v.train.shape[1] for key, v in spaces.items()}
     return candidates(widths, modes, shrinkages, unlabeled)
@@ -200,11 +202,11 @@ class EpisodeSearches:
 
 
 def mode_methods(best, search, target_labels, new_classes):
-    """{mode: episode method} for the modes of choice.MODES on ``best``'s fine-tuned space and shrinkage
+    """{mode: episode method} for the modes of choice.SEARCHED_MODES on ``best``'s fine-tuned space and shrinkage
     (the vectors whitened once, as the search has them)."""
     vectors = search.labelled_vectors(best.space, new_classes)
     methods = {}
-    for mode in CHOICE_MODES:
+    for mode in SEARCHED_MODES:
         source, source_labels, target = vectors.whitened(None if mode == "none" else best.whiten)[:3]
         methods[mode] = EstimatorMethod(TransferClassifier(mode=mode), target, target_labels,
                                         {"source_emb": source, "source_labels": source_labels})
@@ -225,7 +227,7 @@ def evaluate_transfer(params, spaces, search, target_labels, new_classes):
     on the same episodes. Returns (results, {K: what the evidence and the searches chose})."""
     results, choices = {}, {}
     n_way = len(np.unique(target_labels))
-    smallest = int(np.min(np.bincount(target_labels)[np.unique(target_labels)]))
+    smallest = int(class_counts(target_labels)[1].min())
     searches = EpisodeSearches(search, target_labels)
     for k in params["shots"]:
         n_query = min(15, smallest - k)
@@ -261,8 +263,7 @@ def transfer_split(params, target_labels):
     the saved predictor (and its unlabelled pool), the other to report on (never both)."""
     rng = np.random.default_rng(params["seed"])
     k = max(params["shots"])
-    support = np.concatenate([rng.permutation(np.flatnonzero(target_labels == c))[:k]
-                              for c in np.unique(target_labels)])
+    support = np.concatenate([rows[:k] for rows in shuffled_rows_per_class(target_labels, rng)])
     held_out = rng.permutation(np.setdiff1d(np.arange(len(target_labels)), support))
     return support, np.sort(held_out[:len(held_out) // 2]), np.sort(held_out[len(held_out) // 2:])
 

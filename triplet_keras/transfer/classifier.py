@@ -7,11 +7,12 @@ from sklearn.utils.validation import check_array, check_X_y
 
 from ..distances import l2_normalize
 from ..distances import pairwise as distances
+from ..vocabulary import TRANSFER_MODES
 from .domain import Source, centred_prototypes, shrink_toward, source_prior, translated_source_points
 from .prototypes import NearestMeanClassifier, class_means, knn_scores, refine_prototypes
 from .whitening import Whitening, source_whitening
 
-MODES = ("none", "translate", "center", "calibrate")
+MODES = TRANSFER_MODES
 
 
 class TransferClassifier(TransformerMixin, NearestMeanClassifier):
