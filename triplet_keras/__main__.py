@@ -1,5 +1,9 @@
 """Command line: ``triplet-keras <command> ...`` or ``python -m triplet_keras <command> ...``.
 
+``train --model_dir D [--data_dir F] [--restart] [--key VALUE ...]`` is the end-to-end run, init.py's
+(triplet_keras.train_command): parameters from D/params.json, each overridable by a flag; a failure the
+user can fix prints one ``error:`` line and exits with status 1.
+
 ``predict --model_dir D [--proba] [--lookup K] [--no-unknown] [--batch_size N] image ...`` prints one
 ``path<TAB>class`` line per image; --proba adds ``<TAB>probability`` (of the most likely class), and
 --lookup K adds ``<TAB>id<TAB>label<TAB>distance`` for each of the K nearest gallery items, nearest
@@ -14,8 +18,8 @@ where it stopped when run again (triplet_keras.gallery_folder). It prints the nu
 and the gallery size; a folder or model directory it cannot use prints one error line, status 2.
 
 The Keras backend is ``KERAS_BACKEND``, or when that is unset the fastest one measured for the device
-(:func:`triplet_keras.backend_choice.choose_backend`, called by :func:`cli`, the function behind both
-commands).
+(:func:`triplet_keras.backend_choice.choose_backend`, called by :func:`cli`, the function behind every
+command).
 """
 import argparse
 import os
@@ -90,10 +94,21 @@ def _add_gallery_add(commands):
     parser.set_defaults(run=_gallery_add)
 
 
+def _add_train(commands):
+    from .train_command import __doc__ as description
+    from .train_command import add_train_arguments, train_from_args
+
+    parser = commands.add_parser("train", help="the end-to-end run (init.py): train, evaluate, transfer, report",
+                                 description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(parser)
+    parser.set_defaults(run=train_from_args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m triplet_keras",
                                      description="Triplet-loss embeddings and few-shot classification.")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_train(commands)
     _add_predict(commands)
     _add_gallery_add(commands)
     return parser
