@@ -85,11 +85,11 @@ def test_zero_and_equal_embeddings_give_finite_values_and_gradients(metric):
     x = _degenerate()
     weights = np.random.default_rng(3).uniform(0.5, 1.5, (len(x), len(x))).astype(np.float32)
     functions = {
-        "itself": lambda e: ops.sum(distances_ops.pairwise(e, None, metric) * weights),
-        "pairwise": lambda e: ops.sum(distances_ops.pairwise(e, ops.flip(e, axis=0), metric) * weights),
+        "itself": lambda e: ops.sum(ops.multiply(distances_ops.pairwise(e, None, metric), weights)),
+        "pairwise": lambda e: ops.sum(ops.multiply(distances_ops.pairwise(e, ops.flip(e, axis=0), metric), weights)),
         "paired": lambda e: ops.sum(distances_ops.paired(e, ops.flip(e, axis=0), metric)),
         "paired_equal": lambda e: ops.sum(distances_ops.paired(e, e, metric)),
-        "l2_normalize": lambda e: ops.sum(distances_ops.l2_normalize(e) * weights[:, :3]),
+        "l2_normalize": lambda e: ops.sum(ops.multiply(distances_ops.l2_normalize(e), weights[:, :3])),
     }
     for name, function in functions.items():
         assert np.isfinite(float(function(x))), name
