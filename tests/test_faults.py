@@ -106,6 +106,7 @@ def epochs_started(output):
     return [int(line.split()[1].split("/")[0]) for line in output.splitlines() if line.startswith("Epoch ")]
 
 
+@pytest.mark.end_to_end(seconds=80)
 @pytest.mark.backend_free  # the runs are init.py processes on JAX, whatever the test backend
 def test_sigkill_during_checkpoints_and_at_random_moments_then_resume(tmp_path):
     for name in ("killed", "uninterrupted"):

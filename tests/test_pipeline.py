@@ -50,6 +50,7 @@ def experiment(tmp_path_factory):
     return model_dir, result
 
 
+@pytest.mark.end_to_end(seconds=100)
 def test_run_leaves_every_artefact(experiment):
     model_dir, _ = experiment
     for name in ("best.keras", "last.keras", "state.json", "history.csv", "metrics.json",
@@ -68,6 +69,7 @@ def test_run_leaves_every_artefact(experiment):
     assert splits.count("test") > 0 and splits.count("target") > 0
 
 
+@pytest.mark.end_to_end(seconds=100)
 def test_metrics_are_useful_and_complete(experiment):
     model_dir, result = experiment
     metrics = json.loads((model_dir / "metrics.json").read_text())
@@ -119,6 +121,7 @@ def test_metrics_are_useful_and_complete(experiment):
     assert "| test_accuracy |" in result.stdout and "==> summary" in result.stdout
 
 
+@pytest.mark.end_to_end(seconds=100)
 def test_saved_predictors_classify_new_images(experiment):
     model_dir, _ = experiment
     from triplet_keras.datasets import load_dataset
@@ -152,6 +155,7 @@ def test_saved_predictors_classify_new_images(experiment):
     assert set(source.lookup(images[:3], k=2).labels.ravel()) <= set(source.class_names)
 
 
+@pytest.mark.end_to_end(seconds=100)
 def test_rerun_resumes_and_restart_starts_over(experiment, tmp_path):
     model_dir = tmp_path / "copy"  # the shared run stays as it is for the other tests
     shutil.copytree(experiment[0], model_dir)
@@ -227,10 +231,11 @@ def test_imagenet_weights_offline_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "last.keras").exists()
 
 
+@pytest.mark.end_to_end(seconds=60)
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="2 virtual devices: JAX run only")
 def test_distributed_run_over_two_devices(tmp_path):
     """Offline triplets, data-parallel over 2 virtual CPU devices: a batch that does not divide is a
-    clear error before training; 30 triplets per batch (380 train triplets: the last batch is topped
+    clear error before training; 30 triplets per batch (376 train triplets: the last batch is topped
     up to 30) train and evaluate to the end. 3 source classes: too few for a fold encoder, which the
     shared run covers."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
