@@ -42,8 +42,7 @@ def drawn(monkeypatch):
                               for points in axes.collections],
                    "image": axes.images[0].get_array().data.copy() if axes.images else None}
                   for axes in figure.axes if axes.get_label() != "<colorbar>"]
-        legends = [legend for legend in figure.legends] + [axes.get_legend() for axes in figure.axes
-                                                           if axes.get_legend() is not None]
+        legends = list(figure.legends) + [axes.get_legend() for axes in figure.axes if axes.get_legend()]
         labels = [text.get_text() for legend in legends for text in legend.get_texts()]
         figures.append({"panels": panels, "legend": labels})
         return save(figure, path)
