@@ -77,11 +77,13 @@ def saved_epoch(model_dir):
 def kill_when(process, ready, timeout=240):
     """SIGKILL ``process`` as soon as ``ready()`` holds (polled every 10 ms); returns its output."""
     deadline = time.monotonic() + timeout
-    while not ready():
-        assert process.poll() is None, "the run ended before the kill: " + process.stdout.read()[-2000:]
-        assert time.monotonic() < deadline, "no kill moment within the timeout"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
+    try:
+        while not ready():
+            assert process.poll() is None, "the run ended before the kill: " + process.stdout.read()[-2000:]
+            assert time.monotonic() < deadline, "no kill moment within the timeout"
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)  # also when the wait failed: no paused run is left behind
     return process.communicate()[0]
 
 
