@@ -25,6 +25,6 @@ setup(
         "fonttools>=4.22",  # glyphs: reading cmaps (also a matplotlib dependency)
     ],
     # torch: the PyTorch backend (KERAS_BACKEND=torch); 2.13.0 as a CPU wheel, not the multi-GB CUDA build.
-    extras_require={"test": ["pytest>=7", "hypothesis>=6.80"], "torch": ["torch==2.13.0"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5", "hypothesis>=6.80"], "torch": ["torch==2.13.0"]},
     entry_points={"console_scripts": ["triplet-keras=triplet_keras.__main__:cli"]},
 )

@@ -144,6 +144,7 @@ def free_local_port():
         return probe.getsockname()[1]
 
 
+@pytest.mark.end_to_end(seconds=40)
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax",
                     reason="multi-process training is JAX's: it runs with the JAX test run only")
 def test_multi_process_jax_training_over_two_localhost_processes_matches_one_process(tmp_path):

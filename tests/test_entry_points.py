@@ -38,6 +38,7 @@ def python(code, env_changes):
     return json.loads(run_python(code, env_changes).stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.backend_free  # a fresh interpreter with KERAS_BACKEND unset, whatever the test backend
 def test_import_changes_no_environment_variable():
     # (not a module that imports cv2: OpenCV's own import sets LD_LIBRARY_PATH)
     code = ("import json, os; before = dict(os.environ); import triplet_keras, triplet_keras.backend_choice, "
@@ -132,6 +133,7 @@ def run_entry(entry, env_changes):
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr.splitlines()
 
 
+@pytest.mark.backend_free  # fresh interpreters, each with KERAS_BACKEND set or unset here
 @pytest.mark.parametrize("entry", sorted(ENTRIES))
 def test_entry_points_choose_the_same_way_and_respect_a_set_backend(entry):
     # No GPU in sight: JAX, the fastest measured on a CPU (and an install requirement).

@@ -35,14 +35,37 @@ def temporaries(folder):
     return [os.path.join(d, n) for d, _, names in os.walk(folder) for n in names if is_temporary(n)]
 
 
-def start(model_dir, stdout=subprocess.PIPE):
-    """init.py on ``model_dir`` in a subprocess. It runs on JAX whatever the test backend (the files are
-    written by the same Keras code), with a compilation cache shared by the runs of one test."""
+# init.py, except that it stops for good just before it renames a model file of the second checkpoint
+# over the first (``paused`` then exists): a kill there is inside a checkpoint write, not a race.
+PAUSED_BEFORE_THE_SECOND_CHECKPOINT = """
+import os, runpy, sys, time
+model_dir, paused = sys.argv[1:]
+rename = os.replace
+
+def replace(source, target, *args, **kwargs):
+    folder, name = os.path.split(os.path.abspath(target))
+    if folder == model_dir and name.endswith(".keras") and os.path.exists(os.path.join(folder, "last.keras")):
+        open(paused, "w").close()
+        time.sleep(3600)
+    return rename(source, target, *args, **kwargs)
+
+os.replace = replace
+sys.argv = ["init.py", "--model_dir", model_dir]
+runpy.run_path("init.py", run_name="__main__")
+"""
+
+
+def start(model_dir, stdout=subprocess.PIPE, paused=None):
+    """init.py on ``model_dir`` in a subprocess (``paused``: a path; see PAUSED_BEFORE_THE_SECOND_CHECKPOINT).
+    It runs on JAX whatever the test backend (the files are written by the same Keras code), with a
+    compilation cache shared by the runs of one test."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "KERAS_BACKEND": "jax",
            "JAX_COMPILATION_CACHE_DIR": str(model_dir.parent / "jax-cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    return subprocess.Popen([sys.executable, "init.py", "--model_dir", str(model_dir)], cwd=ROOT,
-                            stdout=stdout, stderr=subprocess.STDOUT, text=True, env=env)
+    command = ["init.py", "--model_dir", str(model_dir)] if paused is None else \
+        ["-c", PAUSED_BEFORE_THE_SECOND_CHECKPOINT, str(model_dir), str(paused)]
+    return subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=stdout, stderr=subprocess.STDOUT, text=True,
+                            env=env)
 
 
 def saved_epoch(model_dir):
@@ -52,13 +75,15 @@ def saved_epoch(model_dir):
 
 
 def kill_when(process, ready, timeout=240):
-    """SIGKILL ``process`` as soon as ``ready()`` holds (polled every 2 ms); returns its output."""
+    """SIGKILL ``process`` as soon as ``ready()`` holds (polled every 10 ms); returns its output."""
     deadline = time.monotonic() + timeout
-    while not ready():
-        assert process.poll() is None, "the run ended before the kill: " + process.stdout.read()[-2000:]
-        assert time.monotonic() < deadline, "no kill moment within the timeout"
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
+    try:
+        while not ready():
+            assert process.poll() is None, "the run ended before the kill: " + process.stdout.read()[-2000:]
+            assert time.monotonic() < deadline, "no kill moment within the timeout"
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)  # also when the wait failed: no paused run is left behind
     return process.communicate()[0]
 
 
@@ -83,17 +108,21 @@ def epochs_started(output):
     return [int(line.split()[1].split("/")[0]) for line in output.splitlines() if line.startswith("Epoch ")]
 
 
+@pytest.mark.end_to_end(seconds=80)
+@pytest.mark.backend_free  # the runs are init.py processes on JAX, whatever the test backend
 def test_sigkill_during_checkpoints_and_at_random_moments_then_resume(tmp_path):
     for name in ("killed", "uninterrupted"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "params.json").write_text(json.dumps(FAST))
     log = open(tmp_path / "uninterrupted.log", "w")
+    paused = tmp_path / "paused"
     tmp_path = tmp_path / "killed"
-    # 1. Killed as a model file of the checkpoint that ends epoch 2 is being written: epoch 1 must survive.
-    writing_model = lambda: [path for path in temporaries(tmp_path) if path.endswith(".keras")]  # noqa: E731
-    output = kill_when(start(tmp_path), lambda: saved_epoch(tmp_path) == 0 and writing_model())
+    # 1. Killed with a model file of the checkpoint that ends epoch 2 written but not yet renamed over
+    # the first: epoch 1 must survive, the whole temporary file is left for the next run to remove.
+    output = kill_when(start(tmp_path, paused=paused), paused.exists)
     saved = saved_epoch(tmp_path)
-    assert epochs_started(output)[-1] == 2 and saved in (0, 1)
+    assert epochs_started(output)[-1] == 2 and saved == 0
+    assert [path for path in temporaries(tmp_path) if path.endswith(".keras")]
     check_every_file_loads(tmp_path)
     reference = start(tmp_path.parent / "uninterrupted", stdout=log)  # runs beside the killed runs from here
     # 2. Resumed from it, then killed at a random moment 0-2 s after the next checkpoint.

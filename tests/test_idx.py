@@ -11,6 +11,8 @@ import pytest
 from triplet_keras import idx
 from triplet_keras.datasets import DatasetError, load_dataset
 
+pytestmark = pytest.mark.backend_free  # numpy and the data loaders only (keras.utils.get_file is replaced)
+
 TRAIN_PER_CLASS, TEST_PER_CLASS = 6, 3
 FASHION = "/usr/share/datasets/fashion-mnist"
 

@@ -278,3 +278,42 @@ def test_all_zero_or_all_equal_embeddings_give_the_margin_and_finite_gradients(n
     expected = np.log(2.0) if soft else MARGIN
     np.testing.assert_allclose(float(function(labels, emb)), expected, rtol=1e-5)
     assert np.all(np.isfinite(_gradient(function, emb, labels)))
+
+
+def reference_merge(labels, emb, distance, soft=False):
+    """The merge model's loss on the triplets (e[i], e[3 + i], e[5 + i]) of 8 embeddings."""
+    return np.mean([hinge(reference_distance(emb[i], emb[3 + i], distance)
+                          - reference_distance(emb[i], emb[5 + i], distance), soft) for i in range(3)])
+
+
+REFERENCES = {"batch_all": lambda *args, **kwargs: reference_batch_all(*args, **kwargs)[0],
+              "batch_hard": reference_batch_hard, "semi_hard": reference_semi_hard, "merge": reference_merge}
+
+
+def central_differences(function, x, step=1e-6):
+    """d function(x) / dx by central differences, in float64."""
+    x, grad = np.array(x, np.float64), np.zeros(np.shape(x))
+    for index in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[index] += step
+        down[index] -= step
+        grad[index] = (function(up) - function(down)) / (2 * step)
+    return grad
+
+
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("name", ["batch_all", "batch_hard", "semi_hard", "merge"])
+def test_gradients_match_finite_differences_of_the_reference(name, distance, soft):
+    """The backend's gradient of every loss equals central differences of its numpy reference, at random
+    unnormalised embeddings (a generic point: no tie in the mining, no triplet on the hinge's corner)."""
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    emb = np.random.default_rng(11).normal(size=(8, 3)).astype(np.float32)
+    if name == "merge":
+        function = lambda labels, e: ops.mean(triplet_margin_loss(  # noqa: E731
+            e[:3], e[3:6], e[5:], MARGIN, distance=distance, soft=soft))
+    else:
+        function = _online(name, distance, soft)
+    expected = central_differences(lambda e: REFERENCES[name](labels, e, distance, soft=soft), emb)
+    assert np.abs(expected).max() > 0.01  # some triplet is active: the check is not of zeros
+    np.testing.assert_allclose(_gradient(function, emb, labels), expected, rtol=1e-3, atol=1e-4)

@@ -1,6 +1,5 @@
 """Encoder, merge model and online model: shapes, freezing, weight sharing, save/load, a real fit."""
 import os
-import time
 
 import keras
 import numpy as np
@@ -76,12 +75,23 @@ def test_backbone_size_may_be_one_int_for_a_square():
 
 
 def test_imagenet_offline_fails_fast_with_instructions(monkeypatch, tmp_path):
+    """Offline: one connection attempt, bounded by a short timeout, then the error; no download, no model."""
+    attempts = []
+
+    def unreachable(host, timeout=None):
+        attempts.append((host, timeout))
+        raise OSError("network is unreachable")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("must fail before downloading or building")
+
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(models, "IMAGENET_HOST", ("192.0.2.1", 9))  # TEST-NET-1: never routed
-    start = time.monotonic()
+    monkeypatch.setattr(models.socket, "create_connection", unreachable)
+    monkeypatch.setattr(keras.utils, "get_file", forbidden)
+    monkeypatch.setattr(keras.applications, "ResNet50", forbidden)
     with pytest.raises(WeightsUnavailableError, match="weights=None"):
         build_encoder("resnet50", weights="imagenet", input_shape=(32, 32, 3))
-    assert time.monotonic() - start < 10
+    assert len(attempts) == 1 and attempts[0][0] == models.IMAGENET_HOST and 0 < attempts[0][1] <= 3
 
 
 def test_resnet50_smoke_small_input():

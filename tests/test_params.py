@@ -2,12 +2,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from triplet_keras.params import SCHEMA, ParamsError, check_value, load_params
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
+ROOT = Path(__file__).resolve().parents[1]  # where init.py is, whatever the working directory
 
 
 def write(folder, params):
@@ -112,7 +114,8 @@ def test_whole_number_minimums_are_inclusive():
 
 
 def test_init_help_lists_every_parameter():
-    out = subprocess.run([sys.executable, "init.py", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "init.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
     for key in SCHEMA:
         assert f"--{key}" in out
     assert "--model_dir" in out and "--restart" in out and "--data_dir" in out
@@ -120,7 +123,7 @@ def test_init_help_lists_every_parameter():
 
 def test_init_rejects_bad_flag_value_before_training(tmp_path):
     result = subprocess.run([sys.executable, "init.py", "--model_dir", str(tmp_path), "--epochs", "many"],
-                            capture_output=True, text=True)
+                            cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "epochs must be of type int" in result.stderr
     assert not (tmp_path / "state.json").exists()
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import pytest
 import init
 from triplet_keras.predict import Predictor
 
+ROOT = Path(__file__).resolve().parents[1]  # where init.py is, whatever the working directory
 TINY = {
     "dataset": "digits", "backbone": "small_cnn", "weights": "none", "embedding_dim": 16, "freeze_layers": 0,
     "strategy": "semi_hard", "batch_size": 64, "epochs": 2, "learning_rate": 0.003,
@@ -42,12 +44,13 @@ def experiment(tmp_path_factory):
     """One full run through the real command line (a separate interpreter), reused by the tests below."""
     model_dir = tmp_path_factory.mktemp("digits")
     (model_dir / "params.json").write_text(json.dumps(TINY))
-    result = subprocess.run([sys.executable, "init.py", "--model_dir", str(model_dir)],
+    result = subprocess.run([sys.executable, "init.py", "--model_dir", str(model_dir)], cwd=ROOT,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return model_dir, result
 
 
+@pytest.mark.end_to_end(seconds=100)
 def test_run_leaves_every_artefact(experiment):
     model_dir, _ = experiment
     for name in ("best.keras", "last.keras", "state.json", "history.csv", "metrics.json",
@@ -66,6 +69,7 @@ def test_run_leaves_every_artefact(experiment):
     assert splits.count("test") > 0 and splits.count("target") > 0
 
 
+@pytest.mark.end_to_end(seconds=100)
 def test_metrics_are_useful_and_complete(experiment):
     model_dir, result = experiment
     metrics = json.loads((model_dir / "metrics.json").read_text())
@@ -117,6 +121,7 @@ def test_metrics_are_useful_and_complete(experiment):
     assert "| test_accuracy |" in result.stdout and "==> summary" in result.stdout
 
 
+@pytest.mark.end_to_end(seconds=100)
 def test_saved_predictors_classify_new_images(experiment):
     model_dir, _ = experiment
     from triplet_keras.datasets import load_dataset
@@ -150,6 +155,7 @@ def test_saved_predictors_classify_new_images(experiment):
     assert set(source.lookup(images[:3], k=2).labels.ravel()) <= set(source.class_names)
 
 
+@pytest.mark.end_to_end(seconds=100)
 def test_rerun_resumes_and_restart_starts_over(experiment, tmp_path):
     model_dir = tmp_path / "copy"  # the shared run stays as it is for the other tests
     shutil.copytree(experiment[0], model_dir)
@@ -163,10 +169,13 @@ def test_rerun_resumes_and_restart_starts_over(experiment, tmp_path):
     assert transfer.encoder.output_shape[-1] == width and transfer.classifier.whitening_.size == 0
     changed = run_init(model_dir, "--embedding_dim", "8", "--margin", "0.3")
     assert changed.returncode != 0 and "embedding_dim 16 -> 8; margin 0.2 -> 0.3. Pass --restart" in changed.stderr
-    restarted = run_init(model_dir, "--restart", "--epochs", "1", "--episodes", "2", "--shots", "[1]")
+    # a restart takes changed model parameters; 3 source classes are too few for a fold encoder (held_out_fold)
+    restarted = run_init(model_dir, "--restart", "--embedding_dim", "8", "--epochs", "1", "--episodes", "2",
+                         "--shots", "[1]", "--source_classes", '["0", "1", "2"]')
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert "resuming" not in restarted.stdout
-    assert json.loads((model_dir / "metrics.json").read_text())["epochs_trained"] == 1
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == 1 and Predictor.load(str(model_dir / "predictor")).encoder.output_shape[-1] == 8
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -222,19 +231,23 @@ def test_imagenet_weights_offline_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "last.keras").exists()
 
 
+@pytest.mark.end_to_end(seconds=60)
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="2 virtual devices: JAX run only")
 def test_distributed_run_over_two_devices(tmp_path):
     """Offline triplets, data-parallel over 2 virtual CPU devices: a batch that does not divide is a
-    clear error before training; 30 triplets per batch (631 train triplets: the last batch is topped
-    up to 30) train and evaluate to the end."""
+    clear error before training; 30 triplets per batch (376 train triplets: the last batch is topped
+    up to 30) train and evaluate to the end. 3 source classes: too few for a fold encoder, which the
+    shared run covers."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     (tmp_path / "params.json").write_text(json.dumps({**TINY, "epochs": 1, "distribute": True, "shots": [1],
-                                                      "episodes": 2}))
+                                                      "episodes": 2, "source_classes": ["0", "1", "2"]}))
     command = [sys.executable, "init.py", "--model_dir", str(tmp_path)]
-    odd = subprocess.run(command + ["--batch_size", "33"], capture_output=True, text=True, env=env, timeout=900)
+    odd = subprocess.run(command + ["--batch_size", "33"], cwd=ROOT, capture_output=True, text=True, env=env,
+                         timeout=900)
     assert odd.returncode != 0 and "batches of 33 do not divide over 2 devices" in odd.stderr, odd.stderr[-2000:]
     assert not (tmp_path / "last.keras").exists()
-    even = subprocess.run(command + ["--batch_size", "30"], capture_output=True, text=True, env=env, timeout=900)
+    even = subprocess.run(command + ["--batch_size", "30"], cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=900)
     assert even.returncode == 0, even.stderr[-3000:]
     assert "data-parallel training over 2 devices" in even.stdout
     assert json.loads((tmp_path / "metrics.json").read_text())["scores"]["test_accuracy"] > 0.5

@@ -19,6 +19,7 @@ def policy():
     keras.config.set_dtype_policy("float32")
 
 
+@pytest.mark.end_to_end(seconds=35)
 @pytest.mark.parametrize("strategy", ["semi_hard", "batch_hard"])  # merge model, online model
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_saves_loads_and_resumes(tmp_path, policy, precision, strategy, capsys):

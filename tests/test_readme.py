@@ -55,6 +55,7 @@ def test_the_readme_main_job_table_is_written_from_a_run_and_read_back(tmp_path)
         tables.main(["--main-job", str(tmp_path / "metrics.json"), "--readme", str(readme)])
 
 
+@pytest.mark.end_to_end(seconds=180)
 def test_the_main_job_gives_the_readme_main_job_table(tmp_path):
     """init.py as the README's main command runs it (its params.json, no KERAS_BACKEND set)."""
     tables = readme_tables()
