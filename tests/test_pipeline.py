@@ -24,6 +24,7 @@ TINY = {
     "source_classes": ["0", "1", "2", "3", "4"], "shots": [1, 5], "episodes": 5, "plot_method": "pca",
     "transfer_features": "grid", "transfer_shift_average": 1,
 }
+DEFAULT = "fine_tuned grid: center whiten 0.3"  # choice.default_candidate without a pool
 
 
 def run_init(model_dir, *flags):
@@ -58,7 +59,7 @@ def test_run_leaves_every_artefact(experiment):
                  "logs/projector_config.pbtxt", "plots/loss_curves.png", "plots/confusion_matrix.png",
                  "plots/transfer_map.png", "predictor/predictor.json", "predictor_transfer/predictor.json",
                  "plots/reliability_source.png", "plots/reliability_transfer.png", "predictor/gallery.npz",
-                 "predictor_transfer/gallery.npz", "predictor_transfer/selection.json", "selection_encoder/best.keras"):
+                 "predictor_transfer/gallery.npz", "predictor_transfer/selection.json"):
         assert (model_dir / name).is_file(), name
     assert any(name.startswith("train") for name in os.listdir(model_dir / "logs"))
     assert not [name for name in os.listdir(model_dir) if name.startswith(".tmp")]
@@ -91,21 +92,21 @@ def test_metrics_are_useful_and_complete(experiment):
                              "ceiling"}
         assert all(rows[name]["n_episodes"] == 5 for name in rows)  # every row on the same episodes
         choice = metrics["transfer_choice"][shots]
-        assert choice["evidence"].endswith("held out of training")  # a fold encoder never saw these classes
-        scores = choice["evidence_scores"]
-        # transfer_features fixed to grid: 13 candidates (8 inductive, 5 with the pool) of each network
-        assert {name.split(" ")[0] for name in scores} == {"fine_tuned", "initial", "pixels"} and len(scores) == 39
-        assert scores[choice["best_by_evidence"]] == max(scores.values())  # ties: the earlier candidate
+        # 5 source classes without pseudo_classes: a 2-class fold, too few to stand for 5 ways, so no evidence
+        assert choice["evidence"] is None and choice["evidence_scores"] == {} and choice["best_by_evidence"] is None
+        assert choice["mode_rows_on"] == DEFAULT  # the mode rows on the default form's features and whitening
         assert sum(choice["auto_picks"].values()) == 5 and sum(choice["semi_supervised_picks"].values()) == 5
         assert not any(name.endswith("+ unlabeled") for name in choice["auto_picks"])  # auto needs no pool
-        assert set(choice["auto_picks"]) | set(choice["semi_supervised_picks"]) <= set(scores)
-        if shots == "1-shot":  # nothing to leave out: the evidence decides alone
-            inductive = {name: score for name, score in scores.items() if not name.endswith("+ unlabeled")}
-            (pick, count), = choice["auto_picks"].items()  # one pick for every episode: the best by evidence
-            assert count == 5 and inductive[pick] == max(inductive.values())
+        if shots == "1-shot":  # nothing to leave out: the default
+            assert choice["auto_picks"] == {DEFAULT: 5}
+            assert choice["semi_supervised_picks"] == {DEFAULT + " + unlabeled": 5}
+        else:  # leave-one-out among each network's default form (pixels: too wide to whiten)
+            assert all(name.endswith(": center whiten 0.3") or name == "pixels pixels: center"
+                       for name in choice["auto_picks"]), choice["auto_picks"]
     search = metrics["saved_transfer_search"]
-    assert search["decided_by"] == "leave-one-out" and search["n_folds"] == 5
+    assert search["decided_by"] == "leave-one-out" and search["n_folds"] == 5 and search["evidence"] is None
     assert len(search["cv_results"]["candidate"]) == 39 and search["cv_results"]["rank"].count(1) == 1
+    assert not (model_dir / "selection_encoder").exists()  # no fold encoder trained for no evidence
     assert len(metrics["fine_tuning_verdict"]) == 4  # auto and semi_supervised at each K
     assert all(line in result.stdout for line in metrics["fine_tuning_verdict"])
     assert metrics["epochs_trained"] == 2

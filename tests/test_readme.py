@@ -75,3 +75,13 @@ def test_the_main_job_gives_the_readme_main_job_table(tmp_path):
             assert found == pytest.approx(expected, abs=UNTRAINED if i < untrained else TRAINED), (label, i)
     for shots, rows in metrics["transfer"].items():  # what it printed is what it wrote
         assert f"| transfer {shots} auto | {rows['auto']['mean']:.4f}" in result.stdout
+    for shots, choice in metrics["transfer_choice"].items():  # 16 stand-in classes: held-out-class evidence
+        assert choice["evidence"].endswith("and their symmetries, held out of training")
+        scores = choice["evidence_scores"]
+        assert {name.split(" ")[0] for name in scores} == {"fine_tuned", "initial", "pixels"}
+        assert scores[choice["best_by_evidence"]] == max(scores.values())
+        if shots == "1-shot":  # nothing to leave out: the evidence decides, the same pick in every episode
+            (pick, count), = choice["auto_picks"].items()
+            inductive = {name: score for name, score in scores.items() if not name.endswith("+ unlabeled")}
+            assert count == 100 and inductive[pick] == max(inductive.values())
+    assert os.path.isfile(os.path.join(tmp_path, "selection_encoder", "best.keras"))  # the fold encoder
