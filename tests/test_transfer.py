@@ -263,8 +263,8 @@ def test_new_classes_borrow_from_nearest_source_class():
     support = centers[[2]] + 0.5
     model = fit_transfer(xs, ys, support, ["new"], mode="calibrate", kappa_new=1.0, n_borrow=1, whiten=None)
     np.testing.assert_allclose(model.means_[0], (support[0] + xs[ys == 2].mean(axis=0)) / 2)
-    alone = fit_transfer(xs, ys, support, ["new"], mode="auto")  # one class: no episode to simulate
-    assert (alone.mode_, alone.whiten_) == ("none", None)
+    alone = fit_transfer(xs, ys, support, ["new"], mode="auto")  # one class: no episode, the default form
+    assert (alone.mode_, alone.whiten_) == ("center", 0.3)
 
 
 def test_new_classes_with_a_class_mapping(domains):
