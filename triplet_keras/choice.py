@@ -249,16 +249,11 @@ def shortlist(candidates, evidence):
     the one ``evidence`` scores highest (the first on ties), or without evidence the one nearest the
     default form. The support's few shots can tell which network lies the new classes apart; mode and
     whitening, whose differences are a point or two, are the evidence's to settle."""
-    best = {}
+    groups = {}
     for candidate in candidates:
-        group = (candidate.space, candidate.unlabeled)
-        if group not in best:
-            best[group] = candidate
-        elif evidence and evidence.get(candidate, 0.0) > evidence.get(best[group], 0.0):
-            best[group] = candidate
-        elif not evidence and default_order(candidate, candidate.unlabeled) < default_order(best[group], candidate.unlabeled):
-            best[group] = candidate
-    return list(best.values())
+        groups.setdefault((candidate.space, candidate.unlabeled), []).append(candidate)
+    key = (lambda c: -evidence.get(c, 0.0)) if evidence else (lambda c: default_order(c, c.unlabeled))
+    return [min(members, key=key) for members in groups.values()]
 
 
 class TransferSearch(ClassifierMixin, BaseEstimator):

@@ -27,10 +27,10 @@ BASELINES = ("pixels", "initial_encoder")
 def sample_episodes(labels, n_way, k_shot, n_query=15, n_episodes=200, seed=0):
     """List of (support indices, query indices) into labels; the same seed gives the same episodes."""
     labels = np.asarray(labels)
-    classes = np.unique(labels)
+    classes, counts = class_counts(labels)
     if n_way > len(classes):
         raise ValueError(f"n_way={n_way} but the target has only {len(classes)} classes")
-    smallest = int(class_counts(labels)[1].min())
+    smallest = int(counts.min())
     if k_shot + (n_query or 1) > smallest:
         raise ValueError(f"a class has only {smallest} examples, fewer than k_shot + n_query")
     rng = np.random.default_rng(seed)

@@ -15,9 +15,6 @@ import argparse
 import errno
 import sys
 
-RUN_FLAGS = ("model_dir", "data_dir", "restart")
-
-
 def add_train_arguments(parser):
     """The run's flags on ``parser``: --model_dir, --data_dir, --restart and one per parameter."""
     from triplet_keras.params import add_param_flags
@@ -31,11 +28,11 @@ def add_train_arguments(parser):
 def train_from_args(args):
     """Run the pipeline as the parsed ``args`` say; 0 when it finished (SystemExit with the error line
     otherwise)."""
-    overrides = {k: v for k, v in vars(args).items() if k not in RUN_FLAGS and k not in ("command", "run")}
+    from triplet_keras.params import SCHEMA, ParamsError, load_params
+
+    overrides = {key: value for key, value in vars(args).items() if key in SCHEMA}  # the flags given
     if args.data_dir:
         overrides["dataset"] = args.data_dir
-
-    from triplet_keras.params import ParamsError, load_params
 
     try:
         params = load_params(args.model_dir, overrides)
