@@ -1,5 +1,5 @@
 """The transfer choice: candidates, the fast fits of a search against TransferClassifier, evidence,
-leave-one-out and the search's record."""
+leave-one-out (a new domain) and the search's record."""
 import numpy as np
 import pytest
 
@@ -73,19 +73,27 @@ def test_held_out_fold_leaves_half_the_classes_at_most_n_way_and_none_below_four
     np.testing.assert_array_equal(held_out_fold(np.arange(10), 3, seed=1), held_out_fold(np.arange(10), 3, seed=1))
 
 
-def spaces_where_one_network_separates_the_target(rng):
+def spaces_where_one_network_separates_the_target(rng, new_domain=False):
     """Two spaces of the same images: in "good" the target classes lie apart, in "bad" on top of each
-    other (only noise); the source is separable in both."""
+    other (only noise); the source is separable in both. The target holds new classes, or with
+    ``new_domain`` the source's classes moved, and the evidence's stand-ins are held-out classes or
+    (a new domain) other rows of the source classes."""
     source_good, source_labels = blobs(rng, range(6), 20)
-    target_good, target_labels = blobs(rng, range(6, 11), 12)
     source_bad, _ = blobs(rng, range(6), 20)
+    target_good, target_labels = blobs(rng, range(6) if new_domain else range(6, 11), 12, shift=0.5 if new_domain else 0.0)
     target_bad = rng.normal(size=target_good.shape)
-    stand_in_good, stand_in_labels = blobs(rng, range(11, 15), 12)
+    stand_in_good, stand_in_labels = blobs(rng, range(6) if new_domain else range(11, 15), 12)
     stand_in_bad = rng.normal(size=stand_in_good.shape)
     spaces = {("good", "f"): (source_good, target_good), ("bad", "f"): (source_bad, target_bad)}
     evidence = EpisodeEvidence({("good", "f"): (source_good, stand_in_good), ("bad", "f"): (source_bad, stand_in_bad)},
-                               source_labels, stand_in_labels, new_classes=True, n_episodes=20)
+                               source_labels, stand_in_labels, new_classes=not new_domain, n_episodes=20)
     return spaces, source_labels, target_labels, evidence
+
+
+def swapped(evidence):
+    """``evidence`` that misleads: its stand-ins swapped between the two networks."""
+    evidence.spaces = {("good", "f"): evidence.spaces[("bad", "f")], ("bad", "f"): evidence.spaces[("good", "f")]}
+    return evidence
 
 
 def test_search_takes_the_network_that_separates_held_out_classes_and_records_every_score():
@@ -105,19 +113,34 @@ def test_search_takes_the_network_that_separates_held_out_classes_and_records_ev
     assert search.score(query, target_labels[query]) > 0.9
 
 
-def test_leave_one_out_on_the_support_overrules_misleading_evidence():
-    """The evidence says "bad" (its stand-ins are swapped), but with 3 shots a class the support shows
-    that "good" separates the target: leave-one-out has the last word."""
+def test_for_a_new_domain_leave_one_out_on_the_support_overrules_misleading_evidence():
+    """The evidence says "bad", but with 3 shots a class the support shows that "good" separates the
+    target: for a new domain, leave-one-out has the last word."""
     rng = np.random.default_rng(2)
-    spaces, source_labels, target_labels, evidence = spaces_where_one_network_separates_the_target(rng)
-    evidence.spaces = {("good", "f"): evidence.spaces[("bad", "f")], ("bad", "f"): evidence.spaces[("good", "f")]}
+    spaces, source_labels, target_labels, evidence = spaces_where_one_network_separates_the_target(rng, new_domain=True)
+    evidence = swapped(evidence)
     found = candidates({key: 12 for key in spaces}, unlabeled=(False,))
-    support = np.concatenate([np.flatnonzero(target_labels == c)[:3] for c in range(6, 11)])
+    support = np.concatenate([np.flatnonzero(target_labels == c)[:3] for c in range(6)])
     one_shot = support[::3]
     assert TransferSearch(spaces, source_labels, found, evidence).fit(
         one_shot, target_labels[one_shot]).best_candidate_.network == "bad"
     search = TransferSearch(spaces, source_labels, found, evidence).fit(support, target_labels[support])
     assert search.decided_by == "leave-one-out" and search.n_folds_ == 3 and search.best_candidate_.network == "good"
+    query = np.setdiff1d(np.arange(len(target_labels)), support)
+    assert search.score(query, target_labels[query]) > 0.9
+
+
+def test_for_new_classes_the_evidence_decides_at_every_k():
+    """New classes: the held-out classes' episodes rank the candidates, also with 3 shots a class (the
+    support's leave-one-out is not run): swapped stand-ins make the search take "bad"."""
+    rng = np.random.default_rng(2)
+    spaces, source_labels, target_labels, evidence = spaces_where_one_network_separates_the_target(rng)
+    evidence = swapped(evidence)
+    found = candidates({key: 12 for key in spaces}, unlabeled=(False,))
+    support = np.concatenate([np.flatnonzero(target_labels == c)[:3] for c in range(6, 11)])
+    search = TransferSearch(spaces, source_labels, found, evidence).fit(support, target_labels[support])
+    assert search.decided_by == "evidence" and search.n_folds_ == 0 and search.best_candidate_.network == "bad"
+    assert all(np.isnan(search.cv_results_["support_score"]))
 
 
 def test_search_without_evidence_or_shots_takes_the_documented_fallback():
@@ -145,15 +168,18 @@ def test_the_default_is_center_whitened_on_the_fine_tuned_grid_with_the_pool_whe
     assert all(c.mode == "center" and c.whiten == 0.3 for c in listed if c.network != "pixels")
 
 
-def test_without_evidence_leave_one_out_picks_the_network_that_separates_the_target():
+def test_without_evidence_a_new_domain_leave_one_out_picks_the_network_and_new_classes_take_the_default():
     rng = np.random.default_rng(5)
-    spaces, source_labels, target_labels, _ = spaces_where_one_network_separates_the_target(rng)
+    spaces, source_labels, target_labels, _ = spaces_where_one_network_separates_the_target(rng, new_domain=True)
     spaces = {("fine_tuned", "grid"): spaces[("bad", "f")], ("initial", "backbone"): spaces[("good", "f")]}
     found = candidates({key: 12 for key in spaces}, unlabeled=(False,))
-    support = np.concatenate([np.flatnonzero(target_labels == c)[:3] for c in range(6, 11)])
+    support = np.concatenate([np.flatnonzero(target_labels == c)[:3] for c in range(6)])
     search = TransferSearch(spaces, source_labels, found).fit(support, target_labels[support])
     assert search.decided_by == "leave-one-out" and search.best_candidate_ == Candidate("initial", "backbone", "center", 0.3)
     assert np.sum(~np.isnan(search.cv_results_["support_score"])) == 2  # each space's default form
+    new_classes = target_labels + 6  # the same support as new classes: no leave-one-out, the default
+    search = TransferSearch(spaces, source_labels, found).fit(support, new_classes[support])
+    assert search.decided_by == "fallback" and search.best_candidate_ == Candidate("fine_tuned", "grid", "center", 0.3)
 
 
 def test_fit_transfer_auto_returns_a_fitted_classifier_of_a_searched_candidate():

@@ -14,23 +14,28 @@ GridSearchCV (``cv_results_``, ``best_candidate_``, ``best_estimator_``):
    the initial network and the pixels never trained on any class). A new domain: the source
    validation split, every class mapped to itself. Candidates that use the pool see each episode's
    queries as their pool.
-2. The support's own leave-one-out (leave_one_out_folds), when it holds K >= 2 shots of every class:
-   each candidate of the shortlist (per space, with and without the pool, the evidence's best) is
-   fitted K times, each time without one shot of every class, and scored on the shots left out. It
-   has the last word; ties go to the evidence score, then to the candidate nearest the default.
+2. The support's own leave-one-out (leave_one_out_folds), when it holds K >= 2 shots of every class,
+   on what the evidence cannot see: for a new domain (whose evidence comes from the source domain)
+   the shortlist, per space and with and without the pool, the evidence's best; for new classes only
+   the use of the pool (the evidence's best with and without it: the user's pool may be unbalanced or
+   hold other classes, the evidence's pools do not), since on the choice of features, mode and
+   whitening the held-out classes' episodes ranked better than the support's few predictions
+   (benchmarks/RESULTS.md, "Leave-one-out"). Each compared candidate is fitted K times, each time
+   without one shot of every class, and scored on the shots left out. It has the last word; ties go
+   to the evidence score, then to the candidate nearest the default.
 
-Without evidence (too few held-out source classes to stand for the target), the leave-one-out compares
-each space's default form, and with one shot the ``fallback`` is taken: by default the default
-candidate (default_candidate), ``center`` with whitening on the fine-tuned network's ``grid``
-features, with the pool when there is one: the form that led the earlier benchmarks (new classes and
-a new domain, benchmarks/RESULTS.md). Query labels are never used.
+Without evidence (for new classes: too few held-out source classes to stand for the target), the
+``fallback`` takes the evidence's place: by default the default candidate (default_candidate),
+``center`` with whitening on the fine-tuned network's ``grid`` features, with the pool when there is
+one, the form that led the earlier benchmarks (new classes and a new domain, benchmarks/RESULTS.md);
+for a new domain the leave-one-out compares each space's default form. Query labels are never used.
 
 A search fits in pre-whitened spaces (fitting on vectors whitened with the source's within-class
 covariance is fitting with that ``whiten``: tests/test_transfer.py) and, for new classes, on the source
 class means alone (no target class maps to a source class, so every mode needs only those): the same
 fits as TransferClassifier on the raw vectors, computed once per space and shrinkage.
 """
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -256,6 +261,12 @@ def shortlist(candidates, evidence):
     return [min(members, key=key) for members in groups.values()]
 
 
+def pool_twins(candidate, candidates):
+    """``candidate`` and, when ``candidates`` hold it, the same candidate with the other use of the pool."""
+    twin = replace(candidate, unlabeled=not candidate.unlabeled)
+    return [candidate] + [twin for other in candidates if other == twin][:1]
+
+
 class TransferSearch(ClassifierMixin, BaseEstimator):
     """The search over ``candidates`` (see the module docstring), on row indices into the target.
 
@@ -308,21 +319,21 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
             raise ValueError("no candidate to search: every candidate uses an unlabelled pool and none was given")
         n_way, k_shot = len(self.classes_), int(class_counts(y)[1].min())
         evidence = {} if self.evidence is None else self.evidence.scores(open_, n_way, k_shot)
+        preferred = (min(open_, key=lambda c: (-evidence[c], default_order(c, pool is not None))) if evidence
+                     else self.fallback or default_candidate(open_, pool is not None))
         folds = leave_one_out_folds(y)
+        compared = (pool_twins(preferred, open_) if new_classes else shortlist(open_, evidence)) if folds else []
         support = {}
-        for candidate in (shortlist(open_, evidence) if folds else ()):
+        for candidate in (compared if len(compared) > 1 else ()):
             vectors = self.labelled_vectors(candidate.space, new_classes)
             right = sum(np.sum(vectors.predict(candidate, rows[kept], y[kept], rows[out], pool, self.class_mapping)
                                == y[out]) for kept, out in folds)
             support[candidate] = round(right / sum(len(out) for _, out in folds), 4)
         ranking = sorted(range(len(open_)), key=lambda i: (-support.get(open_[i], 0.0), -evidence.get(open_[i], 0.0),
                                                             default_order(open_[i], pool is not None), i))
-        self.n_folds_ = len(folds)
+        self.n_folds_ = len(folds) if support else 0
         self.decided_by = "leave-one-out" if support else "evidence" if evidence else "fallback"
-        if self.decided_by == "fallback":
-            self.best_candidate_ = self.fallback or default_candidate(open_, pool is not None)
-        else:
-            self.best_candidate_ = open_[ranking[0]]
+        self.best_candidate_ = preferred if self.decided_by == "fallback" else open_[ranking[0]]
         rank = {i: r + 1 for r, i in enumerate(ranking)}
         self.cv_results_ = {"candidate": [c.name for c in open_], "params": [c.as_dict() for c in open_],
                             "evidence_score": [evidence.get(c, float("nan")) for c in open_],
@@ -400,8 +411,8 @@ def fit_transfer(source_emb, source_labels, support_emb, support_labels, mode="a
     the target on the pool mean).
     ``mode="auto"``: TransferSearch over every mode, shrinkage (``whiten="auto"``, else that one) and,
     with a pool, with and without it (``transductive``: None lets the search decide), scored on
-    source_evidence and the support's leave-one-out; the returned classifier is its best_estimator_
-    (run TransferSearch itself for cv_results_). ``class_mapping`` maps target labels to source labels;
+    source_evidence (and, for a new domain, the support's leave-one-out); the returned classifier is
+    its best_estimator_ (run TransferSearch itself for cv_results_). ``class_mapping`` maps target labels to source labels;
     without it support labels that are also source labels map to themselves, the rest are new classes.
     Other keyword arguments (kappa, kappa_new, n_borrow, knn, refine_steps, confidence, metric,
     temperature, whitening) go to TransferClassifier and its fit, fixed modes only.

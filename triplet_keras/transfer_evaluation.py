@@ -7,8 +7,8 @@ evidence never comes from classes the scored features trained on: for new classe
 trained like the main one without a fold of source classes (choice.held_out_fold), and every network's
 candidates are scored on episodes with that fold as the new classes (the fine-tuned network by the fold
 encoder's features, the others by their own), when the fold holds enough classes (MIN_EVIDENCE_WAYS;
-else no evidence: choice's default, or the support's leave-one-out); for a new domain the source
-validation split stands in for the target. The rows of each K: every mode on the fine-tuned features the
+else no evidence: choice's default); for a new domain the source validation split stands in for the
+target. The rows of each K: every mode on the fine-tuned features the
 evidence ranks best, the two baselines, ``auto`` (the search over every candidate that needs no
 unlabelled images, per episode), ``semi_supervised`` (the search with each episode's queries as the
 unlabelled pool too) and the ceiling.
@@ -131,7 +131,7 @@ def held_out_class_evidence(params, data, spaces, model_dir, restart, n_way):
     stand_in_classes = len(fold) * (N_VARIANTS if params["pseudo_classes"] else 1)
     if stand_in_classes < min(n_way, MIN_EVIDENCE_WAYS):
         stage(f"too few source classes to hold out ({stand_in_classes} stand-in classes): no evidence; the "
-              "support's leave-one-out decides among each network's default form, or the default")
+              "default candidate")
         return None
     kept = np.setdiff1d(classes, fold)
     stage(f"training a fold encoder without the source classes {[data.names[c] for c in fold]} (evidence for the choice)")
@@ -327,7 +327,8 @@ def run_transfer(params, encoder, data, model_dir, encoder_vectors, restart=Fals
     search = TransferSearch({key: (v.train, v.target) for key, v in spaces.items()}, train_labels,
                             open_candidates(params, spaces), evidence)
     stage(f"choosing among {len(search.candidates)} candidates by {evidence.description if evidence else 'no evidence'}"
-          " and, with 2 shots a class or more, leave-one-out on the support")
+          " and, with 2 shots a class or more, leave-one-out on the support"
+          + (" for the use of the pool" if new_classes else ""))
     episodes, choices = evaluate_transfer(params, spaces, search, target_labels, new_classes)
     split = transfer_split(params, target_labels)
     accuracy, calibration, summary = save_transfer_predictor(params, data, spaces, search, target_labels, split,
