@@ -2,8 +2,9 @@
 
 For each dataset, class split and training seed, init.py's own ``run`` trains the encoder with the
 experiment's params.json and reports, on the same target episodes, ``pixels``, ``initial_encoder``, every
-mode, ``auto`` (triplet_keras.choice: the search on evidence the features never trained on, then each
-support's leave-one-out), ``semi_supervised`` (the same with the episode's queries as unlabelled pool)
+mode, ``auto`` (triplet_keras.choice: the search on evidence the features never trained on; in a new
+domain then each support's leave-one-out), ``semi_supervised`` (the same with the episode's queries as
+unlabelled pool, whose use the support's leave-one-out decides)
 and the ceiling. Regimes:
 
 * new classes: the encoder trains on one half of the classes (two splits: the first five and the
