@@ -439,8 +439,10 @@ class PredictBatches(keras.utils.PyDataset):
     two threads ahead of the model when Keras sees an accelerator and in the calling thread on CPU
     (where the threads would take cores from the model: benchmarks/bench_embed.py measures both).
     The last batch is padded with zeros to ``batch_size`` when there is more than one, so one compiled
-    predict function serves all, and every batch to a multiple of ``replicas`` (the devices a
-    data-parallel distribution splits it over; ``batch_size`` is rounded up to one too).
+    predict function serves all; a single batch to the next power of two (at most ``batch_size``), so
+    calls with other small counts share a few compiled shapes at under twice the work; and every batch
+    to a multiple of ``replicas`` (the devices a data-parallel distribution splits it over;
+    ``batch_size`` is rounded up to one too).
 
     An error while loading does not escape into Keras' predict loop (on JAX that would leave the
     model's variables emptied): the batch becomes zeros of ``image_shape``, ``error`` keeps the first
@@ -462,7 +464,9 @@ class PredictBatches(keras.utils.PyDataset):
         except Exception as error:  # noqa: BLE001 - kept and raised by embed_images after predict
             self.error = self.error or error
             batch = np.zeros((len(rows),) + self.image_shape, np.uint8)
-        size = self.batch_size if self.count > self.batch_size else -(-len(batch) // self.replicas) * self.replicas
+        single = min(self.batch_size, 1 << (self.count - 1).bit_length())  # the next power of two
+        size = self.batch_size if self.count > self.batch_size else single
+        size = -(-size // self.replicas) * self.replicas
         if len(batch) < size:
             batch = np.concatenate([batch, np.zeros((size - len(batch),) + batch.shape[1:], batch.dtype)])
         return batch

@@ -326,8 +326,9 @@ def run_transfer(params, encoder, data, model_dir, encoder_vectors, restart=Fals
                 else validation_evidence(params, data, spaces))
     search = TransferSearch({key: (v.train, v.target) for key, v in spaces.items()}, train_labels,
                             open_candidates(params, spaces), evidence)
-    stage(f"choosing among {len(search.candidates)} candidates by {evidence.description if evidence else 'no evidence'}"
-          " and, with 2 shots a class or more, leave-one-out on the support"
+    stage(f"choosing among {len(search.candidates)} candidates by "
+          + (evidence.description if evidence else "no evidence (the default)")
+          + " and, with 2 shots a class or more, leave-one-out on the support"
           + (" for the use of the pool" if new_classes else ""))
     episodes, choices = evaluate_transfer(params, spaces, search, target_labels, new_classes)
     split = transfer_split(params, target_labels)
