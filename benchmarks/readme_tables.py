@@ -42,8 +42,19 @@ def main_job_values(metrics):
     return values
 
 
+def run_time(metrics):
+    """The run's wall seconds, with its CPU seconds and the machine's load when the metrics have them."""
+    text = f"{metrics['seconds']} s"
+    if "cpu_seconds" in metrics:
+        text += f", {metrics['cpu_seconds']} CPU s"
+    load = metrics["machine"].get("load_average")
+    if load is not None:
+        text += f", load average {load:g} over the 15 minutes before it ended"
+    return text
+
+
 def main_job_table(metrics):
-    lines = [machine_line(metrics["machine"]) + f" init.py took {metrics['seconds']} s (a resumed run: less).", "",
+    lines = [machine_line(metrics["machine"]) + f" init.py took {run_time(metrics)} (a resumed run: less).", "",
              "| metric | value |", "|---|---|"]
     for label, values in main_job_values(metrics).items():
         if " / " in label:

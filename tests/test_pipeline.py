@@ -109,6 +109,7 @@ def test_metrics_are_useful_and_complete(experiment):
     assert len(metrics["fine_tuning_verdict"]) == 4  # auto and semi_supervised at each K
     assert all(line in result.stdout for line in metrics["fine_tuning_verdict"])
     assert metrics["epochs_trained"] == 2
+    assert metrics["cpu_seconds"] > 0 and metrics["machine"]["load_average"] >= 0  # what the run cost, how shared
     calibration = metrics["calibration"]
     for report in calibration.values():
         assert report["temperature"] > 0 and report["accept_rate"] == 0.95

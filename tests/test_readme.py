@@ -36,13 +36,15 @@ def test_the_readme_main_job_table_is_written_from_a_run_and_read_back(tmp_path)
                "saved_transfer_search": {"best_name": "fine_tuned grid: none"},
                "calibration": {"source": {"ece_after": 0.01, "ece_before": 0.02, "accepted_share": 0.9,
                                           "accepted_accuracy": 0.99, "unseen_unknown_share": 0.97}},
-               "machine": {"cpu": "Some CPU", "cores": 2, "keras": "3", "backend": "jax"}, "seconds": 80}
+               "machine": {"cpu": "Some CPU", "cores": 2, "keras": "3", "backend": "jax", "load_average": 3.2},
+               "seconds": 80, "cpu_seconds": 95}
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- table: main-job -->\nold\n<!-- /table -->\nafter\n")
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     assert tables.main(["--main-job", str(tmp_path / "metrics.json"), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "Some CPU" in text and "old" not in text
+    assert "init.py took 80 s, 95 CPU s, load average 3.2 over the 15 minutes before it ended" in text
     assert "| new classes, 1-shot: pixels / initial_encoder / auto / semi_supervised / ceiling | 0.700 / 0.740 / " \
            "**0.800** / **0.880** / 0.970 |" in text  # bold: beat both baselines
     assert "ECE 0.010 (0.020 before), 90.0% accepted, 99.0% of those right, 97.0% of never-seen" in text

@@ -37,7 +37,7 @@ from triplet_keras.evaluation import BASELINES
 from triplet_keras.export import export_embeddings, write_json
 from triplet_keras.prepared_data import prepare_data
 from triplet_keras.source_evaluation import calibration_report, embed_splits, evaluate_source, save_source_predictor
-from triplet_keras.stages import PipelineError, elapsed_seconds, stage, start_clock
+from triplet_keras.stages import PipelineError, elapsed_cpu_seconds, elapsed_seconds, stage, start_clock
 from triplet_keras.training import train
 from triplet_keras.transfer_evaluation import run_transfer, transfer_split
 
@@ -97,7 +97,8 @@ def export_run_embeddings(model_dir, data, evaluation, transfer):
 
 
 def machine():
-    """The machine a run measured on: its CPU model, cores, Keras backend and versions."""
+    """The machine a run measured on: its CPU model, cores, Keras backend and versions, and the load
+    average over the last 15 minutes (other work sharing the cores)."""
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -105,7 +106,7 @@ def machine():
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "backend": keras.backend.backend(), "keras": keras.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "load_average": round(os.getloadavg()[2], 1)}
 
 
 def report(model_dir, params, trained, evaluation, calibration, transfer):
@@ -119,7 +120,7 @@ def report(model_dir, params, trained, evaluation, calibration, transfer):
               "saved_transfer_search": search,
               "fine_tuning_verdict": verdict, "calibration": calibration,
               "epochs_trained": len(trained.history.get("loss", [])), "machine": machine(),
-              "seconds": round(elapsed_seconds())}
+              "seconds": round(elapsed_seconds()), "cpu_seconds": round(elapsed_cpu_seconds())}
     write_json(os.path.join(model_dir, "metrics.json"), result)
     stage("summary")
     print(summary_table(scores, episodes))

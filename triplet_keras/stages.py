@@ -9,12 +9,18 @@ class PipelineError(ValueError):
 
 def start_clock():
     """Count the seconds that ``stage`` prints from now on (each run restarts the clock)."""
-    STARTED["at"] = time.perf_counter()
+    STARTED["at"], STARTED["cpu"] = time.perf_counter(), time.process_time()
 
 
 def elapsed_seconds():
     """Seconds since start_clock."""
     return time.perf_counter() - STARTED.setdefault("at", time.perf_counter())
+
+
+def elapsed_cpu_seconds():
+    """CPU seconds of this process, all its threads, since start_clock: what the run cost, however
+    loaded the machine was."""
+    return time.process_time() - STARTED.setdefault("cpu", time.process_time())
 
 
 def stage(text):
