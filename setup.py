@@ -18,6 +18,7 @@ setup(
         "scikit-learn>=1.3,<2",
         "opencv-python-headless>=4.8",
         "tqdm>=4.60",
+        "filelock>=3.12",  # bounds JAX's compilation cache on disk (backend_choice.enable_compilation_cache)
         "faiss-cpu>=1.8",
         "tensorboard>=2.15",
         "matplotlib>=3.7",

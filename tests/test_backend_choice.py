@@ -1,6 +1,7 @@
 """choose_backend: the fastest installed backend for the device when KERAS_BACKEND is unset, one line
 on stderr, the override; and how the device is found. The device and the installed packages are
 faked, so every case runs on any machine."""
+import os
 import subprocess
 from types import SimpleNamespace
 
@@ -9,6 +10,7 @@ import pytest
 from triplet_keras import backend_choice
 
 pytestmark = pytest.mark.backend_free
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 
 
 @pytest.fixture
@@ -17,6 +19,9 @@ def fake(monkeypatch):
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                 "JAX_COMPILATION_CACHE_MAX_SIZE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(backend_choice, "_jaxlib_version", lambda: (0, 10))
 
     def set_up(device, installed):
@@ -140,3 +145,43 @@ def test_device_is_a_gpu_only_where_jax_can_use_it(monkeypatch, gpu, distributio
     found, description = backend_choice.detect_device()
     assert found == device
     assert ("CUDA plugin" in description) == (gpu and device == "cpu")
+
+
+def test_jax_keeps_compiled_programs_under_keras_home_unless_told_otherwise(fake, monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    fake("cpu", {"jax", "filelock"})
+    assert backend_choice.choose_backend(announce=False) == "jax"
+    environ = backend_choice.os.environ
+    assert environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "jax_compilation_cache")
+    assert environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    assert environ["JAX_COMPILATION_CACHE_MAX_SIZE"] == str(2**30)
+    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                 "JAX_COMPILATION_CACHE_MAX_SIZE"):
+        monkeypatch.delenv(name)
+    fake("cpu", {"jax"})  # no filelock: an unbounded cache rather than JAX's error
+    backend_choice.choose_backend(announce=False)
+    assert "JAX_COMPILATION_CACHE_DIR" in environ and "JAX_COMPILATION_CACHE_MAX_SIZE" not in environ
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # the user's choice (here: off) is kept
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    backend_choice.choose_backend(announce=False)
+    assert environ["JAX_COMPILATION_CACHE_DIR"] == "" and "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in environ
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    backend_choice.choose_backend(announce=False)
+    assert "JAX_COMPILATION_CACHE_DIR" not in environ
+
+
+def test_a_jax_program_compiled_by_one_entry_point_is_on_disk_for_the_next(tmp_path):
+    """Two interpreters as the entry points start them: the second finds the first's programs (JAX
+    logs a cache hit) and the cache directory holds them."""
+    program = ("import sys; from triplet_keras.backend_choice import choose_backend; choose_backend(False); "
+               "import logging, jax; logging.basicConfig(level=logging.DEBUG, stream=sys.stdout); "
+               "print(jax.jit(lambda x: x * 2 + 1)(jax.numpy.arange(7.0)).sum())")
+    env = {key: value for key, value in backend_choice.os.environ.items()
+           if not key.startswith(("JAX_", "KERAS_BACKEND"))}
+    env.update(KERAS_HOME=str(tmp_path), KERAS_BACKEND="jax")
+    runs = [subprocess.run([backend_choice.sys.executable, "-c", program], env=env, capture_output=True,
+                           text=True, timeout=120, cwd=ROOT) for _ in range(2)]
+    assert all(run.returncode == 0 and "49.0" in run.stdout for run in runs), runs[0].stderr[-2000:]
+    assert any(path.suffix != ".lockfile" for path in (tmp_path / "jax_compilation_cache").iterdir())
+    assert "cache hit" not in runs[0].stdout.lower() and "cache hit" in runs[1].stdout.lower()

@@ -41,7 +41,8 @@ def choose_backend(announce=True):
     ``TF_CPP_MIN_LOG_LEVEL=1`` when it is unset (its C++ warnings and errors still show). Under JAX, add
     ``--xla_cpu_use_xnnpack=true`` to ``XLA_FLAGS`` unless they already name that flag (XLA's XNNPACK
     CPU kernels; only for jaxlib 0.10+, where it was measured, as XLA aborts on a flag it does not
-    know). Returns the backend name now in ``KERAS_BACKEND`` (None when unset).
+    know), and keep compiled programs on disk (enable_compilation_cache). Returns the backend name now
+    in ``KERAS_BACKEND`` (None when unset).
     """
     backend = os.environ.get("KERAS_BACKEND")
     if backend:
@@ -60,11 +61,33 @@ def choose_backend(announce=True):
     flags = os.environ.get("XLA_FLAGS", "")
     if backend == "jax" and "xla_cpu_use_xnnpack" not in flags and _jaxlib_version() >= (0, 10):
         os.environ["XLA_FLAGS"] = f"{flags} {XNNPACK_FLAG}".strip()
+    if backend == "jax":
+        enable_compilation_cache()
     if announce:
         others = "|".join(name for name in BACKENDS if name != backend)
         print(f"Keras backend: {backend} ({reason}); KERAS_BACKEND={others} chooses another",
               file=sys.stderr, flush=True)
     return backend
+
+
+COMPILATION_CACHE_BYTES = 2**30
+
+
+def enable_compilation_cache():
+    """Keep JAX's compiled XLA programs on disk, in ``$KERAS_HOME/jax_compilation_cache`` (KERAS_HOME
+    defaults to ~/.keras), unless ``JAX_COMPILATION_CACHE_DIR`` is set already (set it empty to keep
+    nothing). Every program is kept, however quick to compile (JAX's default keeps those over 1 s, and
+    on a CPU most take less), and the least recently used go beyond COMPILATION_CACHE_BYTES (which
+    needs the ``filelock`` package: without it the cache is not bounded). A program compiles once per
+    machine: a later run, a fold encoder or an initial network of the same shapes loads it instead.
+    Call it before jax is imported: JAX reads these variables then."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(keras_home, "jax_compilation_cache")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    if is_installed("filelock"):
+        os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(COMPILATION_CACHE_BYTES))
 
 
 def is_installed(name):
