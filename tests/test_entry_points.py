@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from triplet_keras.distribution import GlobalBatchLoss
-from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss
-from triplet_keras.models import (build_augmentation, build_encoder, build_merge_model, build_online_model,
-                                  feature_encoder, save_model)
+from triplet_keras.core.losses import OnlineTripletLoss, TripletMarginLoss
+from triplet_keras.models.distribution import GlobalBatchLoss
+from triplet_keras.models.networks import (build_augmentation, build_encoder, build_merge_model, build_online_model,
+                                           feature_encoder, save_model)
 
 ROOT = Path(__file__).resolve().parents[1]
 JAX_INSTALLED = importlib.util.find_spec("jax") is not None
@@ -42,7 +42,7 @@ def python(code, env_changes):
 def test_import_changes_no_environment_variable():
     # (not a module that imports cv2: OpenCV's own import sets LD_LIBRARY_PATH)
     code = ("import json, os; before = dict(os.environ); import triplet_keras, triplet_keras.backend_choice, "
-            "triplet_keras.strategies, triplet_keras.distances; "
+            "triplet_keras.core.strategies, triplet_keras.core.distances; "
             "print(json.dumps([os.environ == before, 'keras' in __import__('sys').modules]))")
     assert python(code, {"KERAS_BACKEND": None, "XLA_FLAGS": None}) == [True, False]
 

@@ -18,7 +18,8 @@ import sys
 __version__ = "0.1.0"
 
 # The modules that define registered Keras objects (keras.saving.register_keras_serializable).
-KERAS_OBJECT_MODULES = ("triplet_keras.losses", "triplet_keras.models", "triplet_keras.distribution")
+KERAS_OBJECT_MODULES = ("triplet_keras.core.losses", "triplet_keras.models.networks",
+                        "triplet_keras.models.distribution")
 
 
 def _register_keras_objects():
@@ -70,31 +71,31 @@ else:
     sys.meta_path.insert(0, _RegisterWithKeras())
 
 _EXPORTS = {
-    "triplet_margin_loss": "losses",
-    "batch_all_triplet_loss": "losses",
-    "batch_hard_triplet_loss": "losses",
-    "semi_hard_triplet_loss": "losses",
-    "pairwise_distances": "losses",
-    "TripletMarginLoss": "losses",
-    "OnlineTripletLoss": "losses",
-    "build_encoder": "models",
-    "build_merge_model": "models",
-    "build_online_model": "models",
-    "embed_images": "models",
-    "feature_encoder": "models",
-    "load_model": "models",
-    "load_dataset": "datasets",
-    "read_image": "images",
-    "mine_triplets": "mining",
-    "TripletGenerator": "generators",
-    "PKBatchGenerator": "generators",
-    "RemineCallback": "callbacks",
+    "triplet_margin_loss": "core.losses",
+    "batch_all_triplet_loss": "core.losses",
+    "batch_hard_triplet_loss": "core.losses",
+    "semi_hard_triplet_loss": "core.losses",
+    "pairwise_distances": "core.losses",
+    "TripletMarginLoss": "core.losses",
+    "OnlineTripletLoss": "core.losses",
+    "build_encoder": "models.networks",
+    "build_merge_model": "models.networks",
+    "build_online_model": "models.networks",
+    "embed_images": "models.networks",
+    "feature_encoder": "models.networks",
+    "load_model": "models.networks",
+    "load_dataset": "data.datasets",
+    "read_image": "core.images",
+    "mine_triplets": "core.mining",
+    "TripletGenerator": "data.generators",
+    "PKBatchGenerator": "data.generators",
+    "RemineCallback": "pipeline.callbacks",
     "NearestMeanClassifier": "transfer",
-    "fit_transfer": "choice",
-    "TransferSearch": "choice",
-    "Candidate": "choice",
-    "Predictor": "predict",
-    "predict": "predict",
+    "fit_transfer": "transfer.choice",
+    "TransferSearch": "transfer.choice",
+    "Candidate": "transfer.choice",
+    "Predictor": "serving.predict",
+    "predict": "serving.predict",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -4,8 +4,9 @@ Small scikit-learn pieces, one module each: ``whitening`` (WithinClassWhitening,
 ``domain`` (class mapping, DomainCentering, the source prior, translated source points),
 ``prototypes`` (NearestMeanClassifier, kNN votes, transductive refinement), ``serialization``
 (get_state / from_state without pickle, classifier_from_state) and ``classifier`` (TransferClassifier
-composing them, with a fixed mode and whitening). Choosing them is triplet_keras.choice's job, above
-this package (fit_transfer, TransferSearch).
+composing them, with a fixed mode and whitening), all imported here. Above them, in modules of their
+own that this file does not import: ``choice``, the choice among them (fit_transfer, TransferSearch),
+``evaluation`` (few-shot episodes, baselines) and ``metrics`` (classification, retrieval, clustering).
 
 Notation: source embeddings x with labels y and class means mu_s(j); a labelled target support with
 K_c examples of class c and class means mu_t(c); an optional unlabelled target pool u. Each target
@@ -41,8 +42,8 @@ prototypes stay anchored to the support and prior. Pool points whose largest r_i
 ``confidence`` are left out of each step: on an unbalanced pool the plain soft k-means lets the
 dominant class drag its neighbours' prototypes (tests/test_transfer.py measures both pools).
 """
-from ..distances import l2_normalize
-from ..distances import pairwise as distances  # the name callers import from here
+from triplet_keras.core.distances import l2_normalize
+from triplet_keras.core.distances import pairwise as distances  # the name callers import from here
 from .classifier import MODES, TransferClassifier
 from .domain import DomainCentering, borrow_weights, source_prior
 from .prototypes import METRICS, NearestMeanClassifier, class_means

@@ -5,7 +5,7 @@ config = {"type": class name, "version": STATE_VERSION, "params": get_params(), 
 arrays load with ``allow_pickle=False``. Older versions load: version 1 (before whitening) gets no
 whitening; versions 1-2 take ``whiten_`` from the ``whiten`` param; versions 1-3 (when the classifier
 chose its own mode) keep the mode and whitening they fitted as fixed parameters and drop the record of
-that choice (now triplet_keras.choice's).
+that choice (now triplet_keras.transfer.choice's).
 """
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
