@@ -224,7 +224,7 @@ def test_archive_missing_a_batch(tmp_path, monkeypatch):
 
 def test_offline_without_archive_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr("triplet_keras.models.networks.host_reachable", lambda host: False)
+    monkeypatch.setattr(datasets, "host_reachable", lambda host: False)
     with pytest.raises(DatasetError, match="cifar-10-python.tar.gz.*archive="):
         load_dataset("cifar10", cache_dir=str(tmp_path))
 

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from triplet_keras.core import downloads
 from triplet_keras.core.losses import OnlineTripletLoss, TripletMarginLoss, triplet_margin_loss
 from triplet_keras.models import networks
 from triplet_keras.models.networks import (
@@ -86,7 +87,7 @@ def test_imagenet_offline_fails_fast_with_instructions(monkeypatch, tmp_path):
         raise AssertionError("must fail before downloading or building")
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(networks.socket, "create_connection", unreachable)
+    monkeypatch.setattr(downloads.socket, "create_connection", unreachable)
     monkeypatch.setattr(keras.utils, "get_file", forbidden)
     monkeypatch.setattr(keras.applications, "ResNet50", forbidden)
     with pytest.raises(WeightsUnavailableError, match="weights=None"):

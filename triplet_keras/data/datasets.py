@@ -22,9 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from triplet_keras.core.downloads import host_reachable, keras_home
 from triplet_keras.core.images import as_image_size, has_image_signature, is_image_file, read_image, resize_image
 from triplet_keras.core.per_class import shuffled_rows_per_class
+from triplet_keras.data.errors import DatasetError
 from triplet_keras.data.glyphs import GlyphError, build_glyph_folder
+from triplet_keras.data.idx import load_idx_dataset
 
 DEFAULT_IMAGE_SIZE = (224, 224)
 FULL_CHECK_LIMIT = 2000
@@ -42,10 +45,6 @@ CIFAR10_HOST = ("www.cs.toronto.edu", 443)
 IDX_DATASETS = ("mnist", "fashion_mnist")
 GLYPHS = "glyphs"
 GLYPH_IMAGE_SIZE = (28, 28)
-
-
-class DatasetError(ValueError):
-    """A dataset cannot be loaded as asked; the message names the folder or file at fault."""
 
 
 class Split:
@@ -229,8 +228,6 @@ def load_dataset(
         return _official_splits(*_cifar10_arrays(archive, cache_dir), image_size, validation_fraction, seed,
                                 max_per_class)
     if name in IDX_DATASETS:
-        from triplet_keras.data.idx import load_idx_dataset
-
         train_gray, train_labels, test_gray, test_labels, class_names = load_idx_dataset(name, archive, cache_dir)
         return _official_splits(gray_to_rgb(train_gray), train_labels, gray_to_rgb(test_gray), test_labels,
                                 class_names, image_size, validation_fraction, seed, max_per_class)
@@ -414,15 +411,8 @@ def _cifar10_arrays(archive, cache_dir):
     return (*_keras_cifar10(cache_dir), class_names)
 
 
-def keras_home():
-    """Where Keras keeps downloads: $KERAS_HOME, else ~/.keras."""
-    return os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-
-
 def _keras_cifar10(cache_dir):
     import keras
-
-    from triplet_keras.models.networks import host_reachable  # a 3 s socket connect
 
     keras_cached = os.path.isdir(os.path.join(keras_home(), "datasets", "cifar-10-batches-py-target"))
     if not keras_cached and not host_reachable(CIFAR10_HOST):

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from triplet_keras.data.datasets import DatasetError, keras_home
+from triplet_keras.core.downloads import host_reachable, keras_home
+from triplet_keras.data.errors import DatasetError
 
 IMAGE_SIDE = 28
 FILES = {
@@ -106,8 +107,6 @@ def find_idx_folder(name, archive=None, cache_dir="datasets"):
         if all(os.path.isfile(os.path.join(folder, file)) for file in names):
             return folder
     import keras
-
-    from triplet_keras.models.networks import host_reachable  # a 3 s socket connect
 
     if not host_reachable(DOWNLOAD_HOST):
         raise DatasetError(f"{name}: the files {names} are not in {candidates} and {DOWNLOAD_HOST[0]} cannot be "

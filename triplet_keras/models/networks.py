@@ -8,7 +8,6 @@ encoder is all that is needed to embed new images.
 import functools
 import json
 import os
-import socket
 import zipfile
 
 import keras
@@ -17,6 +16,7 @@ from keras import layers, ops
 from tqdm.auto import tqdm
 
 from triplet_keras.core import distances_ops
+from triplet_keras.core.downloads import host_reachable, keras_home
 from triplet_keras.core.export import atomic_write, to_jsonable
 from triplet_keras.core.images import as_image_size
 from triplet_keras.core.vocabulary import TRANSFER_FEATURES
@@ -155,17 +155,7 @@ def _small_cnn(input_shape):
 
 
 def _keras_cache_file(name):
-    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    return os.path.join(keras_home, "models", name)
-
-
-def host_reachable(host, timeout=3.0):
-    """Whether a TCP connection to (name, port) opens within ``timeout`` seconds."""
-    try:
-        socket.create_connection(host, timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    return os.path.join(keras_home(), "models", name)
 
 
 def check_imagenet_weights(timeout=3.0):
