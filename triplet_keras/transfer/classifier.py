@@ -146,3 +146,12 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
 
     def _proba(self, scores):
         return scores if len(self.reference_index_) else super()._proba(scores)
+
+
+def classifier_from_state(config, arrays):
+    """Rebuild a NearestMeanClassifier or TransferClassifier from get_state() output."""
+    classifiers = {cls.__name__: cls for cls in (NearestMeanClassifier, TransferClassifier)}
+    kind = config.get("type")
+    if kind not in classifiers:
+        raise ValueError(f"unknown classifier type {kind!r}; expected one of {sorted(classifiers)}")
+    return classifiers[kind].from_state(config, arrays)

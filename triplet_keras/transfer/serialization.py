@@ -63,15 +63,3 @@ def upgrade_state(config, arrays):
     config = {key: value for key, value in config.items() if key not in ("selection_", "support_selection_")}
     return {**config, "params": params, "mode_": mode, "whiten_": params["whiten"],
             "normalize_": bool(config["normalize_"])}, arrays
-
-
-def classifier_from_state(config, arrays):
-    """Rebuild a NearestMeanClassifier or TransferClassifier from get_state() output."""
-    from .classifier import TransferClassifier  # the classes build on Serializable: imported when called
-    from .prototypes import NearestMeanClassifier
-
-    classifiers = {cls.__name__: cls for cls in (NearestMeanClassifier, TransferClassifier)}
-    kind = config.get("type")
-    if kind not in classifiers:
-        raise ValueError(f"unknown classifier type {kind!r}; expected one of {sorted(classifiers)}")
-    return classifiers[kind].from_state(config, arrays)
