@@ -1,5 +1,5 @@
 """Familiar entry module: the model builders of triplet_keras under their usual names."""
-from triplet_keras.models import build_encoder, build_merge_model, build_online_model, load_model
+from triplet_keras.models.networks import build_encoder, build_merge_model, build_online_model, load_model
 
 fine_tuned_models = build_merge_model
 

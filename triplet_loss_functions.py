@@ -1,5 +1,5 @@
 """Familiar entry module: the triplet losses of triplet_keras under their usual names."""
-from triplet_keras.losses import (
+from triplet_keras.core.losses import (
     OnlineTripletLoss,
     TripletMarginLoss,
     batch_all_triplet_loss,

@@ -2,7 +2,7 @@
 
 For each dataset, class split and training seed, init.py's own ``run`` trains the encoder with the
 experiment's params.json and reports, on the same target episodes, ``pixels``, ``initial_encoder``, every
-mode, ``auto`` (triplet_keras.choice: the search on evidence the features never trained on; in a new
+mode, ``auto`` (triplet_keras.transfer.choice: the search on evidence the features never trained on; in a new
 domain then each support's leave-one-out), ``semi_supervised`` (the same with the episode's queries as
 unlabelled pool, whose use the support's leave-one-out decides)
 and the ceiling. Regimes:
@@ -11,7 +11,7 @@ and the ceiling. Regimes:
   last five, or the even and the odd classes), 5-way episodes on the other half;
 * new domain (digits): the encoder trains on all ten digits, 10-way episodes on the test split
   redrawn in another writing style (``target_transform: style``);
-* many classes (glyphs, rendered from the installed fonts by triplet_keras.glyphs): the encoder
+* many classes (glyphs, rendered from the installed fonts by triplet_keras.data.glyphs): the encoder
   trains on the 36 digits and capital letters, 26-way episodes on the 26 small letters (the split
   of experiments/glyphs/params.json); skipped with a message when no fonts are installed.
 
@@ -32,9 +32,9 @@ from triplet_keras.backend_choice import choose_backend
 choose_backend()  # before keras is imported, as in init.py
 
 
-from triplet_keras.datasets import DatasetError, load_dataset  # noqa: E402
-from triplet_keras.params import load_params  # noqa: E402
-from triplet_keras.pipeline import machine, run  # noqa: E402
+from triplet_keras.data.datasets import DatasetError, load_dataset  # noqa: E402
+from triplet_keras.pipeline.end_to_end import machine, run  # noqa: E402
+from triplet_keras.pipeline.params import load_params  # noqa: E402
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
 COLUMNS = ("pixels", "initial_encoder", "none", "translate", "center", "auto", "semi_supervised", "ceiling")

@@ -34,10 +34,11 @@ from sklearn.metrics import roc_auc_score
 from triplet_keras.backend_choice import choose_backend
 
 choose_backend()  # before keras is imported, as in init.py
-from triplet_keras.models import embed_images  # noqa: E402
-from triplet_keras.params import load_params  # noqa: E402
-from triplet_keras.pipeline import calibration_report, embed_splits, prepare_data, run, transfer_split  # noqa: E402
-from triplet_keras.predict import Predictor  # noqa: E402
+from triplet_keras.models.networks import embed_images  # noqa: E402
+from triplet_keras.pipeline.end_to_end import (  # noqa: E402
+    calibration_report, embed_splits, prepare_data, run, transfer_split)
+from triplet_keras.pipeline.params import load_params  # noqa: E402
+from triplet_keras.serving.predict import Predictor  # noqa: E402
 
 EXPERIMENT = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "digits")
 OPTIONS = ("distance", "probability", "neighbours", "distance+probability", "neighbours+probability")

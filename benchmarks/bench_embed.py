@@ -18,7 +18,7 @@ choose_backend()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from triplet_keras.models import build_encoder, embed_images  # noqa: E402
+from triplet_keras.models.networks import build_encoder, embed_images  # noqa: E402
 
 
 def per_batch(encoder, batch):

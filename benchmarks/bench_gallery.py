@@ -5,7 +5,7 @@ random unit vector, plus ``--spread`` * g / sqrt(dim), g standard normal, then n
 ``--queries`` fresh embeddings drawn the same way. Rows:
 - numpy exact: a float32 matrix product with the normalised gallery and np.argpartition (the
   reference of recall@10);
-- FAISS exact: triplet_keras.gallery.GalleryIndex with exact_limit above the size (IndexFlatIP);
+- FAISS exact: triplet_keras.serving.gallery.GalleryIndex with exact_limit above the size (IndexFlatIP);
 - Predictor gallery: ``Predictor.add_gallery_embeddings`` then ``lookup_embeddings`` with the default
   GalleryIndex (approximate beyond EXACT_LIMIT items), and its predictor folder saved and loaded.
 Build is the time until the first lookup can run; "1,000 queries" one lookup of all queries at
@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from triplet_keras.gallery import EXACT_LIMIT, PROBES, GalleryIndex, cell_count, unit_rows
+from triplet_keras.serving.gallery import EXACT_LIMIT, PROBES, GalleryIndex, cell_count, unit_rows
 
 K = 10
 SINGLE_QUERIES = 100
@@ -67,7 +67,7 @@ def tiny_predictor(centres, names):
     """A Predictor whose classifier is the nearest class centre (its encoder only matters for saving)."""
     import keras
 
-    from triplet_keras.predict import Predictor
+    from triplet_keras.serving.predict import Predictor
     from triplet_keras.transfer import NearestMeanClassifier
 
     inputs = keras.Input((2, 2, 3))
@@ -122,7 +122,7 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         _, save = timed(lambda: predictor.save(directory))
         size_mb = os.path.getsize(os.path.join(directory, "gallery.npz")) / 2**20
-        from triplet_keras.predict import Predictor
+        from triplet_keras.serving.predict import Predictor
 
         loaded, load = timed(lambda: Predictor.load(directory))
         again = loaded.lookup_embeddings(queries, K)

@@ -31,8 +31,8 @@ import tracemalloc
 
 import numpy as np
 
-from triplet_keras.distances import pairwise
-from triplet_keras.mining import mine_triplets
+from triplet_keras.core.distances import pairwise
+from triplet_keras.core.mining import mine_triplets
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "mining.json")
 MARGIN = 0.2

@@ -38,8 +38,8 @@ def measure(count, batch_size):
     from triplet_keras.backend_choice import choose_backend
 
     choose_backend()  # before keras is imported, as in init.py
-    from triplet_keras.models import build_encoder
-    from triplet_keras.predict import Predictor
+    from triplet_keras.models.networks import build_encoder
+    from triplet_keras.serving.predict import Predictor
     from triplet_keras.transfer import NearestMeanClassifier
 
     encoder = build_encoder("small_cnn", None, (SIZE, SIZE, 3), 64, 0)

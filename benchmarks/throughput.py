@@ -102,8 +102,8 @@ def keras_worker(args):
     """Our merge and online models, and embedding extraction, on the current Keras backend."""
     import keras
 
-    from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss
-    from triplet_keras.models import build_encoder, build_merge_model, build_online_model, embed_images
+    from triplet_keras.core.losses import OnlineTripletLoss, TripletMarginLoss
+    from triplet_keras.models.networks import build_encoder, build_merge_model, build_online_model, embed_images
 
     if args.precision == "bfloat16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -183,12 +183,12 @@ def torch_worker(args):
 
 
 def pipeline_worker(args):
-    """Decode + resize a folder of JPEGs with triplet_keras.images in 1 and in ``args.workers`` threads;
+    """Decode + resize a folder of JPEGs with triplet_keras.core.images in 1 and in ``args.workers`` threads;
     then epochs of a FileSplit that caches the decoded images (the warm-up epoch fills the cache)."""
     import cv2
 
-    from triplet_keras.datasets import FileSplit
-    from triplet_keras.images import read_image, resize_image
+    from triplet_keras.core.images import read_image, resize_image
+    from triplet_keras.data.datasets import FileSplit
 
     rng = np.random.default_rng(0)
     size = (args.image_size, args.image_size)

@@ -1,7 +1,7 @@
 """The PyTorch side of the benchmark: torchvision ResNet50 + pytorch-metric-learning doing the work of
 triplet_keras' merge model and online model.
 
-The encoder matches ``triplet_keras.models.build_encoder(weights=None)``: raw 0..255 RGB in
+The encoder matches ``triplet_keras.models.networks.build_encoder(weights=None)``: raw 0..255 RGB in
 (B, H, W, 3), ImageNet normalisation, ResNet50 with average pooling, a 128-d linear head, L2
 normalisation; the stem and the first bottleneck's convolutions and BatchNorms are frozen, as the
 first 15 Keras layers are. The network runs channels-last, PyTorch's fast layout on CPU and GPU.

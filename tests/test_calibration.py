@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from triplet_keras.calibration import (Calibration, acceptance_thresholds, fit_calibration, fit_temperature,
-                                       saved_calibration, saved_calibration_problems)
+from triplet_keras.serving.calibration import (Calibration, acceptance_thresholds, fit_calibration, fit_temperature,
+                                               saved_calibration, saved_calibration_problems)
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 

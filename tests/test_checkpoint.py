@@ -7,9 +7,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from triplet_keras import pipeline
-from triplet_keras.models import load_model, read_model_state, save_model
-from triplet_keras.params import load_params
+from triplet_keras.models.networks import load_model, read_model_state, save_model
+from triplet_keras.pipeline import end_to_end
+from triplet_keras.pipeline.params import load_params
 
 LOSSES = [3.0, 2.0, 2.5, 1.0]  # epoch 2 does not improve: best.keras stays at epoch 1
 
@@ -55,7 +55,7 @@ def tiny_model(value):
 
 def checkpoint_epochs(model_dir, params, start_state, first, last):
     """TrainingState over epochs first..last; the weights after epoch e are all e + 1."""
-    callback = pipeline.TrainingState(str(model_dir), params, "loss", start_state)
+    callback = end_to_end.TrainingState(str(model_dir), params, "loss", start_state)
     for epoch in range(first, last + 1):
         callback.set_model(tiny_model(epoch + 1))
         callback.on_epoch_end(epoch, {"loss": LOSSES[epoch]})
@@ -82,20 +82,20 @@ def test_a_kill_at_any_write_resumes_from_a_consistent_epoch(tmp_path, monkeypat
         checkpoint_epochs(model_dir, params, None, 0, 0)  # epoch 0 is on disk
         renamed = kill_at(monkeypatch, point)
         try:
-            checkpoint_epochs(model_dir, params, pipeline.read_state(str(model_dir), params, False), 1, 3)
+            checkpoint_epochs(model_dir, params, end_to_end.read_state(str(model_dir), params, False), 1, 3)
             break  # every rename of epochs 1-3 passed without reaching the kill
         except Killed:
             points += 1
         finally:
             monkeypatch.undo()
-        state = pipeline.read_state(str(model_dir), params, False)
+        state = end_to_end.read_state(str(model_dir), params, False)
         epoch = state["epoch"]
         assert 0 <= epoch <= 3 and state["history"]["loss"] == LOSSES[:epoch + 1], (point, renamed)
         assert weight_value(model_dir / "last.keras") == epoch + 1  # the weights of the state's epoch
         best = read_model_state(model_dir / "best.keras")
         assert weight_value(model_dir / "best.keras") == best["epoch"] + 1 and best["best"] == LOSSES[best["epoch"]]
         assert best["epoch"] <= epoch + 1  # at most the epoch being written, never a lost one
-        pipeline.write_state_copies(str(model_dir), state)  # the resumed run, as pipeline.train does it
+        end_to_end.write_state_copies(str(model_dir), state)  # the resumed run, as end_to_end.train does it
         checkpoint_epochs(model_dir, params, state, epoch + 1, 3)
         assert json.loads((model_dir / "state.json").read_text()) == expected, (point, renamed)
         assert weight_value(model_dir / "last.keras") == 4 and weight_value(model_dir / "best.keras") == 4
@@ -112,9 +112,9 @@ TRAINING = {"dataset": "digits", "backbone": "small_cnn", "weights": "none", "em
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     params = load_params("/nonexistent-folder", TRAINING)
-    data = pipeline.prepare_data(params)
+    data = end_to_end.prepare_data(params)
     model_dir = tmp_path_factory.mktemp("uninterrupted")
-    pipeline.train(params, data, str(model_dir), restart=False)
+    end_to_end.train(params, data, str(model_dir), restart=False)
     return params, data, model_dir
 
 
@@ -133,11 +133,11 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, m
     params, data, reference = uninterrupted
     kill_at(monkeypatch, point)
     with pytest.raises(Killed):
-        pipeline.train(params, data, str(tmp_path), restart=False)
+        end_to_end.train(params, data, str(tmp_path), restart=False)
     monkeypatch.undo()
-    pipeline.remove_temporary_files(str(tmp_path))
+    end_to_end.remove_temporary_files(str(tmp_path))
     capsys.readouterr()
-    pipeline.train(params, data, str(tmp_path), restart=False)
+    end_to_end.train(params, data, str(tmp_path), restart=False)
     output = capsys.readouterr().out
     assert output.count("Epoch ") == retrained, output
     for name in ("last.keras", "best.keras"):
@@ -152,20 +152,20 @@ def test_changed_parameters_stop_before_loading_and_name_each_change(tmp_path, p
     checkpoint_epochs(tmp_path, params, None, 0, 0)
     changed = {**params, "margin": 0.3, "learning_rate": 0.01, "pseudo_classes": True, "epochs": 50,
                "shots": [1, 10], "transfer_mode": "center"}
-    with pytest.raises(pipeline.PipelineError) as raised:
-        pipeline.read_state(str(tmp_path), changed, restart=False)
+    with pytest.raises(end_to_end.PipelineError) as raised:
+        end_to_end.read_state(str(tmp_path), changed, restart=False)
     message = str(raised.value)
     assert "learning_rate 0.001 -> 0.01; margin 0.2 -> 0.3; pseudo_classes false -> true." in message
     assert "--restart" in message and "epochs, episodes, shots" in message and "\n" not in message
     assert "shots [" not in message and "transfer_mode" not in message.split(".")[0]
-    resumable = {**params, **{key: changed[key] for key in pipeline.RESUMABLE_KEYS if key in changed}}
-    assert pipeline.read_state(str(tmp_path), resumable, restart=False)["epoch"] == 0
-    assert pipeline.read_state(str(tmp_path), changed, restart=True) is None
+    resumable = {**params, **{key: changed[key] for key in end_to_end.RESUMABLE_KEYS if key in changed}}
+    assert end_to_end.read_state(str(tmp_path), resumable, restart=False)["epoch"] == 0
+    assert end_to_end.read_state(str(tmp_path), changed, restart=True) is None
 
 
 def test_every_parameter_outside_the_resumable_list_is_recorded(params):
-    recorded = pipeline.training_fingerprint(params)
-    assert set(recorded) | set(pipeline.RESUMABLE_KEYS) == set(params)
+    recorded = end_to_end.training_fingerprint(params)
+    assert set(recorded) | set(end_to_end.RESUMABLE_KEYS) == set(params)
     for key in ("margin", "learning_rate", "augment_flip", "augment_crop", "pseudo_classes", "batch_size",
                 "squared", "validation_fraction", "dataset", "source_classes", "precision"):
         assert key in recorded
@@ -175,9 +175,9 @@ def test_a_folder_of_the_previous_layout_resumes_from_its_state_json(tmp_path, p
     save_model(tiny_model(1), tmp_path / "last.keras")  # no state inside
     legacy = {"epoch": 0, "best": 3.0, "history": {"loss": [3.0]}, "params": {"seed": 0, "backbone": "resnet50"}}
     (tmp_path / "state.json").write_text(json.dumps(legacy))
-    assert pipeline.read_state(str(tmp_path), params, restart=False) == legacy
-    with pytest.raises(pipeline.PipelineError, match=r"seed 0 -> 1\. Pass --restart"):
-        pipeline.read_state(str(tmp_path), {**params, "seed": 1}, restart=False)
+    assert end_to_end.read_state(str(tmp_path), params, restart=False) == legacy
+    with pytest.raises(end_to_end.PipelineError, match=r"seed 0 -> 1\. Pass --restart"):
+        end_to_end.read_state(str(tmp_path), {**params, "seed": 1}, restart=False)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "no state", "bad state"])
@@ -194,8 +194,8 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file_and_the_cure(tmp_path,
     else:
         with zipfile.ZipFile(path, "a") as archive:
             archive.writestr("training_state.json", "[1, 2]")
-    with pytest.raises(pipeline.PipelineError) as raised:
-        pipeline.read_state(str(tmp_path), params, restart=False)
+    with pytest.raises(end_to_end.PipelineError) as raised:
+        end_to_end.read_state(str(tmp_path), params, restart=False)
     message = str(raised.value)
     assert "cannot resume from" in message and "--restart" in message and "\n" not in message
     assert "last.keras" in message or "state.json" in message
@@ -207,8 +207,8 @@ def test_a_damaged_model_inside_an_intact_zip_is_a_pipeline_error(tmp_path):
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp_path / "bad.keras", "w") as target:
         for item in source.namelist():
             target.writestr(item, b"\x00" * 16 if item.endswith(".h5") else source.read(item))
-    with pytest.raises(pipeline.PipelineError, match="cannot load .*bad.keras.*--restart"):
-        pipeline.load_checkpoint(str(tmp_path / "bad.keras"))
+    with pytest.raises(end_to_end.PipelineError, match="cannot load .*bad.keras.*--restart"):
+        end_to_end.load_checkpoint(str(tmp_path / "bad.keras"))
 
 
 def test_init_reports_a_model_folder_it_cannot_make_in_one_line(tmp_path):

@@ -3,7 +3,8 @@ leave-one-out (a new domain) and the search's record."""
 import numpy as np
 import pytest
 
-from triplet_keras.choice import (
+from triplet_keras.transfer import TransferClassifier, source_whitening
+from triplet_keras.transfer.choice import (
     Candidate,
     EpisodeEvidence,
     LabelledVectors,
@@ -15,7 +16,6 @@ from triplet_keras.choice import (
     leave_one_out_folds,
     shortlist,
 )
-from triplet_keras.transfer import TransferClassifier, source_whitening
 
 pytestmark = pytest.mark.backend_free
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from images_factory import random_rgb, write_image, write_truncated_jpeg
-from triplet_keras import datasets
-from triplet_keras.datasets import ArraySplit, DatasetError, FileSplit, load_dataset, stratified_split
+from triplet_keras.data import datasets
+from triplet_keras.data.datasets import ArraySplit, DatasetError, FileSplit, load_dataset, stratified_split
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 
@@ -224,7 +224,7 @@ def test_archive_missing_a_batch(tmp_path, monkeypatch):
 
 def test_offline_without_archive_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr("triplet_keras.models.host_reachable", lambda host: False)
+    monkeypatch.setattr(datasets, "host_reachable", lambda host: False)
     with pytest.raises(DatasetError, match="cifar-10-python.tar.gz.*archive="):
         load_dataset("cifar10", cache_dir=str(tmp_path))
 

@@ -6,7 +6,8 @@ from gradients import gradient
 from keras import ops
 from scipy.spatial.distance import cdist
 
-from triplet_keras import distances, distances_ops
+from triplet_keras.core import distances
+from triplet_keras.core import distances_ops
 
 SCIPY_NAMES = {"squared_l2": "sqeuclidean", "l2": "euclidean", "cosine": "cosine"}
 

@@ -21,9 +21,9 @@ MODEL = r"""
 import contextlib, json, sys
 import numpy as np
 import keras
-from triplet_keras.distribution import GlobalBatchLoss, ProcessShard, data_parallel, replica_count
-from triplet_keras.losses import OnlineTripletLoss, batch_hard_triplet_loss
-from triplet_keras.models import L2Normalize
+from triplet_keras.core.losses import OnlineTripletLoss, batch_hard_triplet_loss
+from triplet_keras.models.distribution import GlobalBatchLoss, ProcessShard, data_parallel, replica_count
+from triplet_keras.models.networks import L2Normalize
 
 def per_half(y_true, y_pred):  # what a loss mined on each device alone would compute
     return sum(batch_hard_triplet_loss(y_true[h:h + 8], y_pred[h:h + 8], 0.2) for h in (0, 8)) / 2
@@ -124,7 +124,7 @@ MULTI_PROCESS_SCRIPT = r"""
 import sys
 process_id, num_processes, coordinator = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 if num_processes > 1:
-    from triplet_keras.distribution import initialize_processes
+    from triplet_keras.models.distribution import initialize_processes
     initialize_processes(coordinator, num_processes, process_id)
 """ + MODEL + r"""
 outcome = {}
@@ -182,7 +182,7 @@ def test_multi_process_jax_training_over_two_localhost_processes_matches_one_pro
 def test_process_shard_hands_each_process_its_rows_of_every_batch():
     import keras
 
-    from triplet_keras.distribution import ProcessShard
+    from triplet_keras.models.distribution import ProcessShard
 
     class Batches(keras.utils.PyDataset):
         epochs_ended = 0
@@ -217,7 +217,7 @@ def test_process_shard_hands_each_process_its_rows_of_every_batch():
 def test_initialize_processes_rejects_another_backend_or_a_bad_process_id():
     import keras
 
-    from triplet_keras.distribution import initialize_processes
+    from triplet_keras.models.distribution import initialize_processes
 
     message = "process_id" if keras.backend.backend() == "jax" else "jax backend"
     with pytest.raises(ValueError, match=message):

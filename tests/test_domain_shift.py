@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from triplet_keras.datasets import ArraySplit, load_dataset
-from triplet_keras.domain_shift import apply_style, apply_to_split
+from triplet_keras.data.datasets import ArraySplit, load_dataset
+from triplet_keras.data.domain_shift import apply_style, apply_to_split
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 

@@ -1,21 +1,27 @@
-"""Importing the package changes no environment variable and registers every Keras object it defines;
-init.py, ``triplet-keras`` and ``python -m triplet_keras`` choose the backend, all the same way. Each check runs in a fresh interpreter."""
+"""Importing the package changes no environment variable and registers every Keras object it defines,
+whichever import brings keras in, and a broken dependency of ours never fails ``import keras``; files
+saved before the package had layers still load; init.py, ``triplet-keras`` and ``python -m
+triplet_keras`` choose the backend, all the same way. Each check runs in a fresh interpreter."""
+import ast
 import importlib.metadata
 import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from triplet_keras.distribution import GlobalBatchLoss
-from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss
-from triplet_keras.models import (build_augmentation, build_encoder, build_merge_model, build_online_model,
-                                  feature_encoder, save_model)
+import triplet_keras
+from triplet_keras.core.losses import OnlineTripletLoss, TripletMarginLoss
+from triplet_keras.models.distribution import GlobalBatchLoss
+from triplet_keras.models.networks import (build_augmentation, build_encoder, build_merge_model, build_online_model,
+                                           feature_encoder, save_model)
 
 ROOT = Path(__file__).resolve().parents[1]
 JAX_INSTALLED = importlib.util.find_spec("jax") is not None
@@ -42,7 +48,7 @@ def python(code, env_changes):
 def test_import_changes_no_environment_variable():
     # (not a module that imports cv2: OpenCV's own import sets LD_LIBRARY_PATH)
     code = ("import json, os; before = dict(os.environ); import triplet_keras, triplet_keras.backend_choice, "
-            "triplet_keras.strategies, triplet_keras.distances; "
+            "triplet_keras.core.strategies, triplet_keras.core.distances; "
             "print(json.dumps([os.environ == before, 'keras' in __import__('sys').modules]))")
     assert python(code, {"KERAS_BACKEND": None, "XLA_FLAGS": None}) == [True, False]
 
@@ -90,6 +96,16 @@ print(json.dumps(report))
 """
 
 
+def assert_loads_as_saved(report, saved):
+    """The LOAD report: every model, its outputs as saved, its loss with its configuration."""
+    assert sorted(report) == sorted(saved)
+    for name, (difference, _) in report.items():
+        assert difference < 1e-5, name
+    assert report["merge_model"][1]["margin"] == 0.3
+    assert report["online_model"][1]["loss"]["config"]["strategy"] == "batch_semi_hard"
+    assert report["encoder"][1] is None
+
+
 @pytest.mark.parametrize("imports", [
     "import triplet_keras\nimport keras",
     "import keras\nimport triplet_keras",
@@ -98,13 +114,121 @@ print(json.dumps(report))
 ])
 def test_import_alone_registers_what_load_model_needs(saved_models, imports):
     folder, saved = saved_models
-    report = python(LOAD.format(imports=imports, folder=str(folder), names=sorted(saved)), {})
-    assert sorted(report) == sorted(saved)
-    for name, (difference, _) in report.items():
-        assert difference < 1e-5, name
-    assert report["merge_model"][1]["margin"] == 0.3
-    assert report["online_model"][1]["loss"]["config"]["strategy"] == "batch_semi_hard"
-    assert report["encoder"][1] is None
+    assert_loads_as_saved(python(LOAD.format(imports=imports, folder=str(folder), names=sorted(saved)), {}), saved)
+
+
+# Where the Keras objects lived before the package had layers: files saved then name these modules.
+MODULES_BEFORE_THE_LAYERS = {"triplet_keras.core.losses": "triplet_keras.losses",
+                             "triplet_keras.models.networks": "triplet_keras.models",
+                             "triplet_keras.models.distribution": "triplet_keras.distribution"}
+
+
+def test_files_saved_before_the_layers_still_load(saved_models, tmp_path):
+    """Keras finds a registered object by its registered name (triplet_keras>Class), not by the module
+    the file names, so files whose config names the old modules load as they did."""
+    folder, saved = saved_models
+    shutil.copy(folder / "images.npy", tmp_path)
+    for name, path in saved.items():
+        shutil.copy(folder / f"{name}.npy", tmp_path)
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp_path / f"{name}.keras", "w") as target:
+            for item in source.infolist():
+                data = source.read(item)
+                if item.filename == "config.json":
+                    text = data.decode()
+                    for module, before in MODULES_BEFORE_THE_LAYERS.items():
+                        text = text.replace(f'"module": "{module}"', f'"module": "{before}"')
+                    assert "triplet_keras.core." not in text and "triplet_keras.models." not in text
+                    data = text.encode()
+                target.writestr(item, data)
+    with zipfile.ZipFile(tmp_path / "online_model.keras") as rewritten:
+        config = rewritten.read("config.json").decode()
+    assert all(f'"module": "{before}"' in config for before in MODULES_BEFORE_THE_LAYERS.values())
+    report = python(LOAD.format(imports="import triplet_keras\nimport keras", folder=str(tmp_path),
+                                names=sorted(saved)), {})
+    assert_loads_as_saved(report, saved)
+
+
+def registered_in_source():
+    """{module: {class name: the decorator's package}} for every class of the package decorated with
+    keras.saving.register_keras_serializable, read with ast."""
+    found = {}
+    for path in sorted((ROOT / "triplet_keras").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            for decorator in getattr(node, "decorator_list", ()):
+                call = ast.unparse(decorator.func) if isinstance(decorator, ast.Call) else ""
+                if call.endswith("register_keras_serializable"):
+                    package = {keyword.arg: ast.literal_eval(keyword.value) for keyword in decorator.keywords}
+                    found.setdefault(module, {})[node.name] = package.get("package")
+    return found
+
+
+@pytest.mark.backend_free  # reads source files only
+def test_the_registering_modules_are_listed_and_keep_the_package_name():
+    found = registered_in_source()
+    assert sorted(found) == sorted(triplet_keras.KERAS_OBJECT_MODULES)
+    # saved files name each object triplet_keras>Class: that package name must never change
+    assert {package for names in found.values() for package in names.values()} == {"triplet_keras"}
+    assert sum(len(names) for names in found.values()) >= 10
+
+
+REGISTRATION = """
+import json, sys, warnings
+{before}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    {first}
+    import keras
+registered = sorted(name for name in keras.saving.get_custom_objects() if name.startswith("triplet_keras>"))
+finders = [type(finder).__name__ for finder in sys.meta_path if type(finder).__module__ == "triplet_keras"]
+try:
+    import triplet_keras.models.networks
+    later = None
+except ImportError as error:
+    later = str(error)
+print(json.dumps([registered, [str(w.message) for w in caught if str(w.message).startswith("triplet_keras")],
+                  finders, later]))
+"""
+
+
+def registration(first, before=""):
+    """In a fresh interpreter: run ``before``, then ``first`` and ``import keras``; (the registered
+    names, the package's warnings, its finders left on sys.meta_path, the error of a later import of
+    triplet_keras.models.networks or None)."""
+    return python(REGISTRATION.format(before=before, first=first), {})
+
+
+def expected_names(modules):
+    found = registered_in_source()
+    return sorted(f"triplet_keras>{name}" for module in modules for name in found[module])
+
+
+@pytest.mark.parametrize("first", ["import triplet_keras", "import triplet_keras.core.losses",
+                                   "import triplet_keras.models.networks", "import triplet_keras.models.distribution"])
+def test_whichever_module_brings_keras_in_every_object_is_registered(first):
+    """A registering module whose own import brings keras in is half-imported while the others register."""
+    assert registration(first) == [expected_names(triplet_keras.KERAS_OBJECT_MODULES), [], [], None]
+
+
+def test_a_broken_dependency_warns_and_never_fails_import_keras():
+    # OpenCV (needed by models.networks through core.images) broken: importing it raises ImportError
+    registered, warned, finders, later = registration("import triplet_keras", before='sys.modules["cv2"] = None')
+    assert registered == expected_names(["triplet_keras.core.losses", "triplet_keras.models.distribution"])
+    assert len(warned) == 1 and "triplet_keras.models.networks" in warned[0] and "cv2" in warned[0]
+    assert finders == []  # the finder left all the same
+    assert later is not None and "cv2" in later  # the error comes back where the module is used
+
+
+@pytest.mark.backend_free  # keras is never imported
+def test_a_blocked_keras_leaves_the_package_importable():
+    code = ("import json, sys, warnings; sys.modules['keras'] = None\n"
+            "with warnings.catch_warnings(record=True) as caught:\n    warnings.simplefilter('always')\n"
+            "    import triplet_keras, triplet_keras.transfer, triplet_keras.data.datasets\n"
+            "try:\n    import keras\nexcept ImportError as error:\n"
+            "    ours = [str(w.message) for w in caught if 'triplet_keras' in str(w.message)]\n"
+            "    print(json.dumps([str(error), ours]))")
+    error, warned = python(code, {})
+    assert "keras" in error and warned == []  # Python's own error for a blocked import; nothing of ours
 
 
 ENTRY = """

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from triplet_keras.evaluation import EstimatorMethod, evaluate_few_shot, mean_ci, sample_episodes, support_centered
 from triplet_keras.transfer import NearestMeanClassifier, TransferClassifier
+from triplet_keras.transfer.evaluation import (EstimatorMethod, evaluate_few_shot, mean_ci, sample_episodes,
+                                               support_centered)
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from triplet_keras.export import atomic_write, export_embeddings, write_json, write_text
+from triplet_keras.core.export import atomic_write, export_embeddings, write_json, write_text
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import init
-from triplet_keras import pipeline
-from triplet_keras.models import load_model, read_model_state
+from triplet_keras.models.networks import load_model, read_model_state
+from triplet_keras.pipeline import end_to_end
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {
@@ -161,7 +161,7 @@ def test_stale_temporary_files_are_removed_at_the_start_of_a_run(tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"half a zip")
     (tmp_path / "keep.tmpl").write_text("not ours")
-    pipeline.remove_temporary_files(str(tmp_path))
+    end_to_end.remove_temporary_files(str(tmp_path))
     assert temporaries(tmp_path) == [] and (tmp_path / "keep.tmpl").exists()
 
 
@@ -169,12 +169,12 @@ def small_state(model_dir):
     """A TrainingState callback on a tiny compiled model, as the pipeline makes it."""
     import keras
 
-    from triplet_keras.params import SCHEMA
+    from triplet_keras.pipeline.params import SCHEMA
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     model.compile("adam", "mse")
-    callback = pipeline.TrainingState(str(model_dir), {key: SCHEMA[key][0] for key in SCHEMA}, "loss")
+    callback = end_to_end.TrainingState(str(model_dir), {key: SCHEMA[key][0] for key in SCHEMA}, "loss")
     callback.set_model(model)
     return callback
 
@@ -213,7 +213,7 @@ def test_init_reports_an_unwritable_folder_in_one_line(tmp_path, monkeypatch, ca
     def fail(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(pipeline, "run", fail)
+    monkeypatch.setattr(end_to_end, "run", fail)
     with pytest.raises(SystemExit) as raised:
         init.main(["--model_dir", str(tmp_path)])
     message = str(raised.value.code)
@@ -222,6 +222,6 @@ def test_init_reports_an_unwritable_folder_in_one_line(tmp_path, monkeypatch, ca
 
 
 def test_other_os_errors_are_not_disguised(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "run", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    monkeypatch.setattr(end_to_end, "run", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     with pytest.raises(OSError, match="I/O error"):
         init.main(["--model_dir", str(tmp_path)])

@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from images_factory import random_rgb, write_image
 from test_datasets import _add, _cifar_archive
 from triplet_keras import __main__ as cli
-from triplet_keras import datasets
-from triplet_keras.datasets import DatasetError, load_dataset, read_cifar10_archive
-from triplet_keras.params import ParamsError, load_params
-from triplet_keras.predict import Predictor, PredictorFormatError
+from triplet_keras.data import datasets
+from triplet_keras.data.datasets import DatasetError, load_dataset, read_cifar10_archive
+from triplet_keras.pipeline.params import ParamsError, load_params
+from triplet_keras.serving.predict import Predictor, PredictorFormatError
 
 COUNTS = {}
 
@@ -177,7 +177,7 @@ def test_params_json_loads_or_raises_params_error(tmp_path, content):
 def predictor_dir(tmp_path_factory):
     import keras
 
-    from triplet_keras.models import L2Normalize
+    from triplet_keras.models.networks import L2Normalize
     from triplet_keras.transfer import NearestMeanClassifier
 
     inputs = keras.Input((8, 8, 3))

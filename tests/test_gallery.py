@@ -3,7 +3,7 @@ import faiss
 import numpy as np
 import pytest
 
-from triplet_keras.gallery import Gallery, GalleryIndex, extend_gallery, lookup
+from triplet_keras.serving.gallery import Gallery, GalleryIndex, extend_gallery, lookup
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 

@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from triplet_keras import gallery_folder
 from triplet_keras.__main__ import main
-from triplet_keras.gallery_folder import PENDING_FOLDER, add_folder_to_gallery
-from triplet_keras.predict import Predictor
+from triplet_keras.serving import gallery_folder
+from triplet_keras.serving.gallery_folder import PENDING_FOLDER, add_folder_to_gallery
+from triplet_keras.serving.predict import Predictor
 from triplet_keras.transfer import NearestMeanClassifier
 
 SIZE = (12, 12)
@@ -24,7 +24,7 @@ class Killed(BaseException):
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """folder/<class>/<i>.png: 7 noisy images of each class, one of them in a nested folder; and a predictor."""
-    from triplet_keras.models import build_encoder
+    from triplet_keras.models.networks import build_encoder
 
     rng = np.random.default_rng(0)
     folder = tmp_path_factory.mktemp("gallery images")

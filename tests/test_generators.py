@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from triplet_keras.callbacks import RemineCallback
-from triplet_keras.datasets import ArraySplit, load_dataset
-from triplet_keras.generators import PKBatchGenerator, TripletGenerator
-from triplet_keras.mining import mine_triplets
+from triplet_keras.core.mining import mine_triplets
+from triplet_keras.data.datasets import ArraySplit, load_dataset
+from triplet_keras.data.generators import PKBatchGenerator, TripletGenerator
+from triplet_keras.pipeline.callbacks import RemineCallback
 
 
 def _numbered_split(count=20, classes=4):
@@ -104,8 +104,8 @@ def digits_split():
 @pytest.mark.parametrize("mining", [{}, {"max_exact": 0, "candidates": 40, "block_size": 32}],
                          ids=["exact", "approximate"])
 def test_merge_model_fits_from_the_generator_and_remines_with_the_current_encoder(digits_split, mining):
-    from triplet_keras.losses import TripletMarginLoss
-    from triplet_keras.models import build_encoder, build_merge_model, embed_images
+    from triplet_keras.core.losses import TripletMarginLoss
+    from triplet_keras.models.networks import build_encoder, build_merge_model, embed_images
 
     encoder = build_encoder(backbone="small_cnn", weights=None, input_shape=(8, 8, 3), embedding_dim=16)
     model = build_merge_model(encoder)
@@ -127,8 +127,8 @@ def test_merge_model_fits_from_the_generator_and_remines_with_the_current_encode
 
 
 def test_online_model_fits_from_pk_batches(digits_split):
-    from triplet_keras.losses import OnlineTripletLoss
-    from triplet_keras.models import build_encoder, build_online_model
+    from triplet_keras.core.losses import OnlineTripletLoss
+    from triplet_keras.models.networks import build_encoder, build_online_model
 
     encoder = build_encoder(backbone="small_cnn", weights=None, input_shape=(8, 8, 3), embedding_dim=16)
     model = build_online_model(encoder)

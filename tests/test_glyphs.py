@@ -12,8 +12,8 @@ from fontTools.fontBuilder import FontBuilder
 from fontTools.pens.ttGlyphPen import TTGlyphPen
 from PIL import ImageFont
 
-from triplet_keras import glyphs
-from triplet_keras.datasets import DatasetError, load_dataset
+from triplet_keras.data import glyphs
+from triplet_keras.data.datasets import DatasetError, load_dataset
 
 pytestmark = pytest.mark.backend_free
 

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from triplet_keras import idx
-from triplet_keras.datasets import DatasetError, load_dataset
+from triplet_keras.data import idx
+from triplet_keras.data.datasets import DatasetError, load_dataset
 
 pytestmark = pytest.mark.backend_free  # numpy and the data loaders only (keras.utils.get_file is replaced)
 
@@ -64,7 +64,7 @@ def isolated(tmp_path, monkeypatch):
         monkeypatch.setitem(idx.IDX_SOURCES, name, dataclasses.replace(source, system_folder=""))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     calls = []
-    monkeypatch.setattr("triplet_keras.models.host_reachable", lambda host: calls.append(host) or False)
+    monkeypatch.setattr(idx, "host_reachable", lambda host: calls.append(host) or False)
     return calls
 
 
@@ -194,7 +194,7 @@ def test_files_are_found_in_the_cache_dir_and_the_keras_cache(tmp_path, monkeypa
 def test_online_the_files_are_downloaded_into_the_keras_cache(tmp_path, monkeypatch, isolated):
     write_parts(tmp_path / "server")
     accept(monkeypatch, tmp_path / "server", "mnist")
-    monkeypatch.setattr("triplet_keras.models.host_reachable", lambda host: True)
+    monkeypatch.setattr(idx, "host_reachable", lambda host: True)
     fetched = []
 
     def get_file(fname, origin, cache_dir, cache_subdir):
@@ -210,7 +210,7 @@ def test_online_the_files_are_downloaded_into_the_keras_cache(tmp_path, monkeypa
 
 
 def test_a_failed_download_says_what_to_do(tmp_path, monkeypatch, isolated):
-    monkeypatch.setattr("triplet_keras.models.host_reachable", lambda host: True)
+    monkeypatch.setattr(idx, "host_reachable", lambda host: True)
 
     def get_file(fname, origin, cache_dir, cache_subdir):
         raise Exception(f"URL fetch failure on {origin}: 404")

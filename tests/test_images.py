@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from images_factory import random_rgb, write_image, write_jpeg_with_orientation, write_truncated_jpeg
-from triplet_keras.images import (
+from triplet_keras.core.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
     as_image_size,

@@ -6,8 +6,8 @@ import numpy as np
 
 from benchmarks.bench_predict_memory import SIZE, GeneratedImages  # lazy 32 x 32 images
 from images_factory import write_image
-from triplet_keras.models import L2Normalize
-from triplet_keras.predict import Predictor
+from triplet_keras.models.networks import L2Normalize
+from triplet_keras.serving.predict import Predictor
 from triplet_keras.transfer import NearestMeanClassifier
 
 def small_predictor():

@@ -5,7 +5,7 @@ import pytest
 from gradients import gradient
 from keras import ops
 
-from triplet_keras.losses import (
+from triplet_keras.core.losses import (
     OnlineTripletLoss,
     TripletMarginLoss,
     batch_all_triplet_loss,
@@ -14,7 +14,7 @@ from triplet_keras.losses import (
     semi_hard_triplet_loss,
     triplet_margin_loss,
 )
-from triplet_keras.params import ONLINE_STRATEGIES
+from triplet_keras.pipeline.params import ONLINE_STRATEGIES
 
 MARGIN = 0.5
 LABEL_LAYOUTS = {

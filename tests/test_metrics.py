@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from triplet_keras.metrics import (accuracy, clustering_scores, expected_calibration_error, map_at_r, precision_at_1, r_precision,
-                                   recall_at_k, retrieval_scores, triplet_accuracy)
+from triplet_keras.transfer.metrics import (accuracy, clustering_scores, expected_calibration_error, map_at_r,
+                                            precision_at_1, r_precision, recall_at_k, retrieval_scores,
+                                            triplet_accuracy)
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 

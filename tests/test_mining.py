@@ -3,8 +3,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from triplet_keras.mining import mine_triplets
-from triplet_keras.params import OFFLINE_STRATEGIES
+from triplet_keras.core.mining import mine_triplets
+from triplet_keras.pipeline.params import OFFLINE_STRATEGIES
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 

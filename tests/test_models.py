@@ -5,9 +5,10 @@ import keras
 import numpy as np
 import pytest
 
-from triplet_keras import models
-from triplet_keras.losses import OnlineTripletLoss, TripletMarginLoss, triplet_margin_loss
-from triplet_keras.models import (
+from triplet_keras.core import downloads
+from triplet_keras.core.losses import OnlineTripletLoss, TripletMarginLoss, triplet_margin_loss
+from triplet_keras.models import networks
+from triplet_keras.models.networks import (
     WeightsUnavailableError,
     build_augmentation,
     build_encoder,
@@ -86,12 +87,12 @@ def test_imagenet_offline_fails_fast_with_instructions(monkeypatch, tmp_path):
         raise AssertionError("must fail before downloading or building")
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(models.socket, "create_connection", unreachable)
+    monkeypatch.setattr(downloads.socket, "create_connection", unreachable)
     monkeypatch.setattr(keras.utils, "get_file", forbidden)
     monkeypatch.setattr(keras.applications, "ResNet50", forbidden)
     with pytest.raises(WeightsUnavailableError, match="weights=None"):
         build_encoder("resnet50", weights="imagenet", input_shape=(32, 32, 3))
-    assert len(attempts) == 1 and attempts[0][0] == models.IMAGENET_HOST and 0 < attempts[0][1] <= 3
+    assert len(attempts) == 1 and attempts[0][0] == networks.IMAGENET_HOST and 0 < attempts[0][1] <= 3
 
 
 def test_resnet50_smoke_small_input():
@@ -209,12 +210,12 @@ def shifted(x, dy, dx):
 
 def test_shifted_copies_follow_the_numpy_reference():
     x = images(3)
-    copies = models.ShiftedCopies(2)(x)
+    copies = networks.ShiftedCopies(2)(x)
     expected = [shifted(x, dy, dx) for dy, dx in ((0, 0), (0, 2), (0, -2), (2, 0), (-2, 0))]
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(copies), np.concatenate(expected))
     assert expected[1][0, 3, 2].tolist() == x[0, 3, 0].tolist()  # "right" puts column 0 at column 2
     with pytest.raises(ValueError, match="shift must be"):
-        models.ShiftedCopies(0)
+        networks.ShiftedCopies(0)
 
 
 def test_shift_average_is_the_normalised_mean_over_shifted_copies(tmp_path, encoder):
@@ -258,14 +259,14 @@ def test_embed_images_matches_predict_for_arrays_and_loaders(encoder):
     expected = encoder.predict(x, verbose=0)
     np.testing.assert_allclose(embed_images(encoder, x, batch_size=4, progress=False), expected, atol=1e-5)
     np.testing.assert_allclose(embed_images(encoder, Loader(), batch_size=3, progress=False), expected, atol=1e-5)
-    batches = models.PredictBatches(Loader().load, len(x), 4, x.shape[1:])
+    batches = networks.PredictBatches(Loader().load, len(x), 4, x.shape[1:])
     assert len(batches) == 3
     # uint8 reaches the model (no float copy on the host: the model casts); the last batch is padded
     # with zeros to one compiled shape
     assert [(b.dtype, len(b)) for b in (batches[i] for i in range(3))] == [(np.uint8, 4)] * 3
     np.testing.assert_array_equal(batches[2][:2], x[8:])
     assert not batches[2][2:].any()
-    over_four = models.PredictBatches(Loader().load, 3, 6, x.shape[1:], replicas=4)  # a data-parallel split
+    over_four = networks.PredictBatches(Loader().load, 3, 6, x.shape[1:], replicas=4)  # a data-parallel split
     assert over_four.batch_size == 8 and len(over_four[0]) == 4 and not over_four[0][3:].any()
     # a single batch: to the next power of two, at most batch_size (a few compiled shapes for all counts)
     assert [len(models.PredictBatches(Loader().load, n, 8, x.shape[1:])[0]) for n in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
@@ -293,7 +294,7 @@ def test_embed_images_raises_a_loading_error_and_leaves_the_encoder_usable(encod
 
 
 def test_random_pad_crop_takes_windows_of_the_padded_image():
-    crop = models.RandomPadCrop(2, seed=3)
+    crop = networks.RandomPadCrop(2, seed=3)
     x = np.arange(4 * 6 * 5 * 1, dtype=np.float32).reshape(4, 6, 5, 1) + 1
     out = keras.ops.convert_to_numpy(crop(x, training=True))
     padded = np.pad(x, [(0, 0), (2, 2), (2, 2), (0, 0)])
@@ -301,12 +302,12 @@ def test_random_pad_crop_takes_windows_of_the_padded_image():
         windows = [source[dy:dy + 6, dx:dx + 5] for dy in range(5) for dx in range(5)]
         assert any(np.array_equal(image, window) for window in windows)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(crop(x)), x)
-    assert models.RandomPadCrop.from_config(crop.get_config()).padding == 2
+    assert networks.RandomPadCrop.from_config(crop.get_config()).padding == 2
 
 
 def test_l2_normalize_is_exact_and_has_a_finite_gradient_at_zero():
     from test_losses import _gradient
-    from triplet_keras.models import L2Normalize
+    from triplet_keras.models.networks import L2Normalize
 
     x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(L2Normalize()(x)), [[0.6, 0.8], [0.0, 0.0]], atol=1e-7)
@@ -318,7 +319,7 @@ def test_l2_normalize_is_exact_and_has_a_finite_gradient_at_zero():
 
 def test_safe_mode_refuses_a_lambda_layer(tmp_path):
     """A .keras file with a Lambda layer (arbitrary code) is refused when loaded, as Predictor files are."""
-    from triplet_keras.models import load_model, save_model
+    from triplet_keras.models.networks import load_model, save_model
 
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2.0)(inputs))

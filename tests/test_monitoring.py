@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-from triplet_keras.callbacks import CollapseMonitor, EpochTensorBoard, NaNGuard
-from triplet_keras.datasets import ArraySplit
-from triplet_keras.losses import OnlineTripletLoss
-from triplet_keras.models import L2Normalize
-from triplet_keras.monitoring import TrainingDivergedError, active_fraction, mean_distance
+from triplet_keras.core.losses import OnlineTripletLoss
+from triplet_keras.data.datasets import ArraySplit
+from triplet_keras.models.networks import L2Normalize
+from triplet_keras.pipeline.callbacks import CollapseMonitor, EpochTensorBoard, NaNGuard
+from triplet_keras.pipeline.monitoring import TrainingDivergedError, active_fraction, mean_distance
 
 
 def tiny_encoder(constant=False):

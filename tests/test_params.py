@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from triplet_keras.params import SCHEMA, ParamsError, check_value, load_params
+from triplet_keras.pipeline.params import SCHEMA, ParamsError, check_value, load_params
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 ROOT = Path(__file__).resolve().parents[1]  # where init.py is, whatever the working directory

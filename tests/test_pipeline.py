@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import init
-from triplet_keras.predict import Predictor
+from triplet_keras.serving.predict import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]  # where init.py is, whatever the working directory
 TINY = {
@@ -78,7 +78,7 @@ def test_metrics_are_useful_and_complete(experiment):
     assert scores["test_accuracy"] > 0.6  # 5 classes: chance is 0.2
     assert scores["transfer_accuracy"] > 0.4  # 5 new classes from 5 images each: chance is 0.2
     # the scores are those of the exported test embeddings, recomputed here
-    from triplet_keras import metrics as reference
+    from triplet_keras.transfer import metrics as reference
 
     with np.load(model_dir / "embeddings/embeddings.npz", allow_pickle=False) as arrays:
         test = arrays["split"] == "test"
@@ -125,7 +125,7 @@ def test_metrics_are_useful_and_complete(experiment):
 @pytest.mark.end_to_end(seconds=100)
 def test_saved_predictors_classify_new_images(experiment):
     model_dir, _ = experiment
-    from triplet_keras.datasets import load_dataset
+    from triplet_keras.data.datasets import load_dataset
 
     data = load_dataset("digits")
     target = np.isin(data.test.labels, [5, 6, 7, 8, 9])
@@ -201,8 +201,8 @@ def test_bad_configuration_fails_before_training(tmp_path, flags, message):
 
 
 def test_max_per_class_and_a_square_image_size_reach_the_dataset(tmp_path):
-    from triplet_keras.params import load_params
-    from triplet_keras.pipeline import prepare_data
+    from triplet_keras.pipeline.end_to_end import prepare_data
+    from triplet_keras.pipeline.params import load_params
 
     data = prepare_data(load_params(str(tmp_path), {**TINY, "max_per_class": 10, "image_size": 12}))
     labels = np.concatenate([split.labels for split in (data.train, data.validation, data.test)])
@@ -222,10 +222,10 @@ def test_too_few_images_per_class_is_a_clear_error(tmp_path):
 
 
 def test_imagenet_weights_offline_is_a_clear_error(tmp_path, monkeypatch):
-    from triplet_keras import models
+    from triplet_keras.models import networks
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.setattr(models, "IMAGENET_HOST", ("192.0.2.1", 9))  # TEST-NET-1: never answers
+    monkeypatch.setattr(networks, "IMAGENET_HOST", ("192.0.2.1", 9))  # TEST-NET-1: never answers
     (tmp_path / "params.json").write_text(json.dumps({**TINY, "backbone": "resnet50", "weights": "imagenet"}))
     result = run_init(tmp_path)
     assert result.returncode != 0 and "--weights none" in result.stderr

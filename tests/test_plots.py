@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from triplet_keras import plots
+from triplet_keras.pipeline import plots
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from triplet_keras import pipeline
-from triplet_keras.models import load_model
-from triplet_keras.params import load_params
+from triplet_keras.models.networks import load_model
+from triplet_keras.pipeline import end_to_end
+from triplet_keras.pipeline.params import load_params
 
 TINY = {"dataset": "digits", "backbone": "small_cnn", "weights": "none", "embedding_dim": 8, "freeze_layers": 0,
         "batch_size": 48, "samples_per_class": 4, "epochs": 1, "learning_rate": 0.003,
@@ -24,10 +24,10 @@ def policy():
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_saves_loads_and_resumes(tmp_path, policy, precision, strategy, capsys):
     params = load_params("/nonexistent-folder", {**TINY, "precision": precision, "strategy": strategy})
-    keras.config.set_dtype_policy(precision)  # as pipeline.run does
-    data = pipeline.prepare_data(params)
-    pipeline.train(params, data, str(tmp_path), restart=False)
-    trained = pipeline.train({**params, "epochs": 2}, data, str(tmp_path), restart=False)
+    keras.config.set_dtype_policy(precision)  # as end_to_end.run does
+    data = end_to_end.prepare_data(params)
+    end_to_end.train(params, data, str(tmp_path), restart=False)
+    trained = end_to_end.train({**params, "epochs": 2}, data, str(tmp_path), restart=False)
     assert "resuming" in capsys.readouterr().out
     assert len(trained.history["loss"]) == 2 and np.all(np.isfinite(trained.history["loss"]))
     model = load_model(tmp_path / "last.keras", compile=True)

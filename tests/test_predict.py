@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from triplet_keras.__main__ import main
-from triplet_keras.choice import fit_transfer
-from triplet_keras.predict import GalleryIndex, Predictor, PredictorFormatError, predict
+from triplet_keras.serving.predict import GalleryIndex, Predictor, PredictorFormatError, predict
+from triplet_keras.transfer.choice import fit_transfer
 
 SIZE = (12, 12)
 
@@ -25,7 +25,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def predictor(images):
-    from triplet_keras.models import build_encoder, embed_images
+    from triplet_keras.models.networks import build_encoder, embed_images
 
     encoder = build_encoder("small_cnn", weights=None, input_shape=SIZE + (3,), embedding_dim=8)
     x, y = images
@@ -220,7 +220,7 @@ def reference_thresholds(scores, accept_rate, correct=None, target_precision=Non
 
 @pytest.mark.parametrize("columns", [1, 2, 3])
 def test_acceptance_thresholds_match_trying_every_rank(columns):
-    from triplet_keras.predict import acceptance_thresholds
+    from triplet_keras.serving.predict import acceptance_thresholds
 
     rng = np.random.default_rng(columns)
     for trial in range(20):

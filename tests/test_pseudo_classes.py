@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from triplet_keras.datasets import ArraySplit
-from triplet_keras.pseudo_classes import N_VARIANTS, symmetries, with_pseudo_classes
+from triplet_keras.data.datasets import ArraySplit
+from triplet_keras.data.pseudo_classes import N_VARIANTS, symmetries, with_pseudo_classes
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 
@@ -30,7 +30,7 @@ def test_symmetries_are_applied_as_rows_are_loaded(tmp_path):
     """Any rows, in any order, from an in-memory or a folder split, equal the eagerly turned images."""
     import cv2
 
-    from triplet_keras.datasets import FileSplit
+    from triplet_keras.data.datasets import FileSplit
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, (5, 6, 6, 3), dtype=np.uint8)

@@ -7,13 +7,13 @@ import sys
 import pytest
 
 import init
-from triplet_keras import pipeline
 from triplet_keras.__main__ import main as command_main
+from triplet_keras.pipeline import end_to_end
 
 @pytest.fixture
 def recorded_runs(monkeypatch):
     runs = []
-    monkeypatch.setattr(pipeline, "run", lambda model_dir, params, restart=False: runs.append(
+    monkeypatch.setattr(end_to_end, "run", lambda model_dir, params, restart=False: runs.append(
         (model_dir, params, restart)))
     return runs
 

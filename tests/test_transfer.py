@@ -11,8 +11,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
-from triplet_keras.choice import fit_transfer
 from triplet_keras.transfer import NearestMeanClassifier, TransferClassifier, classifier_from_state, source_whitening
+from triplet_keras.transfer.choice import fit_transfer
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 

@@ -7,11 +7,11 @@ import pytest
 from scipy.special import softmax
 from sklearn.utils.estimator_checks import check_estimator
 
-from triplet_keras.choice import fit_transfer
-from triplet_keras.transfer.whitening import source_whitenings
 from triplet_keras.transfer import (DomainCentering, NearestMeanClassifier, WithinClassWhitening, classifier_from_state,
                                     source_prior, source_whitening)
+from triplet_keras.transfer.choice import fit_transfer
 from triplet_keras.transfer.prototypes import knn_scores, refine_prototypes
+from triplet_keras.transfer.whitening import source_whitenings
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn only: run once, not per backend
 

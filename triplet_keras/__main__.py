@@ -1,7 +1,7 @@
 """Command line: ``triplet-keras <command> ...`` or ``python -m triplet_keras <command> ...``.
 
 ``train --model_dir D [--data_dir F] [--restart] [--key VALUE ...]`` is the end-to-end run, init.py's
-(triplet_keras.train_command): parameters from D/params.json, each overridable by a flag; a failure the
+(triplet_keras.pipeline.train_command): parameters from D/params.json, each overridable by a flag; a failure the
 user can fix prints one ``error:`` line and exits with status 1.
 
 ``predict --model_dir D [--proba] [--lookup K] [--no-unknown] [--batch_size N] image ...`` prints one
@@ -14,7 +14,7 @@ exits with status 2.
 
 ``gallery-add --model_dir D [--batch_size N] [--chunk_size N] FOLDER`` adds the images of FOLDER's class
 subfolders to the gallery of the predictor in D and saves it, with a progress bar; killed, it resumes
-where it stopped when run again (triplet_keras.gallery_folder). It prints the number of items added
+where it stopped when run again (triplet_keras.serving.gallery_folder). It prints the number of items added
 and the gallery size; a folder or model directory it cannot use prints one error line, status 2.
 
 The Keras backend is ``KERAS_BACKEND``, or when that is unset the fastest one measured for the device
@@ -33,7 +33,7 @@ def _predict(args):
     if missing:
         raise FileNotFoundError(f"image file not found: {missing[0]!r}"
                                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    from .predict import Predictor
+    from triplet_keras.serving.predict import Predictor
 
     predictor = Predictor.load(args.model_dir, batch_size=args.batch_size)
     if args.lookup is not None and predictor.gallery is None:
@@ -54,7 +54,7 @@ def _predict(args):
 
 
 def _gallery_add(args):
-    from .gallery_folder import add_folder_to_gallery
+    from triplet_keras.serving.gallery_folder import add_folder_to_gallery
 
     added, size = add_folder_to_gallery(args.model_dir, args.folder, args.batch_size, args.chunk_size)
     print(f"added {added} images to the gallery of {args.model_dir}, which holds {size}")
@@ -95,8 +95,8 @@ def _add_gallery_add(commands):
 
 
 def _add_train(commands):
-    from .train_command import __doc__ as description
-    from .train_command import add_train_arguments, train_from_args
+    from triplet_keras.pipeline.train_command import __doc__ as description
+    from triplet_keras.pipeline.train_command import add_train_arguments, train_from_args
 
     parser = commands.add_parser("train", help="the end-to-end run (init.py): train, evaluate, transfer, report",
                                  description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,9 +116,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from .datasets import DatasetError
-    from .images import ImageReadError
-    from .predict import PredictorFormatError
+    from triplet_keras.core.images import ImageReadError
+    from triplet_keras.data.datasets import DatasetError
+    from triplet_keras.serving.predict import PredictorFormatError
 
     try:
         return args.run(args)

@@ -3,9 +3,10 @@
 Small scikit-learn pieces, one module each: ``whitening`` (WithinClassWhitening, source_whitening),
 ``domain`` (class mapping, DomainCentering, the source prior, translated source points),
 ``prototypes`` (NearestMeanClassifier, kNN votes, transductive refinement), ``serialization``
-(get_state / from_state without pickle, classifier_from_state) and ``classifier`` (TransferClassifier
-composing them, with a fixed mode and whitening). Choosing them is triplet_keras.choice's job, above
-this package (fit_transfer, TransferSearch).
+(get_state / from_state without pickle) and ``classifier`` (TransferClassifier composing them, with a
+fixed mode and whitening; classifier_from_state), all imported here. Above them, in modules of their
+own that this file does not import: ``choice``, the choice among them (fit_transfer, TransferSearch),
+``evaluation`` (few-shot episodes, baselines) and ``metrics`` (classification, retrieval, clustering).
 
 Notation: source embeddings x with labels y and class means mu_s(j); a labelled target support with
 K_c examples of class c and class means mu_t(c); an optional unlabelled target pool u. Each target
@@ -41,12 +42,12 @@ prototypes stay anchored to the support and prior. Pool points whose largest r_i
 ``confidence`` are left out of each step: on an unbalanced pool the plain soft k-means lets the
 dominant class drag its neighbours' prototypes (tests/test_transfer.py measures both pools).
 """
-from ..distances import l2_normalize
-from ..distances import pairwise as distances  # the name callers import from here
-from .classifier import MODES, TransferClassifier
+from triplet_keras.core.distances import l2_normalize
+from triplet_keras.core.distances import pairwise as distances  # the name callers import from here
+from .classifier import MODES, TransferClassifier, classifier_from_state
 from .domain import DomainCentering, borrow_weights, source_prior
 from .prototypes import METRICS, NearestMeanClassifier, class_means
-from .serialization import STATE_VERSION, classifier_from_state
+from .serialization import STATE_VERSION
 from .whitening import Whitening, WithinClassWhitening, source_whitening
 
 __all__ = ["DomainCentering", "METRICS", "MODES", "NearestMeanClassifier", "STATE_VERSION", "TransferClassifier",

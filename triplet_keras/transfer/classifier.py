@@ -1,13 +1,13 @@
 """TransferClassifier: nearest prototype over target classes, prototypes from the support and the
-source (the modes and their math: the package docstring). Choosing the mode is triplet_keras.choice's job."""
+source (the modes and their math: the package docstring). Choosing the mode is triplet_keras.transfer.choice's job."""
 import numpy as np
 from sklearn.base import TransformerMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_X_y
 
-from ..distances import l2_normalize
-from ..distances import pairwise as distances
-from ..vocabulary import TRANSFER_MODES
+from triplet_keras.core.distances import l2_normalize
+from triplet_keras.core.distances import pairwise as distances
+from triplet_keras.core.vocabulary import TRANSFER_MODES
 from .domain import Source, centred_prototypes, shrink_toward, source_prior, translated_source_points
 from .prototypes import NearestMeanClassifier, class_means, knn_scores, refine_prototypes
 from .whitening import Whitening, source_whitening
@@ -146,3 +146,12 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
 
     def _proba(self, scores):
         return scores if len(self.reference_index_) else super()._proba(scores)
+
+
+def classifier_from_state(config, arrays):
+    """Rebuild a NearestMeanClassifier or TransferClassifier from get_state() output."""
+    classifiers = {cls.__name__: cls for cls in (NearestMeanClassifier, TransferClassifier)}
+    kind = config.get("type")
+    if kind not in classifiers:
+        raise ValueError(f"unknown classifier type {kind!r}; expected one of {sorted(classifiers)}")
+    return classifiers[kind].from_state(config, arrays)

@@ -14,8 +14,8 @@ from scipy.special import softmax
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_X_y
 
-from ..distances import l2_normalize
-from ..distances import pairwise as distances
+from triplet_keras.core.distances import l2_normalize
+from triplet_keras.core.distances import pairwise as distances
 from .checks import check_queries
 from .prototypes import class_means
 

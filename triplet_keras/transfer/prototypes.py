@@ -6,7 +6,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_X_y
 
-from ..distances import pairwise as distances
+from triplet_keras.core.distances import pairwise as distances
 from .checks import check_queries
 from .serialization import Serializable
 

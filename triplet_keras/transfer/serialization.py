@@ -5,7 +5,7 @@ config = {"type": class name, "version": STATE_VERSION, "params": get_params(), 
 arrays load with ``allow_pickle=False``. Older versions load: version 1 (before whitening) gets no
 whitening; versions 1-2 take ``whiten_`` from the ``whiten`` param; versions 1-3 (when the classifier
 chose its own mode) keep the mode and whitening they fitted as fixed parameters and drop the record of
-that choice (now triplet_keras.choice's).
+that choice (now triplet_keras.transfer.choice's).
 """
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
@@ -63,15 +63,3 @@ def upgrade_state(config, arrays):
     config = {key: value for key, value in config.items() if key not in ("selection_", "support_selection_")}
     return {**config, "params": params, "mode_": mode, "whiten_": params["whiten"],
             "normalize_": bool(config["normalize_"])}, arrays
-
-
-def classifier_from_state(config, arrays):
-    """Rebuild a NearestMeanClassifier or TransferClassifier from get_state() output."""
-    from .classifier import TransferClassifier  # the classes build on Serializable: imported when called
-    from .prototypes import NearestMeanClassifier
-
-    classifiers = {cls.__name__: cls for cls in (NearestMeanClassifier, TransferClassifier)}
-    kind = config.get("type")
-    if kind not in classifiers:
-        raise ValueError(f"unknown classifier type {kind!r}; expected one of {sorted(classifiers)}")
-    return classifiers[kind].from_state(config, arrays)
