@@ -1,7 +1,7 @@
 """The transfer stage of pipeline.run: the candidates' features, the evidence that scores them, few-shot
 episodes on the target with the baselines, and the saved, calibrated transfer predictor.
 
-The candidates (triplet_keras.choice) come from three networks: the fine-tuned encoder, the same
+The candidates (triplet_keras.transfer.choice) come from three networks: the fine-tuned encoder, the same
 network before fine-tuning (``initial``: the weights training started from) and the pixels. The
 evidence never comes from classes the scored features trained on: for new classes a fold encoder is
 trained like the main one without a fold of source classes (choice.held_out_fold), and every network's
