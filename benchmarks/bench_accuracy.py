@@ -32,9 +32,9 @@ from triplet_keras.backend_choice import choose_backend
 choose_backend()  # before keras is imported, as in init.py
 
 
+from triplet_keras.pipeline.config import load_config  # noqa: E402
 from triplet_keras.data.datasets import DatasetError, load_dataset  # noqa: E402
 from triplet_keras.pipeline.end_to_end import machine, run  # noqa: E402
-from triplet_keras.pipeline.params import load_params  # noqa: E402
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
 COLUMNS = ("pixels", "initial_encoder", "none", "translate", "center", "auto", "semi_supervised", "ceiling")
@@ -62,11 +62,11 @@ def settings(dataset, split_kind):
 
 def run_case(dataset, overrides, seed, args):
     """metrics.json of one init.py run in a temporary folder, and its wall time in seconds."""
-    params = load_params(os.path.join(EXPERIMENTS, dataset), {**args.params, **overrides, "seed": seed,
+    config = load_config(os.path.join(EXPERIMENTS, dataset), {**args.params, **overrides, "seed": seed,
                                                                "episodes": args.episodes, "plot_method": "pca"})
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as model_dir:
-        metrics = run(model_dir, params)
+        metrics = run(model_dir, config)
     return metrics, time.perf_counter() - started
 
 

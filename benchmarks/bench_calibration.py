@@ -34,10 +34,10 @@ from sklearn.metrics import roc_auc_score
 from triplet_keras.backend_choice import choose_backend
 
 choose_backend()  # before keras is imported, as in init.py
+from triplet_keras.pipeline.config import load_config  # noqa: E402
 from triplet_keras.models.networks import embed_images  # noqa: E402
 from triplet_keras.pipeline.end_to_end import (  # noqa: E402
     calibration_report, embed_splits, prepare_data, run, transfer_split)
-from triplet_keras.pipeline.params import load_params  # noqa: E402
 from triplet_keras.serving.predict import Predictor  # noqa: E402
 
 EXPERIMENT = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "digits")
@@ -49,14 +49,14 @@ COLUMNS = ("temperature", "ece_before", "ece_after", "accepted_share", "accepted
 def train_run(args):
     """A fresh init.py run of the digits experiment with the given overrides; returns its folder."""
     model_dir = tempfile.mkdtemp(prefix="bench_calibration_")
-    params = load_params(EXPERIMENT, {"dataset": args.dataset, "source_classes": args.source_classes,
+    config = load_config(EXPERIMENT, {"dataset": args.dataset, "source_classes": args.source_classes,
                                       "plot_method": "pca",
                                       **{key: value for key, value in (("epochs", args.epochs),
                                                                        ("backbone_size", args.backbone_size))
                                          if value is not None}})
     with open(os.path.join(model_dir, "params.json"), "w", encoding="utf-8") as handle:
-        json.dump(params, handle)
-    run(model_dir, params)
+        json.dump(config.to_dict(), handle)
+    run(model_dir, config)
     return model_dir
 
 
@@ -94,8 +94,8 @@ def score_rows(predictor, names, calibration, report, unseen, accept_rate, targe
 def reports(model_dir, accept_rate, target_precision):
     """{"source": ..., "transfer": ...} calibration_report of each saved predictor of ``model_dir``, each
     with its score_rows under "scores"."""
-    params = load_params(model_dir)
-    data = prepare_data(params)
+    config = load_config(model_dir)
+    data = prepare_data(config.data, config.seed)
     if data.target is None or not data.target.new_classes:
         raise SystemExit("error: the run has no new target classes (set source_classes)")
     names = data.names
@@ -110,7 +110,7 @@ def reports(model_dir, accept_rate, target_precision):
     result["source"]["scores"] = score_rows(source, names, calibration, report, unseen, accept_rate, target_precision)
     transfer = Predictor.load(os.path.join(model_dir, "predictor_transfer"))
     target_emb, target_labels = embed_splits(transfer.encoder, splits)
-    _, calibration, report = transfer_split(params, target_labels)
+    _, calibration, report = transfer_split(config.transfer, config.seed, target_labels)
     calibration, report = ((target_emb[rows], target_labels[rows]) for rows in (calibration, report))
     result["transfer"] = calibration_report(transfer, names, calibration, report,
                                             os.path.join(plot_dir, "transfer.png"), accept_rate=accept_rate)

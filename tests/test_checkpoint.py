@@ -7,9 +7,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from triplet_keras.models.networks import load_model, read_model_state, save_model
 from triplet_keras.pipeline import end_to_end
-from triplet_keras.pipeline.params import load_params
+from triplet_keras.models.networks import load_model, read_model_state, save_model
+from triplet_keras.pipeline.config import Config, load_config
 
 LOSSES = [3.0, 2.0, 2.5, 1.0]  # epoch 2 does not improve: best.keras stays at epoch 1
 
@@ -53,9 +53,9 @@ def tiny_model(value):
     return model
 
 
-def checkpoint_epochs(model_dir, params, start_state, first, last):
+def checkpoint_epochs(model_dir, config, start_state, first, last):
     """TrainingState over epochs first..last; the weights after epoch e are all e + 1."""
-    callback = end_to_end.TrainingState(str(model_dir), params, "loss", start_state)
+    callback = end_to_end.TrainingState(str(model_dir), config, "loss", start_state)
     for epoch in range(first, last + 1):
         callback.set_model(tiny_model(epoch + 1))
         callback.on_epoch_end(epoch, {"loss": LOSSES[epoch]})
@@ -68,27 +68,27 @@ def weight_value(path):
 
 
 @pytest.fixture(scope="module")
-def params():
-    return load_params("/nonexistent-folder")
+def config():
+    return load_config("/nonexistent-folder")
 
 
-def test_a_kill_at_any_write_resumes_from_a_consistent_epoch(tmp_path, monkeypatch, params):
+def test_a_kill_at_any_write_resumes_from_a_consistent_epoch(tmp_path, monkeypatch, config):
     reference = tmp_path / "reference"
-    checkpoint_epochs(reference, params, None, 0, 3)
+    checkpoint_epochs(reference, config, None, 0, 3)
     expected = json.loads((reference / "state.json").read_text())
     point, points = 0, 0
     while True:
         model_dir = tmp_path / f"killed{point}"
-        checkpoint_epochs(model_dir, params, None, 0, 0)  # epoch 0 is on disk
+        checkpoint_epochs(model_dir, config, None, 0, 0)  # epoch 0 is on disk
         renamed = kill_at(monkeypatch, point)
         try:
-            checkpoint_epochs(model_dir, params, end_to_end.read_state(str(model_dir), params, False), 1, 3)
+            checkpoint_epochs(model_dir, config, end_to_end.read_state(str(model_dir), config, False), 1, 3)
             break  # every rename of epochs 1-3 passed without reaching the kill
         except Killed:
             points += 1
         finally:
             monkeypatch.undo()
-        state = end_to_end.read_state(str(model_dir), params, False)
+        state = end_to_end.read_state(str(model_dir), config, False)
         epoch = state["epoch"]
         assert 0 <= epoch <= 3 and state["history"]["loss"] == LOSSES[:epoch + 1], (point, renamed)
         assert weight_value(model_dir / "last.keras") == epoch + 1  # the weights of the state's epoch
@@ -96,7 +96,7 @@ def test_a_kill_at_any_write_resumes_from_a_consistent_epoch(tmp_path, monkeypat
         assert weight_value(model_dir / "best.keras") == best["epoch"] + 1 and best["best"] == LOSSES[best["epoch"]]
         assert best["epoch"] <= epoch + 1  # at most the epoch being written, never a lost one
         end_to_end.write_state_copies(str(model_dir), state)  # the resumed run, as end_to_end.train does it
-        checkpoint_epochs(model_dir, params, state, epoch + 1, 3)
+        checkpoint_epochs(model_dir, config, state, epoch + 1, 3)
         assert json.loads((model_dir / "state.json").read_text()) == expected, (point, renamed)
         assert weight_value(model_dir / "last.keras") == 4 and weight_value(model_dir / "best.keras") == 4
         assert (model_dir / "history.csv").read_text() == (reference / "history.csv").read_text()
@@ -111,11 +111,11 @@ TRAINING = {"dataset": "digits", "backbone": "small_cnn", "weights": "none", "em
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    params = load_params("/nonexistent-folder", TRAINING)
-    data = end_to_end.prepare_data(params)
+    config = load_config("/nonexistent-folder", TRAINING)
+    data = end_to_end.prepare_data(config.data, config.seed)
     model_dir = tmp_path_factory.mktemp("uninterrupted")
-    end_to_end.train(params, data, str(model_dir), restart=False)
-    return params, data, model_dir
+    end_to_end.train(config, data, str(model_dir), restart=False)
+    return config, data, model_dir
 
 
 def weights(path):
@@ -130,14 +130,14 @@ def weights(path):
 ])
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch, uninterrupted,
                                                                      point, retrained, capsys):
-    params, data, reference = uninterrupted
+    config, data, reference = uninterrupted
     kill_at(monkeypatch, point)
     with pytest.raises(Killed):
-        end_to_end.train(params, data, str(tmp_path), restart=False)
+        end_to_end.train(config, data, str(tmp_path), restart=False)
     monkeypatch.undo()
     end_to_end.remove_temporary_files(str(tmp_path))
     capsys.readouterr()
-    end_to_end.train(params, data, str(tmp_path), restart=False)
+    end_to_end.train(config, data, str(tmp_path), restart=False)
     output = capsys.readouterr().out
     assert output.count("Epoch ") == retrained, output
     for name in ("last.keras", "best.keras"):
@@ -148,41 +148,43 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, m
     np.testing.assert_allclose(ours["history"]["loss"], theirs["history"]["loss"], atol=1e-5)
 
 
-def test_changed_parameters_stop_before_loading_and_name_each_change(tmp_path, params):
-    checkpoint_epochs(tmp_path, params, None, 0, 0)
-    changed = {**params, "margin": 0.3, "learning_rate": 0.01, "pseudo_classes": True, "epochs": 50,
-               "shots": [1, 10], "transfer_mode": "center"}
+def test_changed_parameters_stop_before_loading_and_name_each_change(tmp_path, config):
+    checkpoint_epochs(tmp_path, config, None, 0, 0)
+    changes = {"margin": 0.3, "learning_rate": 0.01, "pseudo_classes": True, "epochs": 50, "shots": [1, 10],
+               "transfer_mode": "center"}
+    changed = Config.from_dict({**config.to_dict(), **changes})
     with pytest.raises(end_to_end.PipelineError) as raised:
         end_to_end.read_state(str(tmp_path), changed, restart=False)
     message = str(raised.value)
     assert "learning_rate 0.001 -> 0.01; margin 0.2 -> 0.3; pseudo_classes false -> true." in message
     assert "--restart" in message and "epochs, episodes, shots" in message and "\n" not in message
     assert "shots [" not in message and "transfer_mode" not in message.split(".")[0]
-    resumable = {**params, **{key: changed[key] for key in end_to_end.RESUMABLE_KEYS if key in changed}}
+    resumable = Config.from_dict({**config.to_dict(), **{key: changes[key] for key in end_to_end.RESUMABLE_KEYS
+                                                         if key in changes}})
     assert end_to_end.read_state(str(tmp_path), resumable, restart=False)["epoch"] == 0
     assert end_to_end.read_state(str(tmp_path), changed, restart=True) is None
 
 
-def test_every_parameter_outside_the_resumable_list_is_recorded(params):
-    recorded = end_to_end.training_fingerprint(params)
-    assert set(recorded) | set(end_to_end.RESUMABLE_KEYS) == set(params)
+def test_every_parameter_outside_the_resumable_list_is_recorded(config):
+    recorded = end_to_end.training_fingerprint(config)
+    assert set(recorded) | set(end_to_end.RESUMABLE_KEYS) == set(config.to_dict())
     for key in ("margin", "learning_rate", "augment_flip", "augment_crop", "pseudo_classes", "batch_size",
                 "squared", "validation_fraction", "dataset", "source_classes", "precision"):
         assert key in recorded
 
 
-def test_a_folder_of_the_previous_layout_resumes_from_its_state_json(tmp_path, params):
+def test_a_folder_of_the_previous_layout_resumes_from_its_state_json(tmp_path, config):
     save_model(tiny_model(1), tmp_path / "last.keras")  # no state inside
     legacy = {"epoch": 0, "best": 3.0, "history": {"loss": [3.0]}, "params": {"seed": 0, "backbone": "resnet50"}}
     (tmp_path / "state.json").write_text(json.dumps(legacy))
-    assert end_to_end.read_state(str(tmp_path), params, restart=False) == legacy
+    assert end_to_end.read_state(str(tmp_path), config, restart=False) == legacy
     with pytest.raises(end_to_end.PipelineError, match=r"seed 0 -> 1\. Pass --restart"):
-        end_to_end.read_state(str(tmp_path), {**params, "seed": 1}, restart=False)
+        end_to_end.read_state(str(tmp_path), Config.from_dict({**config.to_dict(), "seed": 1}), restart=False)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "no state", "bad state"])
-def test_a_damaged_checkpoint_is_one_line_naming_the_file_and_the_cure(tmp_path, params, damage):
-    checkpoint_epochs(tmp_path, params, None, 0, 0)
+def test_a_damaged_checkpoint_is_one_line_naming_the_file_and_the_cure(tmp_path, config, damage):
+    checkpoint_epochs(tmp_path, config, None, 0, 0)
     path = tmp_path / "last.keras"
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[:300])
@@ -195,7 +197,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file_and_the_cure(tmp_path,
         with zipfile.ZipFile(path, "a") as archive:
             archive.writestr("training_state.json", "[1, 2]")
     with pytest.raises(end_to_end.PipelineError) as raised:
-        end_to_end.read_state(str(tmp_path), params, restart=False)
+        end_to_end.read_state(str(tmp_path), config, restart=False)
     message = str(raised.value)
     assert "cannot resume from" in message and "--restart" in message and "\n" not in message
     assert "last.keras" in message or "state.json" in message

@@ -169,12 +169,12 @@ def small_state(model_dir):
     """A TrainingState callback on a tiny compiled model, as the pipeline makes it."""
     import keras
 
-    from triplet_keras.pipeline.params import SCHEMA
+    from triplet_keras.pipeline.config import Config
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     model.compile("adam", "mse")
-    callback = end_to_end.TrainingState(str(model_dir), {key: SCHEMA[key][0] for key in SCHEMA}, "loss")
+    callback = end_to_end.TrainingState(str(model_dir), Config.from_dict({}), "loss")
     callback.set_model(model)
     return callback
 

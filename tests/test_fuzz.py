@@ -26,7 +26,8 @@ from test_datasets import _add, _cifar_archive
 from triplet_keras import __main__ as cli
 from triplet_keras.data import datasets
 from triplet_keras.data.datasets import DatasetError, load_dataset, read_cifar10_archive
-from triplet_keras.pipeline.params import ParamsError, load_params
+from triplet_keras.pipeline.config import load_config
+from triplet_keras.pipeline.params import ParamsError
 from triplet_keras.serving.predict import Predictor, PredictorFormatError
 
 COUNTS = {}
@@ -166,10 +167,10 @@ def test_params_json_loads_or_raises_params_error(tmp_path, content):
     tally("params.json")
     (tmp_path / "params.json").write_bytes(content.encode("utf-8", "surrogatepass"))
     try:
-        params = load_params(str(tmp_path))
+        config = load_config(str(tmp_path))
     except ParamsError:
         return
-    assert isinstance(params["epochs"], int) and isinstance(params["margin"], float)
+    assert isinstance(config.training.epochs, int) and isinstance(config.training.margin, float)
 
 
 # ---------------------------------------------------------------------------------------- predictor

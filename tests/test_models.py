@@ -269,8 +269,9 @@ def test_embed_images_matches_predict_for_arrays_and_loaders(encoder):
     over_four = networks.PredictBatches(Loader().load, 3, 6, x.shape[1:], replicas=4)  # a data-parallel split
     assert over_four.batch_size == 8 and len(over_four[0]) == 4 and not over_four[0][3:].any()
     # a single batch: to the next power of two, at most batch_size (a few compiled shapes for all counts)
-    assert [len(models.PredictBatches(Loader().load, n, 8, x.shape[1:])[0]) for n in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
-    assert len(models.PredictBatches(Loader().load, 5, 6, x.shape[1:])[0]) == 6
+    single = [len(networks.PredictBatches(Loader().load, n, 8, x.shape[1:])[0]) for n in (1, 2, 3, 5, 8)]
+    assert single == [1, 2, 4, 8, 8]
+    assert len(networks.PredictBatches(Loader().load, 5, 6, x.shape[1:])[0]) == 6
 
 
 def test_embed_images_raises_a_loading_error_and_leaves_the_encoder_usable(encoder):

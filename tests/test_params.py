@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from triplet_keras.pipeline.params import SCHEMA, ParamsError, check_value, load_params
+from triplet_keras.pipeline.config import load_config
+from triplet_keras.pipeline.params import SCHEMA, ParamsError, check_value
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
 ROOT = Path(__file__).resolve().parents[1]  # where init.py is, whatever the working directory
@@ -18,14 +19,14 @@ def write(folder, params):
 
 def test_defaults_file_and_overrides_stack(tmp_path):
     write(tmp_path, {"epochs": 3, "margin": 1})
-    params = load_params(str(tmp_path), {"epochs": 5})
-    assert params["epochs"] == 5 and params["margin"] == 1.0 and isinstance(params["margin"], float)
-    assert params["dataset"] == SCHEMA["dataset"][0]
-    assert set(params) == set(SCHEMA)
+    config = load_config(str(tmp_path), {"epochs": 5})
+    assert config.training.epochs == 5 and config.training.margin == 1.0 and isinstance(config.training.margin, float)
+    assert config.data.dataset == SCHEMA["dataset"][0]
+    assert set(config.to_dict()) == set(SCHEMA)
 
 
 def test_missing_file_gives_defaults(tmp_path):
-    assert load_params(str(tmp_path))["backbone"] == "resnet50"
+    assert load_config(str(tmp_path)).model.backbone == "resnet50"
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -55,20 +56,20 @@ def test_missing_file_gives_defaults(tmp_path):
 def test_wrong_types_are_errors(tmp_path, key, value, message):
     write(tmp_path, {key: value})
     with pytest.raises(ParamsError, match=message):
-        load_params(str(tmp_path))
+        load_config(str(tmp_path))
 
 
 def test_unknown_key_lists_the_valid_keys(tmp_path):
     write(tmp_path, {"epoch": 3})
     with pytest.raises(ParamsError, match="unknown parameter 'epoch'.*valid keys: .*epochs"):
-        load_params(str(tmp_path))
+        load_config(str(tmp_path))
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", "\xff\xfe"])
 def test_malformed_file_is_an_error(tmp_path, text):
     (tmp_path / "params.json").write_text(text, encoding="latin-1")
     with pytest.raises(ParamsError, match="params.json"):
-        load_params(str(tmp_path))
+        load_config(str(tmp_path))
 
 
 def test_nullable_keys_accept_null():
@@ -91,8 +92,8 @@ def test_good_lists_pass_unchanged():
 def test_fractions_must_leave_training_images(tmp_path):
     write(tmp_path, {"validation_fraction": 0.6})
     with pytest.raises(ParamsError, match=r"validation_fraction \+ test_fraction must be below 1.*0.6 \+ 0.5"):
-        load_params(str(tmp_path), {"test_fraction": 0.5})
-    assert load_params(str(tmp_path), {"test_fraction": 0.3})["test_fraction"] == 0.3
+        load_config(str(tmp_path), {"test_fraction": 0.5})
+    assert load_config(str(tmp_path), {"test_fraction": 0.3}).data.test_fraction == 0.3
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -132,7 +133,7 @@ def test_init_rejects_bad_flag_value_before_training(tmp_path):
 def test_sizes_are_one_int_for_a_square_or_two_ints(tmp_path, key):
     assert check_value(key, 224) == [224, 224] and check_value(key, [32, 48]) == [32, 48]
     write(tmp_path, {key: 64})
-    assert load_params(str(tmp_path))[key] == [64, 64]
+    assert load_config(str(tmp_path)).to_dict()[key] == [64, 64]
     for bad in (0, -5, [1, 2, 3], "224", [32, 0], [1.5, 2], True):
         with pytest.raises(ParamsError, match=f"{key} must be a positive int"):
             check_value(key, bad)

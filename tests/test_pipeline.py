@@ -201,10 +201,11 @@ def test_bad_configuration_fails_before_training(tmp_path, flags, message):
 
 
 def test_max_per_class_and_a_square_image_size_reach_the_dataset(tmp_path):
+    from triplet_keras.pipeline.config import load_config
     from triplet_keras.pipeline.end_to_end import prepare_data
-    from triplet_keras.pipeline.params import load_params
 
-    data = prepare_data(load_params(str(tmp_path), {**TINY, "max_per_class": 10, "image_size": 12}))
+    config = load_config(str(tmp_path), {**TINY, "max_per_class": 10, "image_size": 12})
+    data = prepare_data(config.data, config.seed)
     labels = np.concatenate([split.labels for split in (data.train, data.validation, data.test)])
     assert np.bincount(labels).tolist() == [10] * 5 and data.train.image_shape == (12, 12, 3)
     assert sum(len(split) for split in data.target.splits) == 50 and data.target.new_classes

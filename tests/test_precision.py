@@ -1,12 +1,14 @@
 """Mixed precision end to end: train one epoch, save, load, resume one more, on the merge and the online
 models; the layers compute in the low dtype, the loss and the embeddings stay float32 and finite."""
+from dataclasses import replace
+
 import keras
 import numpy as np
 import pytest
 
-from triplet_keras.models.networks import load_model
 from triplet_keras.pipeline import end_to_end
-from triplet_keras.pipeline.params import load_params
+from triplet_keras.pipeline.config import load_config
+from triplet_keras.models.networks import load_model
 
 TINY = {"dataset": "digits", "backbone": "small_cnn", "weights": "none", "embedding_dim": 8, "freeze_layers": 0,
         "batch_size": 48, "samples_per_class": 4, "epochs": 1, "learning_rate": 0.003,
@@ -23,11 +25,12 @@ def policy():
 @pytest.mark.parametrize("strategy", ["semi_hard", "batch_hard"])  # merge model, online model
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_saves_loads_and_resumes(tmp_path, policy, precision, strategy, capsys):
-    params = load_params("/nonexistent-folder", {**TINY, "precision": precision, "strategy": strategy})
+    config = load_config("/nonexistent-folder", {**TINY, "precision": precision, "strategy": strategy})
     keras.config.set_dtype_policy(precision)  # as end_to_end.run does
-    data = end_to_end.prepare_data(params)
-    end_to_end.train(params, data, str(tmp_path), restart=False)
-    trained = end_to_end.train({**params, "epochs": 2}, data, str(tmp_path), restart=False)
+    data = end_to_end.prepare_data(config.data, config.seed)
+    end_to_end.train(config, data, str(tmp_path), restart=False)
+    longer = replace(config, training=replace(config.training, epochs=2))
+    trained = end_to_end.train(longer, data, str(tmp_path), restart=False)
     assert "resuming" in capsys.readouterr().out
     assert len(trained.history["loss"]) == 2 and np.all(np.isfinite(trained.history["loss"]))
     model = load_model(tmp_path / "last.keras", compile=True)

@@ -10,11 +10,12 @@ import init
 from triplet_keras.__main__ import main as command_main
 from triplet_keras.pipeline import end_to_end
 
+
 @pytest.fixture
 def recorded_runs(monkeypatch):
     runs = []
-    monkeypatch.setattr(end_to_end, "run", lambda model_dir, params, restart=False: runs.append(
-        (model_dir, params, restart)))
+    monkeypatch.setattr(end_to_end, "run", lambda model_dir, config, restart=False: runs.append(
+        (model_dir, config, restart)))
     return runs
 
 
@@ -24,9 +25,10 @@ def test_flags_override_params_json_through_either_entry_point(tmp_path, recorde
     flags = ["--model_dir", str(tmp_path), "--epochs", "2", "--source_classes", '["0", "1", "2"]', "--restart"]
     status = command_main(["train", *flags]) if entry == "command" else init.main(flags)
     assert status == 0
-    (model_dir, params, restart), = recorded_runs
+    (model_dir, config, restart), = recorded_runs
     assert model_dir == str(tmp_path) and restart
-    assert params["epochs"] == 2 and params["source_classes"] == ["0", "1", "2"] and params["backbone"] == "small_cnn"
+    assert config.training.epochs == 2 and config.data.source_classes == ("0", "1", "2")
+    assert config.model.backbone == "small_cnn"
 
 
 def test_a_bad_parameter_is_one_error_line_and_nothing_runs(tmp_path, recorded_runs):

@@ -179,12 +179,13 @@ class CollapseMonitor(keras.callbacks.Callback):
 class TrainingState(keras.callbacks.Callback):
     """Each epoch: best.keras (when the monitored loss improves), then last.keras, each holding the
     training state inside its own zip, so the rename of last.keras commits the epoch; then the
-    readable copies state.json and history.csv. A kill at any instant resumes from a whole epoch."""
+    readable copies state.json and history.csv. A kill at any instant resumes from a whole epoch. The
+    state records the fingerprint of ``config`` (checkpoints.training_fingerprint)."""
 
-    def __init__(self, model_dir, params, monitor, state=None):
+    def __init__(self, model_dir, config, monitor, state=None):
         super().__init__()
         self.model_dir = model_dir
-        self.fingerprint = training_fingerprint(params)
+        self.fingerprint = training_fingerprint(config)
         self.monitor = monitor
         self.state = copy.deepcopy(state) if state else {"epoch": -1, "best": None, "history": {}}
 

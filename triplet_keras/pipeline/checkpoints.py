@@ -25,9 +25,11 @@ RESUMABLE_KEYS = ("epochs", "episodes", "shots", "plot_method", "loader_workers"
                   "transfer_features", "transfer_shift_average")
 
 
-def training_fingerprint(params):
-    """The parameters a checkpoint records: every one not in RESUMABLE_KEYS, as JSON values."""
-    return json.loads(json.dumps(to_jsonable({k: v for k, v in params.items() if k not in RESUMABLE_KEYS})))
+def training_fingerprint(config):
+    """The parameters a checkpoint records: every flat key of ``config`` (config.Config) not in
+    RESUMABLE_KEYS, as JSON values."""
+    flat = config.to_dict()
+    return json.loads(json.dumps(to_jsonable({k: v for k, v in flat.items() if k not in RESUMABLE_KEYS})))
 
 
 def write_state_copies(model_dir, state):
@@ -47,9 +49,10 @@ def history_csv(history):
     return out.getvalue()
 
 
-def read_state(model_dir, params, restart):
+def read_state(model_dir, config, restart):
     """The training state stored in ``last.keras`` to resume from, or None to start anew; PipelineError
-    when it cannot be read or was trained with other values of a parameter outside RESUMABLE_KEYS.
+    when it cannot be read or was trained with other values of a parameter of ``config`` outside
+    RESUMABLE_KEYS.
     A folder written before the state moved into the zip resumes from its ``state.json``."""
     path = os.path.join(model_dir, "last.keras")
     if restart or not os.path.exists(path):
@@ -66,7 +69,7 @@ def read_state(model_dir, params, restart):
     except (OSError, ValueError, AttributeError, zipfile.BadZipFile) as error:
         raise PipelineError(f"cannot resume from {path}: it is damaged or unreadable ({error}); "
                             f"pass --restart to train anew in {model_dir}") from error
-    recorded, current = state["params"], training_fingerprint(params)
+    recorded, current = state["params"], training_fingerprint(config)
     changed = [f"{key} {json.dumps(recorded[key])} -> {json.dumps(current[key])}"
                for key in sorted(current) if key in recorded and recorded[key] != current[key]]
     if changed:

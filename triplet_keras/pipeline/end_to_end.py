@@ -1,6 +1,8 @@
 """What init.py runs: data -> train -> evaluate -> transfer -> predictors -> report, in one model folder.
 
-``run`` is the list of stages, each a function of its own module returning a small dataclass:
+``run`` takes a config.Config (params.json and the flags, read into frozen sections) and hands each
+stage the sections it needs. It is the list of stages, each a function of its own module returning a
+small dataclass:
 prepared_data.prepare_data (PreparedData, with its TargetSpec), training.train (TrainedEncoder),
 source_evaluation.evaluate_source (SourceEvaluation) and save_source_predictor,
 transfer_evaluation.run_transfer (TransferResult), and the report here (metrics.json and the summary).
@@ -34,7 +36,7 @@ from triplet_keras.pipeline.checkpoints import (
     training_fingerprint,
     write_state_copies,
 )
-from triplet_keras.pipeline.prepared_data import prepare_data
+from triplet_keras.pipeline.prepared_data import check_image_shape, prepare_data
 from triplet_keras.pipeline.source_evaluation import (calibration_report, embed_splits, evaluate_source,
                                                       save_source_predictor)
 from triplet_keras.pipeline.stages import PipelineError, elapsed_cpu_seconds, elapsed_seconds, stage, start_clock
@@ -110,14 +112,15 @@ def machine():
             "python": platform.python_version(), "load_average": round(os.getloadavg()[2], 1)}
 
 
-def report(model_dir, params, trained, evaluation, calibration, transfer):
-    """The report stage: ``model_dir/metrics.json`` and the printed summary; returns the metrics dict."""
+def report(model_dir, config, trained, evaluation, calibration, transfer):
+    """The report stage: ``model_dir/metrics.json`` (``params``: the flat parameters of ``config``, as in
+    params.json) and the printed summary; returns the metrics dict."""
     scores, episodes, choices, search = dict(evaluation.scores), {}, {}, None
     if transfer is not None:
         scores["transfer_accuracy"], episodes, choices = transfer.accuracy, transfer.episodes, transfer.choices
         search = transfer.search
     verdict = fine_tuning_verdict(episodes)
-    result = {"params": params, "scores": scores, "transfer": episodes, "transfer_choice": choices,
+    result = {"params": config.to_dict(), "scores": scores, "transfer": episodes, "transfer_choice": choices,
               "saved_transfer_search": search,
               "fine_tuning_verdict": verdict, "calibration": calibration,
               "epochs_trained": len(trained.history.get("loss", [])), "machine": machine(),
@@ -130,18 +133,19 @@ def report(model_dir, params, trained, evaluation, calibration, transfer):
     return result
 
 
-def run(model_dir, params, restart=False):
-    """The whole run: data, train, evaluate, transfer, report; returns the metrics dict also written to
-    ``model_dir/metrics.json``."""
+def run(model_dir, config, restart=False):
+    """The whole run of ``config`` (config.Config): data, train, evaluate, transfer, report; returns the
+    metrics dict also written to ``model_dir/metrics.json``."""
     start_clock()
     check_model_dir(model_dir)
     remove_temporary_files(model_dir)
-    keras.config.set_dtype_policy(params["precision"])
-    stage(f"loading {params['dataset']}")
-    data = prepare_data(params)
+    keras.config.set_dtype_policy(config.model.precision)
+    stage(f"loading {config.data.dataset}")
+    data = prepare_data(config.data, config.seed)
+    check_image_shape(data.train.image_shape, config.training.pseudo_classes, config.transfer.transfer_shift_average)
     stage(f"{len(data.source_classes)} source classes of {len(data.names)}; train {len(data.train)}, "
           f"validation {len(data.validation)}, test {len(data.test)} images")
-    trained = train(params, data, model_dir, restart)
+    trained = train(config, data, model_dir, restart)
     stage("evaluating on the test split (nearest class mean)")
     evaluation = evaluate_source(trained.encoder, data)
     stage("calibrating the predictors (source: on the validation split)")
@@ -150,8 +154,8 @@ def run(model_dir, params, restart=False):
     transfer = None
     if data.target is not None:
         stage(f"transfer to the target ({data.target.regime})")
-        transfer = run_transfer(params, trained.encoder, data, model_dir, (evaluation.train, evaluation.target),
+        transfer = run_transfer(config, trained.encoder, data, model_dir, (evaluation.train, evaluation.target),
                                 restart)
         calibration["transfer"] = transfer.calibration
     export_run_embeddings(model_dir, data, evaluation, transfer)
-    return report(model_dir, params, trained, evaluation, calibration, transfer)
+    return report(model_dir, config, trained, evaluation, calibration, transfer)

@@ -1,11 +1,12 @@
-"""Experiment parameters: ``<model_dir>/params.json`` plus command-line overrides, validated.
+"""The vocabulary of the experiment parameters: one flat key each, as in ``<model_dir>/params.json`` and
+the command-line flags, with its default, type and help (SCHEMA), and the check of one value.
 
 Every key has a default and a type below; an unknown key or a value of the wrong type is an error
 that lists the valid keys. ``null`` is allowed where the default is ``None`` or where noted.
+triplet_keras.pipeline.config reads params.json and the flags into typed, frozen sections.
 """
 import argparse
 import json
-import os
 
 from triplet_keras.core.images import as_image_size
 from triplet_keras.core.strategies import OFFLINE_STRATEGIES, ONLINE_STRATEGIES
@@ -94,14 +95,19 @@ class ParamsError(ValueError):
     """A parameter file or flag is invalid; the message lists the valid keys."""
 
 
-def _valid_keys():
+def valid_keys():
     return "valid keys: " + ", ".join(sorted(SCHEMA))
+
+
+def check_key(key):
+    """ParamsError unless ``key`` is a parameter of SCHEMA."""
+    if key not in SCHEMA:
+        raise ParamsError(f"unknown parameter {key!r}; {valid_keys()}")
 
 
 def check_value(key, value):
     """Return ``value`` converted to the key's type, or raise ParamsError."""
-    if key not in SCHEMA:
-        raise ParamsError(f"unknown parameter {key!r}; {_valid_keys()}")
+    check_key(key)
     default, kind, _ = SCHEMA[key]
     if value is None and (default is None or key in NULLABLE):
         return None
@@ -119,11 +125,13 @@ def check_value(key, value):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ParamsError(f"{key} must be of type {kind.__name__}, got {value!r}; {_valid_keys()}")
+        raise ParamsError(f"{key} must be of type {kind.__name__}, got {value!r}; {valid_keys()}")
     if key in MINIMUM and value < MINIMUM[key]:
         raise ParamsError(f"{key} must be at least {MINIMUM[key]}, got {value!r}")
     if key in FRACTIONS and not 0.0 <= value < 1.0:
         raise ParamsError(f"{key} must be at least 0 and below 1, got {value!r}")
+    if key == "transfer_whiten" and not 0.0 <= value <= 1.0:
+        raise ParamsError(f"transfer_whiten must be null, \"auto\" or a shrinkage between 0 and 1, got {value}")
     if isinstance(value, list) and key in ELEMENTS:
         check_elements(key, value)
     return value
@@ -142,29 +150,11 @@ def check_elements(key, value):
             raise ParamsError(f"{key} must be {wanted}, got {value!r}")
 
 
-def check_params(params):
-    """ParamsError for values that are wrong together: the fractions must leave images to train on."""
-    if params["validation_fraction"] + params["test_fraction"] >= 1.0:
+def check_fractions(validation_fraction, test_fraction):
+    """ParamsError unless the two fractions leave images to train on."""
+    if validation_fraction + test_fraction >= 1.0:
         raise ParamsError(f"validation_fraction + test_fraction must be below 1 to leave training images, got "
-                          f"{params['validation_fraction']} + {params['test_fraction']}")
-    return params
-
-
-def load_params(model_dir, overrides=None):
-    """Defaults, updated by ``model_dir/params.json`` (if present), updated by ``overrides``."""
-    params = {key: spec[0] for key, spec in SCHEMA.items()}
-    path = os.path.join(model_dir, "params.json")
-    if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                loaded = json.load(handle)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ParamsError(f"{path} is not valid JSON: {error}") from None
-        if not isinstance(loaded, dict):
-            raise ParamsError(f"{path} must hold a JSON object of parameters; {_valid_keys()}")
-        params.update({key: check_value(key, value) for key, value in loaded.items()})
-    params.update({key: check_value(key, value) for key, value in (overrides or {}).items()})
-    return check_params(params)
+                          f"{validation_fraction} + {test_fraction}")
 
 
 def _parse_flag(text):

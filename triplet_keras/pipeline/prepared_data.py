@@ -84,51 +84,54 @@ def check_trainable(split, name):
                             "triplets need at least two such classes")
 
 
-def prepare_data(params):
-    """The data stage: PreparedData, with every check that can fail made before training."""
-    whiten = params["transfer_whiten"]
-    if whiten not in (None, "auto") and not 0.0 <= whiten <= 1.0:
-        raise PipelineError(f"transfer_whiten must be null, \"auto\" or a shrinkage between 0 and 1, got {whiten}")
+def prepare_data(config, seed):
+    """The data stage of the DataConfig ``config``: PreparedData, with every check of the data made
+    before training (check_image_shape: those of the other sections against the images)."""
     try:
-        data = load_dataset(params["dataset"], image_size=params["image_size"],
-                            validation_fraction=params["validation_fraction"],
-                            test_fraction=params["test_fraction"], seed=params["seed"], archive=params["archive"],
-                            cache_bytes=params["cache_mb"] * 2**20, max_per_class=params["max_per_class"])
+        data = load_dataset(config.dataset, image_size=config.image_size,
+                            validation_fraction=config.validation_fraction, test_fraction=config.test_fraction,
+                            seed=seed, archive=config.archive, cache_bytes=config.cache_mb * 2**20,
+                            max_per_class=config.max_per_class)
     except (DatasetError, FileNotFoundError) as error:
         raise PipelineError(str(error)) from error
-    try:
-        check_shift_average(params["transfer_shift_average"], data.train.image_shape)
-    except ValueError as error:
-        raise PipelineError(f"transfer_shift_average: {error}") from error
     names = list(data.class_names)
-    source_classes, target = prepare_target(params, data, names)
+    source_classes, target = prepare_target(config, seed, data, names)
     train, validation, test = (select_classes(s, source_classes) for s in (data.train, data.validation, data.test))
     check_trainable(train, "training")
     if not len(test):
         raise PipelineError("the test split is empty: raise test_fraction (the run is scored on the test images)")
-    if params["pseudo_classes"] and train.image_shape[0] != train.image_shape[1]:
-        raise PipelineError(f"pseudo_classes need square images, got {train.image_shape[:2]}; "
-                            "set image_size to a square such as [224, 224]")
     return PreparedData(names, source_classes, train, validation, test, target)
 
 
-def prepare_target(params, data, names):
+def check_image_shape(image_shape, pseudo_classes, shift_average):
+    """PipelineError unless images of ``image_shape`` allow ``pseudo_classes`` (TrainingConfig: square
+    images) and ``shift_average`` (TransferConfig.transfer_shift_average: shorter than the image)."""
+    try:
+        check_shift_average(shift_average, image_shape)
+    except ValueError as error:
+        raise PipelineError(f"transfer_shift_average: {error}") from error
+    if pseudo_classes and image_shape[0] != image_shape[1]:
+        raise PipelineError(f"pseudo_classes need square images, got {image_shape[:2]}; "
+                            "set image_size to a square such as [224, 224]")
+
+
+def prepare_target(config, seed, data, names):
     """(source class indices, TargetSpec or None) of the loaded dataset ``data``: the classes outside
     ``source_classes``, another dataset with the same class names, or the test split restyled by
-    ``target_transform``; the first of these that params set."""
+    ``target_transform``; the first of these that the DataConfig ``config`` sets."""
     source_classes = list(range(len(names)))
-    if params["source_classes"] is not None:
-        source_classes = class_indices(names, params["source_classes"])
+    if config.source_classes is not None:
+        source_classes = class_indices(names, config.source_classes)
         target_classes = [c for c in range(len(names)) if c not in source_classes]
         if not target_classes:
             raise PipelineError("source_classes lists every class; leave some for the transfer target")
         splits = [select_classes(s, target_classes) for s in (data.train, data.validation, data.test)]
         return source_classes, TargetSpec("new classes", [s for s in splits if len(s)])
-    if params["target_dataset"] is not None:
+    if config.target_dataset is not None:
         try:
-            other = load_dataset(params["target_dataset"], image_size=data.train.image_shape[:2],
-                                 validation_fraction=0.0, test_fraction=0.0, seed=params["seed"],
-                                 cache_bytes=params["cache_mb"] * 2**20)
+            other = load_dataset(config.target_dataset, image_size=data.train.image_shape[:2],
+                                 validation_fraction=0.0, test_fraction=0.0, seed=seed,
+                                 cache_bytes=config.cache_mb * 2**20)
         except (DatasetError, FileNotFoundError) as error:
             raise PipelineError(f"target dataset: {error}") from error
         unknown = sorted(set(other.class_names) - set(names))
@@ -137,7 +140,7 @@ def prepare_target(params, data, names):
         remap = np.array([names.index(n) for n in other.class_names])
         splits = [relabel(s, remap[s.labels]) for s in (other.train, other.validation, other.test) if len(s)]
         return source_classes, TargetSpec("new domain", splits)
-    if params["target_transform"] is not None:
-        styled = domain_shift.apply_to_split(params["target_transform"], data.test, seed=params["seed"])
-        return source_classes, TargetSpec(f"new domain ({params['target_transform']})", [styled])
+    if config.target_transform is not None:
+        styled = domain_shift.apply_to_split(config.target_transform, data.test, seed=seed)
+        return source_classes, TargetSpec(f"new domain ({config.target_transform})", [styled])
     return source_classes, None

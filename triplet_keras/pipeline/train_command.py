@@ -28,14 +28,15 @@ def add_train_arguments(parser):
 def train_from_args(args):
     """Run the pipeline as the parsed ``args`` say; 0 when it finished (SystemExit with the error line
     otherwise)."""
-    from triplet_keras.pipeline.params import SCHEMA, ParamsError, load_params
+    from triplet_keras.pipeline.config import load_config
+    from triplet_keras.pipeline.params import SCHEMA, ParamsError
 
     overrides = {key: value for key, value in vars(args).items() if key in SCHEMA}  # the flags given
     if args.data_dir:
         overrides["dataset"] = args.data_dir
 
     try:
-        params = load_params(args.model_dir, overrides)
+        config = load_config(args.model_dir, overrides)
     except ParamsError as error:
         sys.exit(f"error: {error}")
 
@@ -44,7 +45,7 @@ def train_from_args(args):
     from triplet_keras.pipeline.monitoring import TrainingDivergedError
 
     try:
-        run(args.model_dir, params, restart=args.restart)
+        run(args.model_dir, config, restart=args.restart)
     except (PipelineError, WeightsUnavailableError, FileNotFoundError, TrainingDivergedError) as error:
         sys.exit(f"error: {error}")
     except OSError as error:  # disk full, read-only or no permission: the files already there are intact

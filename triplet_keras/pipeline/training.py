@@ -40,78 +40,82 @@ class TrainedEncoder:
     history: dict
 
 
-def build_training_model(params, image_shape):
-    """(training model, encoder), compiled for the configured strategy."""
-    weights = None if str(params["weights"]).lower() == "none" else params["weights"]
-    encoder = build_encoder(params["backbone"], weights, image_shape, params["embedding_dim"],
-                            params["freeze_layers"], params["backbone_size"])
+def build_training_model(model_config, training, seed, image_shape):
+    """(training model, encoder): the encoder of the ModelConfig ``model_config`` in the training model
+    of the TrainingConfig ``training``, compiled for its strategy."""
+    weights = None if str(model_config.weights).lower() == "none" else model_config.weights
+    encoder = build_encoder(model_config.backbone, weights, image_shape, model_config.embedding_dim,
+                            model_config.freeze_layers, model_config.backbone_size)
     augmentation = None
-    if params["augment_flip"] or params["augment_crop"]:
-        augmentation = build_augmentation(params["augment_flip"], params["augment_crop"], seed=params["seed"])
-    optimizer = keras.optimizers.Adam(params["learning_rate"])
-    if params["strategy"] in ONLINE_STRATEGIES:
+    if training.augment_flip or training.augment_crop:
+        augmentation = build_augmentation(training.augment_flip, training.augment_crop, seed=seed)
+    optimizer = keras.optimizers.Adam(training.learning_rate)
+    if training.strategy in ONLINE_STRATEGIES:
         model = build_online_model(encoder, augmentation)
-        loss = OnlineTripletLoss(params["strategy"], params["margin"], params["squared"])
-        if params["distribute"]:
+        loss = OnlineTripletLoss(training.strategy, training.margin, training.squared)
+        if training.distribute:
             loss = GlobalBatchLoss(loss)  # mines over the global batch under tf.distribute too
     else:
         model = build_merge_model(encoder, augmentation)
-        loss = TripletMarginLoss(params["margin"], params["squared"])
+        loss = TripletMarginLoss(training.margin, training.squared)
     model.compile(optimizer=optimizer, loss=loss)
     return model, encoder
 
 
-def training_data(params, data, encoder, initial_epoch=0):
-    """(train PyDataset, validation PyDataset or None, extra callbacks) for the strategy; a run resumed
-    at ``initial_epoch`` gets the batches and mining seed that epoch would have had."""
+def training_data(training, seed, data, encoder, initial_epoch=0):
+    """(train PyDataset, validation PyDataset or None, extra callbacks) for the TrainingConfig
+    ``training``'s strategy; a run resumed at ``initial_epoch`` gets the batches and mining seed that
+    epoch would have had."""
     train, validation = data.train, data.validation
     # Keras prefetches batches on threads only for workers > 1; the queue is per epoch, so it starts
     # after RemineCallback has handed over the epoch's triplets.
-    loader = {"workers": max(1, params["loader_workers"])}
-    if params["pseudo_classes"]:
+    loader = {"workers": max(1, training.loader_workers)}
+    if training.pseudo_classes:
         train = with_pseudo_classes(train)
-    if params["strategy"] in ONLINE_STRATEGIES:
-        k = params["samples_per_class"]
-        p = max(2, params["batch_size"] // k)
+    if training.strategy in ONLINE_STRATEGIES:
+        k = training.samples_per_class
+        p = max(2, training.batch_size // k)
         validation_data = PKBatchGenerator(validation, p, k, seed=0, **loader) if has_pairs(validation) else None
-        return (PKBatchGenerator(train, p, k, seed=params["seed"], initial_epoch=initial_epoch, **loader),
+        return (PKBatchGenerator(train, p, k, seed=seed, initial_epoch=initial_epoch, **loader),
                 validation_data, [])
-    mine = lambda split, strategy, seed: mine_triplets(  # noqa: E731
+    mine = lambda split, strategy, mining_seed: mine_triplets(  # noqa: E731
         embed_images(encoder, split, description=f"embedding {len(split)} images"), split.labels, strategy,
-        params["margin"], params["triplets_per_anchor"], seed=seed, squared=params["squared"])
+        training.margin, training.triplets_per_anchor, seed=mining_seed, squared=training.squared)
     # RemineCallback mines with seed + epoch + 1 after each epoch: the same seed on resuming.
-    generator = TripletGenerator(train, mine(train, params["strategy"], params["seed"] + initial_epoch),
-                                 params["batch_size"], seed=params["seed"], initial_epoch=initial_epoch, **loader)
-    remine = RemineCallback(generator, encoder, params["remine_every"], params["strategy"], params["margin"],
-                            seed=params["seed"], triplets_per_anchor=params["triplets_per_anchor"],
-                            squared=params["squared"])
+    generator = TripletGenerator(train, mine(train, training.strategy, seed + initial_epoch),
+                                 training.batch_size, seed=seed, initial_epoch=initial_epoch, **loader)
+    remine = RemineCallback(generator, encoder, training.remine_every, training.strategy, training.margin,
+                            seed=seed, triplets_per_anchor=training.triplets_per_anchor, squared=training.squared)
     validation_data = None
     if has_pairs(validation):
-        validation_data = TripletGenerator(validation, mine(validation, "random", params["seed"]),
-                                           params["batch_size"], shuffle=False, **loader)
+        validation_data = TripletGenerator(validation, mine(validation, "random", seed),
+                                           training.batch_size, shuffle=False, **loader)
     return generator, validation_data, [remine]
 
 
-def train(params, data, model_dir, restart):
-    """The training stage: train (or resume) on ``data`` (PreparedData) and return a TrainedEncoder."""
-    state = read_state(model_dir, params, restart)
-    keras.utils.set_random_seed(params["seed"])
-    with data_parallel() if params["distribute"] else contextlib.nullcontext():
+def train(config, data, model_dir, restart):
+    """The training stage: train (or resume) on ``data`` (PreparedData) with the model and training
+    sections and seed of ``config`` (config.Config, whose checkpoint fingerprint decides whether a run
+    may resume) and return a TrainedEncoder."""
+    training = config.training
+    state = read_state(model_dir, config, restart)
+    keras.utils.set_random_seed(config.seed)
+    with data_parallel() if training.distribute else contextlib.nullcontext():
         devices = replica_count()
-        if params["distribute"]:
+        if training.distribute:
             stage(f"data-parallel training over {devices} devices")
         if state is None:
-            model, encoder = build_training_model(params, data.train.image_shape)
+            model, encoder = build_training_model(config.model, training, config.seed, data.train.image_shape)
         else:
             stage(f"resuming from {os.path.join(model_dir, 'last.keras')} after epoch {state['epoch'] + 1}")
             model = load_checkpoint(os.path.join(model_dir, "last.keras"), compile=True)
             write_state_copies(model_dir, state)  # a kill may have left them an epoch behind
             encoder = model.get_layer("encoder")
     initial_epoch = 0 if state is None else state["epoch"] + 1
-    if initial_epoch < params["epochs"]:
-        stage(f"training {params['backbone']} with {params['strategy']} triplets, epochs "
-              f"{initial_epoch + 1}..{params['epochs']}")
-        train_data, validation_data, callbacks = training_data(params, data, encoder, initial_epoch)
+    if initial_epoch < training.epochs:
+        stage(f"training {config.model.backbone} with {training.strategy} triplets, epochs "
+              f"{initial_epoch + 1}..{training.epochs}")
+        train_data, validation_data, callbacks = training_data(training, config.seed, data, encoder, initial_epoch)
         for batches in (train_data, validation_data):
             if batches is not None and batches.batch_size % devices:
                 raise PipelineError(f"batches of {batches.batch_size} do not divide over {devices} devices: "
@@ -121,14 +125,14 @@ def train(params, data, model_dir, restart):
             callbacks.append(ValidationRetrieval(encoder, data.validation))
         callbacks += [
             NaNGuard(),  # before TrainingState: a diverged epoch is never saved
-            CollapseMonitor(encoder, data.train, params["margin"], params["squared"],
-                            params["collapse_patience"], seed=params["seed"]),
-            TrainingState(model_dir, params, monitor, state),
+            CollapseMonitor(encoder, data.train, training.margin, training.squared, training.collapse_patience,
+                            seed=config.seed),
+            TrainingState(model_dir, config, monitor, state),
             EpochTensorBoard(os.path.join(model_dir, "logs")),
         ]
         # The generators order each epoch from (seed, epoch) themselves; Keras' own shuffle of the batch
         # order draws from the global RNG, which a resumed run would not continue where the killed one was.
-        model.fit(train_data, validation_data=validation_data, epochs=params["epochs"], shuffle=False,
+        model.fit(train_data, validation_data=validation_data, epochs=training.epochs, shuffle=False,
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)
     best = load_checkpoint(os.path.join(model_dir, "best.keras"))
-    return TrainedEncoder(best.get_layer("encoder"), read_state(model_dir, params, restart=False)["history"])
+    return TrainedEncoder(best.get_layer("encoder"), read_state(model_dir, config, restart=False)["history"])

@@ -51,23 +51,23 @@ MAX_AUTO_WIDTH = 2048
 MIN_EVIDENCE_WAYS = 5
 
 
-def transfer_feature_models(params, encoder, new_classes=False):
+def transfer_feature_models(transfer, encoder, new_classes=False):
     """{kind: model} of the transfer features to choose from: ``transfer_features``, or with "auto" every
     kind of vocabulary.TRANSFER_FEATURES whose vectors are at most MAX_AUTO_WIDTH wide, but for
     ``new_classes`` not the embedding: its head is trained to separate exactly the source classes."""
-    kinds = TRANSFER_FEATURES if params["transfer_features"] == "auto" else (params["transfer_features"],)
-    if params["transfer_features"] == "auto" and new_classes:
+    kinds = TRANSFER_FEATURES if transfer.transfer_features == "auto" else (transfer.transfer_features,)
+    if transfer.transfer_features == "auto" and new_classes:
         kinds = tuple(kind for kind in kinds if kind != "embedding")
-    models = {kind: feature_encoder(encoder, kind, params["transfer_shift_average"]) for kind in kinds}
+    models = {kind: feature_encoder(encoder, kind, transfer.transfer_shift_average) for kind in kinds}
     return {kind: model for kind, model in models.items()
-            if params["transfer_features"] != "auto" or model.output_shape[-1] <= MAX_AUTO_WIDTH}
+            if transfer.transfer_features != "auto" or model.output_shape[-1] <= MAX_AUTO_WIDTH}
 
 
-def initial_encoder(params, image_shape):
+def initial_encoder(config, image_shape):
     """The encoder before fine-tuning: built as the training stage builds it, right after seeding Keras
     with the run's seed as training does, so with the weights training started from."""
-    keras.utils.set_random_seed(params["seed"])
-    return build_training_model(params, image_shape)[1]
+    keras.utils.set_random_seed(config.seed)
+    return build_training_model(config.model, config.training, config.seed, image_shape)[1]
 
 
 def initial_kind(kinds):
@@ -76,12 +76,13 @@ def initial_kind(kinds):
     return "backbone" if "backbone" in kinds else next(iter(kinds))
 
 
-def network_models(params, encoder, data):
+def network_models(config, encoder, data):
     """{(network, kind): model} of every candidate space: the fine-tuned ``encoder`` with every kind of
     transfer_feature_models, the initial one with initial_kind, and the pixels."""
     new_classes, image_shape = data.target.new_classes, data.train.image_shape
-    models = {("fine_tuned", kind): model for kind, model in transfer_feature_models(params, encoder, new_classes).items()}
-    initial = transfer_feature_models(params, initial_encoder(params, image_shape), new_classes)
+    fine_tuned = transfer_feature_models(config.transfer, encoder, new_classes)
+    models = {("fine_tuned", kind): model for kind, model in fine_tuned.items()}
+    initial = transfer_feature_models(config.transfer, initial_encoder(config, image_shape), new_classes)
     kind = initial_kind(initial)
     models[("initial", kind)] = initial[kind]
     models[("pixels", "pixels")] = pixel_features(image_shape)
@@ -117,7 +118,7 @@ def embed_spaces(models, data, encoder, encoder_vectors):
     return spaces
 
 
-def held_out_class_evidence(params, data, spaces, model_dir, restart, n_way):
+def held_out_class_evidence(config, data, spaces, model_dir, restart, n_way):
     """EpisodeEvidence for new classes: a fold encoder trained like the main one (into
     ``model_dir``/selection_encoder, resumable) without the source classes of choice.held_out_fold, and
     episodes with that fold (train and validation images; with pseudo_classes each of their symmetries a
@@ -127,8 +128,9 @@ def held_out_class_evidence(params, data, spaces, model_dir, restart, n_way):
     source classes, 2-way evidence ranked the candidates against the target's order
     (benchmarks/RESULTS.md)."""
     classes = np.unique(data.train.labels)
-    fold = held_out_fold(classes, n_way, params["seed"])
-    stand_in_classes = len(fold) * (N_VARIANTS if params["pseudo_classes"] else 1)
+    pseudo_classes = config.training.pseudo_classes
+    fold = held_out_fold(classes, n_way, config.seed)
+    stand_in_classes = len(fold) * (N_VARIANTS if pseudo_classes else 1)
     if stand_in_classes < min(n_way, MIN_EVIDENCE_WAYS):
         stage(f"too few source classes to hold out ({stand_in_classes} stand-in classes): no evidence; the "
               "default candidate")
@@ -137,12 +139,12 @@ def held_out_class_evidence(params, data, spaces, model_dir, restart, n_way):
     stage(f"training a fold encoder without the source classes {[data.names[c] for c in fold]} (evidence for the choice)")
     fold_data = replace(data, train=select_classes(data.train, kept), validation=select_classes(data.validation, kept),
                         test=select_classes(data.test, kept), target=None)
-    fold_encoder = train(params, fold_data, os.path.join(model_dir, "selection_encoder"), restart).encoder
+    fold_encoder = train(config, fold_data, os.path.join(model_dir, "selection_encoder"), restart).encoder
     unseen = [split for split in (select_classes(data.train, fold), select_classes(data.validation, fold)) if len(split)]
-    if params["pseudo_classes"]:  # the fold's symmetries as classes of their own: more ways, as in training
+    if pseudo_classes:  # the fold's symmetries as classes of their own: more ways, as in training
         unseen = [relabel(with_pseudo_classes(split), np.concatenate(
             [split.labels + i * len(data.names) for i in range(N_VARIANTS)])) for split in unseen]
-    fold_models = transfer_feature_models(params, fold_encoder, new_classes=True)
+    fold_models = transfer_feature_models(config.transfer, fold_encoder, new_classes=True)
     source_rows, stand_ins = np.isin(data.train.labels, kept), {}
     for (network, kind), vectors in spaces.items():
         if network == "fine_tuned":
@@ -152,30 +154,30 @@ def held_out_class_evidence(params, data, spaces, model_dir, restart, n_way):
             stand_ins[(network, kind)] = vectors.train[source_rows], embed_all(
                 vectors.model, unseen, f"{network} {kind} features")
     unseen_labels = np.concatenate([split.labels for split in unseen])
-    symmetries = " and their symmetries" if params["pseudo_classes"] else ""
-    return EpisodeEvidence(stand_ins, data.train.labels[source_rows], unseen_labels, True, params["episodes"],
-                           params["seed"], f"source classes {[data.names[c] for c in fold]}{symmetries}, "
+    symmetries = " and their symmetries" if pseudo_classes else ""
+    return EpisodeEvidence(stand_ins, data.train.labels[source_rows], unseen_labels, True, config.transfer.episodes,
+                           config.seed, f"source classes {[data.names[c] for c in fold]}{symmetries}, "
                            "held out of training")
 
 
-def validation_evidence(params, data, spaces):
+def validation_evidence(transfer, seed, data, spaces):
     """EpisodeEvidence for a new domain: the source validation split stands in for the target, the train
     split is the source (without a validation split, half of each train class stands in)."""
     if len(data.validation):
         stand_ins = {key: (v.train, v.validation) for key, v in spaces.items()}
-        return EpisodeEvidence(stand_ins, data.train.labels, data.validation.labels, False, params["episodes"],
-                               params["seed"], "the source validation split")
-    halved = halve_per_class(data.train.labels, params["seed"])
+        return EpisodeEvidence(stand_ins, data.train.labels, data.validation.labels, False, transfer.episodes,
+                               seed, "the source validation split")
+    halved = halve_per_class(data.train.labels, seed)
     stand_ins = {key: (v.train[~halved], v.train[halved]) for key, v in spaces.items()}
     return EpisodeEvidence(stand_ins, data.train.labels[~halved], data.train.labels[halved], False,
-                           params["episodes"], params["seed"], "half of each train class (no validation split)")
+                           transfer.episodes, seed, "half of each train class (no validation split)")
 
 
-def open_candidates(params, spaces, unlabeled=(False, True)):
-    """choice.candidates over ``spaces``, with the modes and shrinkages transfer_mode / transfer_whiten
-    leave open."""
-    modes = SEARCHED_MODES if params["transfer_mode"] == "auto" else (params["transfer_mode"],)
-    shrinkages = SHRINKAGES if params["transfer_whiten"] == "auto" else (params["transfer_whiten"],)
+def open_candidates(transfer, spaces, unlabeled=(False, True)):
+    """choice.candidates over ``spaces``, with the modes and shrinkages the TransferConfig ``transfer``'s
+    transfer_mode / transfer_whiten leave open."""
+    modes = SEARCHED_MODES if transfer.transfer_mode == "auto" else (transfer.transfer_mode,)
+    shrinkages = SHRINKAGES if transfer.transfer_whiten == "auto" else (transfer.transfer_whiten,)
     widths = {key: v.train.shape[1] for key, v in spaces.items()}
     return candidates(widths, modes, shrinkages, unlabeled)
 
@@ -222,14 +224,14 @@ def best_fine_tuned(search, evidence_scores):
     return max(fine_tuned, key=lambda c: (evidence_scores.get(c, 0.0), -fine_tuned.index(c)))
 
 
-def evaluate_transfer(params, spaces, search, target_labels, new_classes):
+def evaluate_transfer(transfer, seed, spaces, search, target_labels, new_classes):
     """Few-shot episodes for each K: the modes, the baselines, auto, semi_supervised and the ceiling, all
     on the same episodes. Returns (results, {K: what the evidence and the searches chose})."""
     results, choices = {}, {}
     n_way = len(np.unique(target_labels))
     smallest = int(class_counts(target_labels)[1].min())
     searches = EpisodeSearches(search, target_labels)
-    for k in params["shots"]:
+    for k in transfer.shots:
         n_query = min(15, smallest - k)
         if n_query < 1:
             print(f"skipping {k}-shot: a target class has only {smallest} images")
@@ -244,10 +246,10 @@ def evaluate_transfer(params, spaces, search, target_labels, new_classes):
         methods["semi_supervised"] = searches.method("semi_supervised")
         for counter in searches.picks.values():
             counter.clear()
-        stage(f"{k}-shot episodes: {len(methods)} methods on {params['episodes']} episodes "
+        stage(f"{k}-shot episodes: {len(methods)} methods on {transfer.episodes} episodes "
               f"(auto and semi_supervised search {len(search.candidates)} candidates on each)")
-        results[f"{k}-shot"] = evaluate_few_shot(methods, target_labels, n_way, k, params["episodes"], n_query,
-                                                 params["seed"], ceiling=spaces[best.space].target)
+        results[f"{k}-shot"] = evaluate_few_shot(methods, target_labels, n_way, k, transfer.episodes, n_query,
+                                                 seed, ceiling=spaces[best.space].target)
         ranked = sorted(scores, key=scores.get, reverse=True)
         choices[f"{k}-shot"] = {
             "evidence": None if search.evidence is None else search.evidence.description,
@@ -257,18 +259,18 @@ def evaluate_transfer(params, spaces, search, target_labels, new_classes):
     return results, choices
 
 
-def transfer_split(params, target_labels):
+def transfer_split(transfer, seed, target_labels):
     """(support, calibration, report) indices into the target images: K = max(shots) labelled images
     per target class for the support, and the rest cut at random (seed) into halves: one to calibrate
     the saved predictor (and its unlabelled pool), the other to report on (never both)."""
-    rng = np.random.default_rng(params["seed"])
-    k = max(params["shots"])
+    rng = np.random.default_rng(seed)
+    k = max(transfer.shots)
     support = np.concatenate([rows[:k] for rows in shuffled_rows_per_class(target_labels, rng)])
     held_out = rng.permutation(np.setdiff1d(np.arange(len(target_labels)), support))
     return support, np.sort(held_out[:len(held_out) // 2]), np.sort(held_out[len(held_out) // 2:])
 
 
-def save_transfer_predictor(params, data, spaces, search, target_labels, split, model_dir):
+def save_transfer_predictor(transfer, seed, data, spaces, search, target_labels, split, model_dir):
     """The search fitted on the support of ``split`` (transfer_split) with its calibration part as the
     unlabelled pool; its best candidate's predictor (the support as its gallery), calibrated on the
     calibration part and saved with the search's record in ``model_dir/predictor_transfer``
@@ -295,7 +297,7 @@ def save_transfer_predictor(params, data, spaces, search, target_labels, split, 
         os.path.join(model_dir, "plots", "transfer_map.png"), (vectors.train, [names[c] for c in train_labels]),
         (vectors.target, [names[c] for c in target_labels]),
         (classifier.transform(vectors.target), [names[c] for c in target_labels]),
-        source_after=classifier.transform_source(vectors.train), seed=params["seed"], method=params["plot_method"],
+        source_after=classifier.transform_source(vectors.train), seed=seed, method=transfer.plot_method,
         max_points=1000)
     return accuracy, calibration, summary
 
@@ -316,23 +318,26 @@ class TransferResult:
     support: np.ndarray
 
 
-def run_transfer(params, encoder, data, model_dir, encoder_vectors, restart=False):
-    """The transfer stage on ``data`` (PreparedData with a target); ``encoder_vectors``: (train, target)
-    as ``encoder`` embeds them. Returns a TransferResult."""
+def run_transfer(config, encoder, data, model_dir, encoder_vectors, restart=False):
+    """The transfer stage on ``data`` (PreparedData with a target) with the transfer section and seed of
+    ``config`` (config.Config: its model and training sections build the initial encoder and train the
+    fold encoder); ``encoder_vectors``: (train, target) as ``encoder`` embeds them. Returns a
+    TransferResult."""
+    transfer, seed = config.transfer, config.seed
     new_classes, train_labels, target_labels = data.target.new_classes, data.train.labels, data.target.labels
-    spaces = embed_spaces(network_models(params, encoder, data), data, encoder, encoder_vectors)
+    spaces = embed_spaces(network_models(config, encoder, data), data, encoder, encoder_vectors)
     n_way = len(np.unique(target_labels))
-    evidence = (held_out_class_evidence(params, data, spaces, model_dir, restart, n_way) if new_classes
-                else validation_evidence(params, data, spaces))
+    evidence = (held_out_class_evidence(config, data, spaces, model_dir, restart, n_way) if new_classes
+                else validation_evidence(transfer, seed, data, spaces))
     search = TransferSearch({key: (v.train, v.target) for key, v in spaces.items()}, train_labels,
-                            open_candidates(params, spaces), evidence)
+                            open_candidates(transfer, spaces), evidence)
     stage(f"choosing among {len(search.candidates)} candidates by "
           + (evidence.description if evidence else "no evidence (the default)")
           + " and, with 2 shots a class or more, leave-one-out on the support"
           + (" for the use of the pool" if new_classes else ""))
-    episodes, choices = evaluate_transfer(params, spaces, search, target_labels, new_classes)
-    split = transfer_split(params, target_labels)
-    accuracy, calibration, summary = save_transfer_predictor(params, data, spaces, search, target_labels, split,
-                                                             model_dir)
+    episodes, choices = evaluate_transfer(transfer, seed, spaces, search, target_labels, new_classes)
+    split = transfer_split(transfer, seed, target_labels)
+    accuracy, calibration, summary = save_transfer_predictor(transfer, seed, data, spaces, search, target_labels,
+                                                             split, model_dir)
     return TransferResult(episodes, choices, accuracy, calibration, summary, target_labels, split[0])
 
