@@ -27,6 +27,8 @@ import shutil
 import subprocess
 import sys
 
+from triplet_keras.core.downloads import keras_home
+
 BACKENDS = ("jax", "tensorflow", "torch")
 # Fastest first, per device (benchmarks/README.md). On the shared 2-core CPU, 2026-12-03, Keras trained
 # ResNet50 fastest on JAX, then TensorFlow with XLA, then PyTorch; TensorFlow embedded fastest.
@@ -83,8 +85,7 @@ def enable_compilation_cache():
     Call it before jax is imported: JAX reads these variables then."""
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
-    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(keras_home, "jax_compilation_cache")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(keras_home(), "jax_compilation_cache")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     if is_installed("filelock"):
         os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(COMPILATION_CACHE_BYTES))
