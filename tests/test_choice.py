@@ -14,6 +14,7 @@ from triplet_keras.transfer.choice import (
     fit_transfer,
     held_out_fold,
     leave_one_out_folds,
+    preferred_by_evidence,
     shortlist,
 )
 
@@ -141,6 +142,18 @@ def test_for_new_classes_the_evidence_decides_at_every_k():
     search = TransferSearch(spaces, source_labels, found, evidence).fit(support, target_labels[support])
     assert search.decided_by == "evidence" and search.n_folds_ == 0 and search.best_candidate_.network == "bad"
     assert all(np.isnan(search.cv_results_["support_score"]))
+
+
+def test_the_evidence_picks_features_without_the_pool_and_then_whether_to_use_it():
+    """A candidate that leads only with the pool does not bring its features: the pick is the best
+    without the pool, then the better of it and its pool twin."""
+    fine, pixels = Candidate("fine_tuned", "grid", "center", 0.3), Candidate("pixels", "pixels", "center")
+    fine_pool, pixels_pool = (Candidate(**{**c.as_dict(), "unlabeled": True}) for c in (fine, pixels))
+    evidence = {fine: 0.90, fine_pool: 0.92, pixels: 0.85, pixels_pool: 0.95}
+    assert preferred_by_evidence(list(evidence), evidence, pooled=True) == fine_pool
+    assert preferred_by_evidence(list(evidence), {**evidence, fine_pool: 0.89}, pooled=True) == fine
+    assert preferred_by_evidence([fine, pixels], {fine: 0.90, pixels: 0.85}, pooled=False) == fine
+    assert preferred_by_evidence(list(evidence), {**evidence, fine_pool: 0.90}, pooled=True) == fine_pool  # tie
 
 
 def test_search_without_evidence_or_shots_takes_the_documented_fallback():

@@ -17,8 +17,8 @@ GridSearchCV (``cv_results_``, ``best_candidate_``, ``best_estimator_``):
 2. The support's own leave-one-out (leave_one_out_folds), when it holds K >= 2 shots of every class,
    on what the evidence cannot see: for a new domain (whose evidence comes from the source domain)
    the shortlist, per space and with and without the pool, the evidence's best; for new classes only
-   the use of the pool (the evidence's best with and without it: the user's pool may be unbalanced or
-   hold other classes, the evidence's pools do not), since on the choice of features, mode and
+   the use of the pool (preferred_by_evidence's pick with and without it: the user's pool may be
+   unbalanced or hold other classes, the evidence's pools do not), since on the choice of features, mode and
    whitening the held-out classes' episodes ranked better than the support's few predictions
    (benchmarks/RESULTS.md, "Leave-one-out"). Each compared candidate is fitted K times, each time
    without one shot of every class, and scored on the shots left out. It has the last word; ties go
@@ -261,6 +261,16 @@ def shortlist(candidates, evidence):
     return [min(members, key=key) for members in groups.values()]
 
 
+def preferred_by_evidence(candidates, evidence, pooled):
+    """The evidence's pick: features, mode and whitening from the best-scored candidate without the pool
+    (ties to the default form), then, when ``candidates`` hold its twin with the pool, the better scored
+    of the two (ties to the pool exactly when ``pooled``). The pool is a second decision, so a candidate
+    that only leads with the pool does not bring its features along."""
+    key = lambda c: (-evidence[c], default_order(c, pooled))  # noqa: E731
+    base = min([c for c in candidates if not c.unlabeled] or candidates, key=key)
+    return min(pool_twins(base, candidates), key=key)
+
+
 def pool_twins(candidate, candidates):
     """``candidate`` and, when ``candidates`` hold it, the same candidate with the other use of the pool."""
     twin = replace(candidate, unlabeled=not candidate.unlabeled)
@@ -319,7 +329,7 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
             raise ValueError("no candidate to search: every candidate uses an unlabelled pool and none was given")
         n_way, k_shot = len(self.classes_), int(class_counts(y)[1].min())
         evidence = {} if self.evidence is None else self.evidence.scores(open_, n_way, k_shot)
-        preferred = (min(open_, key=lambda c: (-evidence[c], default_order(c, pool is not None))) if evidence
+        preferred = (preferred_by_evidence(open_, evidence, pool is not None) if evidence
                      else self.fallback or default_candidate(open_, pool is not None))
         folds = leave_one_out_folds(y)
         compared = (pool_twins(preferred, open_) if new_classes else shortlist(open_, evidence)) if folds else []
@@ -329,11 +339,11 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
             right = sum(np.sum(vectors.predict(candidate, rows[kept], y[kept], rows[out], pool, self.class_mapping)
                                == y[out]) for kept, out in folds)
             support[candidate] = round(right / sum(len(out) for _, out in folds), 4)
-        ranking = sorted(range(len(open_)), key=lambda i: (-support.get(open_[i], 0.0), -evidence.get(open_[i], 0.0),
-                                                            default_order(open_[i], pool is not None), i))
+        order = lambda c: (-support.get(c, 0.0), -evidence.get(c, 0.0), default_order(c, pool is not None))  # noqa: E731
+        self.best_candidate_ = min(support, key=order) if support else preferred
+        ranking = sorted(range(len(open_)), key=lambda i: (open_[i] != self.best_candidate_, order(open_[i]), i))
         self.n_folds_ = len(folds) if support else 0
         self.decided_by = "leave-one-out" if support else "evidence" if evidence else "fallback"
-        self.best_candidate_ = preferred if self.decided_by == "fallback" else open_[ranking[0]]
         rank = {i: r + 1 for r, i in enumerate(ranking)}
         self.cv_results_ = {"candidate": [c.name for c in open_], "params": [c.as_dict() for c in open_],
                             "evidence_score": [evidence.get(c, float("nan")) for c in open_],
