@@ -83,21 +83,22 @@ def saved_models(tmp_path_factory):
 LOAD = """
 import json, numpy as np
 {imports}
-folder, report = {folder!r}, {{}}
-images = np.load(folder + "/images.npy")
-for name in {names!r}:
-    model = keras.saving.load_model(folder + "/" + name + ".keras")  # safe mode
-    inputs = [images, images[::-1], images[:, ::-1]] if name == "merge_model" else images
-    expected = np.load(folder + "/" + name + ".npy")
-    loss = getattr(model, "loss", None)
-    report[name] = [float(np.abs(model.predict(inputs, verbose=0) - expected).max()),
-                    None if loss is None else keras.losses.serialize(loss)["config"]]
+report = {{}}
+for folder in {folders!r}:
+    images = np.load(folder + "/images.npy")
+    for name in {names!r}:
+        model = keras.saving.load_model(folder + "/" + name + ".keras")  # safe mode
+        inputs = [images, images[::-1], images[:, ::-1]] if name == "merge_model" else images
+        expected = np.load(folder + "/" + name + ".npy")
+        loss = getattr(model, "loss", None)
+        report.setdefault(folder, {{}})[name] = [float(np.abs(model.predict(inputs, verbose=0) - expected).max()),
+                                               None if loss is None else keras.losses.serialize(loss)["config"]]
 print(json.dumps(report))
 """
 
 
 def assert_loads_as_saved(report, saved):
-    """The LOAD report: every model, its outputs as saved, its loss with its configuration."""
+    """One folder's LOAD report: every model, its outputs as saved, its loss with its configuration."""
     assert sorted(report) == sorted(saved)
     for name, (difference, _) in report.items():
         assert difference < 1e-5, name
@@ -106,31 +107,19 @@ def assert_loads_as_saved(report, saved):
     assert report["encoder"][1] is None
 
 
-@pytest.mark.parametrize("imports", [
-    "import triplet_keras\nimport keras",
-    "import keras\nimport triplet_keras",
-    # a library that looks for keras before importing it (TensorFlow does)
-    "import importlib.util, triplet_keras\nassert importlib.util.find_spec('keras')\nimport keras",
-])
-def test_import_alone_registers_what_load_model_needs(saved_models, imports):
-    folder, saved = saved_models
-    assert_loads_as_saved(python(LOAD.format(imports=imports, folder=str(folder), names=sorted(saved)), {}), saved)
-
-
 # Where the Keras objects lived before the package had layers: files saved then name these modules.
 MODULES_BEFORE_THE_LAYERS = {"triplet_keras.core.losses": "triplet_keras.losses",
                              "triplet_keras.models.networks": "triplet_keras.models",
                              "triplet_keras.models.distribution": "triplet_keras.distribution"}
 
 
-def test_files_saved_before_the_layers_still_load(saved_models, tmp_path):
-    """Keras finds a registered object by its registered name (triplet_keras>Class), not by the module
-    the file names, so files whose config names the old modules load as they did."""
-    folder, saved = saved_models
-    shutil.copy(folder / "images.npy", tmp_path)
+def saved_before_the_layers(folder, saved, target):
+    """Copies into ``target`` of the files in ``folder``, their config naming the modules of
+    MODULES_BEFORE_THE_LAYERS, as files saved before the package had layers do."""
+    shutil.copy(folder / "images.npy", target)
     for name, path in saved.items():
-        shutil.copy(folder / f"{name}.npy", tmp_path)
-        with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp_path / f"{name}.keras", "w") as target:
+        shutil.copy(folder / f"{name}.npy", target)
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(target / f"{name}.keras", "w") as rewritten:
             for item in source.infolist():
                 data = source.read(item)
                 if item.filename == "config.json":
@@ -139,13 +128,31 @@ def test_files_saved_before_the_layers_still_load(saved_models, tmp_path):
                         text = text.replace(f'"module": "{module}"', f'"module": "{before}"')
                     assert "triplet_keras.core." not in text and "triplet_keras.models." not in text
                     data = text.encode()
-                target.writestr(item, data)
-    with zipfile.ZipFile(tmp_path / "online_model.keras") as rewritten:
+                rewritten.writestr(item, data)
+    with zipfile.ZipFile(target / "online_model.keras") as rewritten:
         config = rewritten.read("config.json").decode()
     assert all(f'"module": "{before}"' in config for before in MODULES_BEFORE_THE_LAYERS.values())
-    report = python(LOAD.format(imports="import triplet_keras\nimport keras", folder=str(tmp_path),
-                                names=sorted(saved)), {})
-    assert_loads_as_saved(report, saved)
+    return target
+
+
+@pytest.mark.parametrize("imports", [
+    "import triplet_keras\nimport keras",
+    "import keras\nimport triplet_keras",
+    # a library that looks for keras before importing it (TensorFlow does)
+    "import importlib.util, triplet_keras\nassert importlib.util.find_spec('keras')\nimport keras",
+])
+def test_import_alone_registers_what_load_model_needs(saved_models, imports, tmp_path):
+    """Each import order loads every kind of file the package writes, in a fresh interpreter; the first
+    also loads the same files as saved before the package had layers: Keras finds a registered object
+    by its registered name (triplet_keras>Class), not by the module the file names."""
+    folder, saved = saved_models
+    folders = [str(folder)]
+    if imports == "import triplet_keras\nimport keras":
+        folders.append(str(saved_before_the_layers(folder, saved, tmp_path)))
+    report = python(LOAD.format(imports=imports, folders=folders, names=sorted(saved)), {})
+    assert sorted(report) == sorted(folders)
+    for loaded in report.values():
+        assert_loads_as_saved(loaded, saved)
 
 
 def registered_in_source():
