@@ -13,8 +13,8 @@ from triplet_keras.transfer.choice import (
     default_candidate,
     fit_transfer,
     held_out_fold,
+    compared_for_new_classes,
     leave_one_out_folds,
-    preferred_by_evidence,
     shortlist,
 )
 
@@ -144,16 +144,16 @@ def test_for_new_classes_the_evidence_decides_at_every_k():
     assert all(np.isnan(search.cv_results_["support_score"]))
 
 
-def test_the_evidence_picks_features_without_the_pool_and_then_whether_to_use_it():
-    """A candidate that leads only with the pool does not bring its features: the pick is the best
-    without the pool, then the better of it and its pool twin."""
+def test_for_new_classes_leave_one_out_compares_the_pool_twins_and_the_best_without_the_pool():
+    """A candidate that leads the evidence only with the pool must beat, on the support, its twin
+    without the pool and the evidence's best without the pool."""
     fine, pixels = Candidate("fine_tuned", "grid", "center", 0.3), Candidate("pixels", "pixels", "center")
     fine_pool, pixels_pool = (Candidate(**{**c.as_dict(), "unlabeled": True}) for c in (fine, pixels))
     evidence = {fine: 0.90, fine_pool: 0.92, pixels: 0.85, pixels_pool: 0.95}
-    assert preferred_by_evidence(list(evidence), evidence, pooled=True) == fine_pool
-    assert preferred_by_evidence(list(evidence), {**evidence, fine_pool: 0.89}, pooled=True) == fine
-    assert preferred_by_evidence([fine, pixels], {fine: 0.90, pixels: 0.85}, pooled=False) == fine
-    assert preferred_by_evidence(list(evidence), {**evidence, fine_pool: 0.90}, pooled=True) == fine_pool  # tie
+    assert compared_for_new_classes(pixels_pool, list(evidence), evidence) == [pixels_pool, pixels, fine]
+    assert compared_for_new_classes(fine_pool, list(evidence), evidence) == [fine_pool, fine]
+    assert compared_for_new_classes(fine, [fine, pixels], {fine: 0.9, pixels: 0.8}) == [fine]
+    assert compared_for_new_classes(fine_pool, list(evidence), {}) == [fine_pool, fine]  # no evidence: the twins
 
 
 def test_search_without_evidence_or_shots_takes_the_documented_fallback():

@@ -16,11 +16,12 @@ GridSearchCV (``cv_results_``, ``best_candidate_``, ``best_estimator_``):
    queries as their pool.
 2. The support's own leave-one-out (leave_one_out_folds), when it holds K >= 2 shots of every class,
    on what the evidence cannot see: for a new domain (whose evidence comes from the source domain)
-   the shortlist, per space and with and without the pool, the evidence's best; for new classes only
-   the use of the pool (preferred_by_evidence's pick with and without it: the user's pool may be
-   unbalanced or hold other classes, the evidence's pools do not), since on the choice of features, mode and
-   whitening the held-out classes' episodes ranked better than the support's few predictions
-   (benchmarks/RESULTS.md, "Leave-one-out"). Each compared candidate is fitted K times, each time
+   the shortlist, per space and with and without the pool, the evidence's best; for new classes
+   compared_for_new_classes: the evidence's best with and without the pool, and its best without the
+   pool when that is another candidate (the user's pool may be unbalanced or hold other classes, the
+   evidence's pools do not; otherwise, on the choice of features, mode and whitening the held-out
+   classes' episodes ranked better than the support's few predictions: benchmarks/RESULTS.md,
+   "Leave-one-out"). Each compared candidate is fitted K times, each time
    without one shot of every class, and scored on the shots left out. It has the last word; ties go
    to the evidence score, then to the candidate nearest the default.
 
@@ -261,14 +262,17 @@ def shortlist(candidates, evidence):
     return [min(members, key=key) for members in groups.values()]
 
 
-def preferred_by_evidence(candidates, evidence, pooled):
-    """The evidence's pick: features, mode and whitening from the best-scored candidate without the pool
-    (ties to the default form), then, when ``candidates`` hold its twin with the pool, the better scored
-    of the two (ties to the pool exactly when ``pooled``). The pool is a second decision, so a candidate
-    that only leads with the pool does not bring its features along."""
-    key = lambda c: (-evidence[c], default_order(c, pooled))  # noqa: E731
-    base = min([c for c in candidates if not c.unlabeled] or candidates, key=key)
-    return min(pool_twins(base, candidates), key=key)
+def compared_for_new_classes(preferred, candidates, evidence):
+    """The candidates the support's leave-one-out compares for new classes: ``preferred`` with and
+    without the pool (pool_twins) and, when they differ from it, the evidence's best without the pool
+    (``auto``'s pick): a candidate that leads the evidence only with the pool, in another space or form,
+    must beat on the support what the evidence picks without one."""
+    compared = pool_twins(preferred, candidates)
+    inductive = [c for c in candidates if not c.unlabeled]
+    if evidence and inductive:
+        best = min(inductive, key=lambda c: (-evidence[c], default_order(c, False)))
+        compared += [best] if best not in compared else []
+    return compared
 
 
 def pool_twins(candidate, candidates):
@@ -329,10 +333,11 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
             raise ValueError("no candidate to search: every candidate uses an unlabelled pool and none was given")
         n_way, k_shot = len(self.classes_), int(class_counts(y)[1].min())
         evidence = {} if self.evidence is None else self.evidence.scores(open_, n_way, k_shot)
-        preferred = (preferred_by_evidence(open_, evidence, pool is not None) if evidence
+        preferred = (min(open_, key=lambda c: (-evidence[c], default_order(c, pool is not None))) if evidence
                      else self.fallback or default_candidate(open_, pool is not None))
         folds = leave_one_out_folds(y)
-        compared = (pool_twins(preferred, open_) if new_classes else shortlist(open_, evidence)) if folds else []
+        compared = ((compared_for_new_classes(preferred, open_, evidence) if new_classes
+                     else shortlist(open_, evidence)) if folds else [])
         support = {}
         for candidate in (compared if len(compared) > 1 else ()):
             vectors = self.labelled_vectors(candidate.space, new_classes)
