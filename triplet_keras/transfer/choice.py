@@ -270,9 +270,14 @@ def compared_for_new_classes(preferred, candidates, evidence):
     compared = pool_twins(preferred, candidates)
     inductive = [c for c in candidates if not c.unlabeled]
     if evidence and inductive:
-        best = min(inductive, key=lambda c: (-evidence[c], default_order(c, False)))
+        best = best_by_evidence(inductive, evidence, pooled=False)
         compared += [best] if best not in compared else []
     return compared
+
+
+def best_by_evidence(candidates, evidence, pooled):
+    """The candidate ``evidence`` scores highest; ties to the one nearest the default form (default_order)."""
+    return min(candidates, key=lambda c: (-evidence[c], default_order(c, pooled)))
 
 
 def pool_twins(candidate, candidates):
@@ -333,7 +338,7 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
             raise ValueError("no candidate to search: every candidate uses an unlabelled pool and none was given")
         n_way, k_shot = len(self.classes_), int(class_counts(y)[1].min())
         evidence = {} if self.evidence is None else self.evidence.scores(open_, n_way, k_shot)
-        preferred = (min(open_, key=lambda c: (-evidence[c], default_order(c, pool is not None))) if evidence
+        preferred = (best_by_evidence(open_, evidence, pool is not None) if evidence
                      else self.fallback or default_candidate(open_, pool is not None))
         folds = leave_one_out_folds(y)
         compared = ((compared_for_new_classes(preferred, open_, evidence) if new_classes
