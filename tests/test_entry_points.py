@@ -135,19 +135,19 @@ def saved_before_the_layers(folder, saved, target):
     return target
 
 
-@pytest.mark.parametrize("imports", [
-    "import triplet_keras\nimport keras",
-    "import keras\nimport triplet_keras",
+@pytest.mark.parametrize("imports, with_files_before_the_layers", [
+    ("import triplet_keras\nimport keras", True),
+    ("import keras\nimport triplet_keras", False),
     # a library that looks for keras before importing it (TensorFlow does)
-    "import importlib.util, triplet_keras\nassert importlib.util.find_spec('keras')\nimport keras",
+    ("import importlib.util, triplet_keras\nassert importlib.util.find_spec('keras')\nimport keras", False),
 ])
-def test_import_alone_registers_what_load_model_needs(saved_models, imports, tmp_path):
+def test_import_alone_registers_what_load_model_needs(saved_models, imports, with_files_before_the_layers, tmp_path):
     """Each import order loads every kind of file the package writes, in a fresh interpreter; the first
     also loads the same files as saved before the package had layers: Keras finds a registered object
     by its registered name (triplet_keras>Class), not by the module the file names."""
     folder, saved = saved_models
     folders = [str(folder)]
-    if imports == "import triplet_keras\nimport keras":
+    if with_files_before_the_layers:
         folders.append(str(saved_before_the_layers(folder, saved, tmp_path)))
     report = python(LOAD.format(imports=imports, folders=folders, names=sorted(saved)), {})
     assert sorted(report) == sorted(folders)
