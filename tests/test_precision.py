@@ -12,7 +12,7 @@ from triplet_keras.models.networks import load_model
 
 TINY = {"dataset": "digits", "backbone": "small_cnn", "weights": "none", "embedding_dim": 8, "freeze_layers": 0,
         "batch_size": 48, "samples_per_class": 4, "epochs": 1, "learning_rate": 0.003,
-        "validation_fraction": 0.0, "test_fraction": 0.7, "loader_workers": 1}
+        "validation_fraction": 0.0, "test_fraction": 0.7, "max_per_class": 30, "loader_workers": 1}
 
 
 @pytest.fixture
