@@ -1,8 +1,8 @@
 """Write the README's result tables from the runs' metrics, so that no number in them is typed by hand.
 
     python benchmarks/readme_tables.py --main-job benchmarks/runs/main_job_metrics.json \
-        --accuracy benchmarks/runs/accuracy_digits.json benchmarks/runs/accuracy_fashion.json \
-        benchmarks/runs/accuracy_glyphs.json
+        --accuracy benchmarks/runs/accuracy_digits.json benchmarks/runs/accuracy_fashion_first_half.json \
+        benchmarks/runs/accuracy_fashion_second_half.json benchmarks/runs/accuracy_glyphs.json
 
 Each table sits in README.md between ``<!-- table: NAME -->`` and ``<!-- /table -->``: ``main-job`` from
 the main job's metrics.json (init.py --model_dir experiments/digits), ``few-shot`` from the JSON files

@@ -154,6 +154,13 @@ def test_for_new_classes_leave_one_out_compares_the_pool_twins_and_the_best_with
     assert compared_for_new_classes(fine_pool, list(evidence), evidence) == [fine_pool, fine]
     assert compared_for_new_classes(fine, [fine, pixels], {fine: 0.9, pixels: 0.8}) == [fine]
     assert compared_for_new_classes(fine_pool, list(evidence), {}) == [fine_pool, fine]  # no evidence: the twins
+    start, start_whitened = Candidate("initial", "backbone", "center"), Candidate("initial", "backbone", "center", 0.3)
+    start_pool = Candidate(**{**start.as_dict(), "unlabeled": True})
+    found = [fine, fine_pool, start_whitened, start, start_pool]  # ... and the starting network's unwhitened form
+    assert compared_for_new_classes(fine_pool, found, {}) == [fine_pool, fine, start_pool, start]
+    assert compared_for_new_classes(fine, [fine, start_whitened, start], {}) == [fine, start]
+    scored = {**{c: 0.5 for c in found}, fine: 0.9, start: 0.8}
+    assert compared_for_new_classes(fine, found, scored) == [fine, fine_pool]  # with evidence: not added
 
 
 def test_search_without_evidence_or_shots_takes_the_documented_fallback():
@@ -181,7 +188,9 @@ def test_the_default_is_center_whitened_on_the_fine_tuned_grid_with_the_pool_whe
     assert all(c.mode == "center" and c.whiten == 0.3 for c in listed if c.network != "pixels")
 
 
-def test_without_evidence_a_new_domain_leave_one_out_picks_the_network_and_new_classes_take_the_default():
+def test_without_evidence_leave_one_out_picks_the_network_that_separates_the_target():
+    """A new domain compares each space's default form; new classes the default and the starting
+    network's unwhitened form; one shot leaves the default."""
     rng = np.random.default_rng(5)
     spaces, source_labels, target_labels, _ = spaces_where_one_network_separates_the_target(rng, new_domain=True)
     spaces = {("fine_tuned", "grid"): spaces[("bad", "f")], ("initial", "backbone"): spaces[("good", "f")]}
@@ -190,8 +199,14 @@ def test_without_evidence_a_new_domain_leave_one_out_picks_the_network_and_new_c
     search = TransferSearch(spaces, source_labels, found).fit(support, target_labels[support])
     assert search.decided_by == "leave-one-out" and search.best_candidate_ == Candidate("initial", "backbone", "center", 0.3)
     assert np.sum(~np.isnan(search.cv_results_["support_score"])) == 2  # each space's default form
-    new_classes = target_labels + 6  # the same support as new classes: no leave-one-out, the default
+    new_classes = target_labels + 6  # the same support as new classes
     search = TransferSearch(spaces, source_labels, found).fit(support, new_classes[support])
+    assert search.decided_by == "leave-one-out" and search.best_candidate_ == Candidate("initial", "backbone", "center")
+    scored = np.flatnonzero(~np.isnan(search.cv_results_["support_score"]))
+    assert [search.cv_results_["candidate"][i] for i in scored] == ["fine_tuned grid: center whiten 0.3",
+                                                                    "initial backbone: center"]
+    one_shot = support[::3]
+    search = TransferSearch(spaces, source_labels, found).fit(one_shot, new_classes[one_shot])
     assert search.decided_by == "fallback" and search.best_candidate_ == Candidate("fine_tuned", "grid", "center", 0.3)
 
 

@@ -25,6 +25,7 @@ TINY = {
     "transfer_features": "grid", "transfer_shift_average": 1,
 }
 DEFAULT = "fine_tuned grid: center whiten 0.3"  # choice.default_candidate without a pool
+START = "initial backbone: center"  # choice.starting_network_form without a pool
 
 
 def run_init(model_dir, *flags):
@@ -97,11 +98,13 @@ def test_metrics_are_useful_and_complete(experiment):
         assert choice["mode_rows_on"] == DEFAULT  # the mode rows on the default form's features and whitening
         assert sum(choice["auto_picks"].values()) == 5 and sum(choice["semi_supervised_picks"].values()) == 5
         assert not any(name.endswith("+ unlabeled") for name in choice["auto_picks"])  # auto needs no pool
-        assert choice["auto_picks"] == {DEFAULT: 5}  # new classes without evidence: the default at every K
-        if shots == "1-shot":  # nothing to leave out: the default with the pool
+        if shots == "1-shot":  # new classes without evidence, nothing to leave out: the default form
+            assert choice["auto_picks"] == {DEFAULT: 5}
             assert choice["semi_supervised_picks"] == {DEFAULT + " + unlabeled": 5}
-        else:  # leave-one-out decides the use of the pool
-            assert set(choice["semi_supervised_picks"]) <= {DEFAULT, DEFAULT + " + unlabeled"}
+        else:  # leave-one-out between the default form and the starting network's, and on the use of the pool
+            assert set(choice["auto_picks"]) <= {DEFAULT, START}
+            assert set(choice["semi_supervised_picks"]) <= {DEFAULT, DEFAULT + " + unlabeled", START,
+                                                            START + " + unlabeled"}
     search = metrics["saved_transfer_search"]
     assert search["decided_by"] == "leave-one-out" and search["n_folds"] == 5 and search["evidence"] is None
     assert len(search["cv_results"]["candidate"]) == 39 and search["cv_results"]["rank"].count(1) == 1

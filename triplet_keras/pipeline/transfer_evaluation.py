@@ -7,7 +7,7 @@ evidence never comes from classes the scored features trained on: for new classe
 trained like the main one without a fold of source classes (choice.held_out_fold), and every network's
 candidates are scored on episodes with that fold as the new classes (the fine-tuned network by the fold
 encoder's features, the others by their own), when the fold holds enough classes (MIN_EVIDENCE_WAYS;
-else no evidence: choice's default); for a new domain the source validation split stands in for the
+else no evidence: choice's fallback); for a new domain the source validation split stands in for the
 target. The rows of each K: every mode on the fine-tuned features the
 evidence ranks best, the two baselines, ``auto`` (the search over every candidate that needs no
 unlabelled images, per episode), ``semi_supervised`` (the search with each episode's queries as the
@@ -133,7 +133,7 @@ def held_out_class_evidence(config, data, spaces, model_dir, restart, n_way):
     stand_in_classes = len(fold) * (N_VARIANTS if pseudo_classes else 1)
     if stand_in_classes < min(n_way, MIN_EVIDENCE_WAYS):
         stage(f"too few source classes to hold out ({stand_in_classes} stand-in classes): no evidence; the "
-              "default candidate")
+              "default candidate or, with 2 shots a class or more, the starting network's if the support prefers it")
         return None
     kept = np.setdiff1d(classes, fold)
     stage(f"training a fold encoder without the source classes {[data.names[c] for c in fold]} (evidence for the choice)")
@@ -334,7 +334,7 @@ def run_transfer(config, encoder, data, model_dir, encoder_vectors, restart=Fals
     stage(f"choosing among {len(search.candidates)} candidates by "
           + (evidence.description if evidence else "no evidence (the default)")
           + " and, with 2 shots a class or more, leave-one-out on the support"
-          + (" for the use of the pool" if new_classes else ""))
+          + ("" if not new_classes else " for the use of the pool" if evidence else " against the starting network"))
     episodes, choices = evaluate_transfer(transfer, seed, spaces, search, target_labels, new_classes)
     split = transfer_split(transfer, seed, target_labels)
     accuracy, calibration, summary = save_transfer_predictor(transfer, seed, data, spaces, search, target_labels,

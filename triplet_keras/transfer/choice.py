@@ -28,8 +28,10 @@ GridSearchCV (``cv_results_``, ``best_candidate_``, ``best_estimator_``):
 Without evidence (for new classes: too few held-out source classes to stand for the target), the
 ``fallback`` takes the evidence's place: by default the default candidate (default_candidate),
 ``center`` with whitening on the fine-tuned network's ``grid`` features, with the pool when there is
-one, the form that led the earlier benchmarks (new classes and a new domain, benchmarks/RESULTS.md);
-for a new domain the leave-one-out compares each space's default form. Query labels are never used.
+one, the form that led the earlier benchmarks (new classes and a new domain, benchmarks/RESULTS.md).
+With K >= 2 the leave-one-out compares, for a new domain, each space's default form; for new classes,
+the fallback and the starting network's form (starting_network_form), each with and without the pool.
+Query labels are never used.
 
 A search fits in pre-whitened spaces (fitting on vectors whitened with the source's within-class
 covariance is fitting with that ``whiten``: tests/test_transfer.py) and, for new classes, on the source
@@ -266,13 +268,26 @@ def compared_for_new_classes(preferred, candidates, evidence):
     """The candidates the support's leave-one-out compares for new classes: ``preferred`` with and
     without the pool (pool_twins) and, when they differ from it, the evidence's best without the pool
     (``auto``'s pick): a candidate that leads the evidence only with the pool, in another space or form,
-    must beat on the support what the evidence picks without one."""
+    must beat on the support what the evidence picks without one. Without evidence, also the starting
+    network's form (starting_network_form) with and without the pool: fine-tuned on a few source
+    classes, a network can lie new classes apart worse than it did before."""
     compared = pool_twins(preferred, candidates)
     inductive = [c for c in candidates if not c.unlabeled]
     if evidence and inductive:
         best = best_by_evidence(inductive, evidence, pooled=False)
         compared += [best] if best not in compared else []
+    start = None if evidence else starting_network_form(candidates, preferred.unlabeled)
+    if start is not None and start not in compared:
+        compared += pool_twins(start, candidates)
     return compared
+
+
+def starting_network_form(candidates, pooled):
+    """The ``initial`` network's candidate in the initial_encoder baseline's form (``center``,
+    unwhitened: whitened by the source's few classes, its features lay new classes apart worse),
+    nearest the default form otherwise; None when ``candidates`` hold none."""
+    found = [c for c in candidates if c.network == "initial" and c.mode == "center" and c.whiten is None]
+    return min(found, key=lambda c: default_order(c, pooled)) if found else None
 
 
 def best_by_evidence(candidates, evidence, pooled):
