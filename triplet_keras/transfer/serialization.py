@@ -59,7 +59,8 @@ def upgrade_state(config, arrays):
     config = {"whiten_": config["params"].get("whiten"), **config}
     params = {key: value for key, value in config["params"].items() if key not in ("selection_episodes", "source_scores")}
     mode, whiten = str(config["mode_"]), config["whiten_"]
-    params.update(mode=mode, whiten=None if mode == "none" or whiten == "auto" else whiten)
+    whiten = None if mode == "none" or whiten == "auto" else whiten
+    params.update(mode=mode, whiten=whiten)
     config = {key: value for key, value in config.items() if key not in ("selection_", "support_selection_")}
-    return {**config, "params": params, "mode_": mode, "whiten_": params["whiten"],
+    return {**config, "params": params, "mode_": mode, "whiten_": whiten,
             "normalize_": bool(config["normalize_"])}, arrays
