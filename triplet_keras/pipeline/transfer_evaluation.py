@@ -132,8 +132,7 @@ def held_out_class_evidence(config, data, spaces, model_dir, restart, n_way):
     fold = held_out_fold(classes, n_way, config.seed)
     stand_in_classes = len(fold) * (N_VARIANTS if pseudo_classes else 1)
     if stand_in_classes < min(n_way, MIN_EVIDENCE_WAYS):
-        stage(f"too few source classes to hold out ({stand_in_classes} stand-in classes): no evidence; the "
-              "default candidate or, with 2 shots a class or more, the starting network's if the support prefers it")
+        stage(f"too few source classes to hold out ({stand_in_classes} stand-in classes): no evidence")
         return None
     kept = np.setdiff1d(classes, fold)
     stage(f"training a fold encoder without the source classes {[data.names[c] for c in fold]} (evidence for the choice)")
