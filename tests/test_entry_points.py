@@ -1,7 +1,11 @@
 """Importing the package changes no environment variable and registers every Keras object it defines,
 whichever import brings keras in, and a broken dependency of ours never fails ``import keras``; files
 saved before the package had layers still load; init.py, ``triplet-keras`` and ``python -m
-triplet_keras`` choose the backend, all the same way. Each check runs in a fresh interpreter."""
+triplet_keras`` choose the backend, all the same way. Each check runs in a fresh interpreter.
+
+The checks in fresh interpreters run once, on JAX, with one on TensorFlow, whose own import looks
+keras up before importing it: registration is Keras' own code, the same on every backend, and
+tests/test_models.py and tests/test_precision.py load each kind of file in-process on each backend."""
 import ast
 import importlib.metadata
 import importlib.util
@@ -135,6 +139,7 @@ def saved_before_the_layers(folder, saved, target):
     return target
 
 
+@pytest.mark.backend_free  # fresh interpreters on JAX (see the module docstring)
 @pytest.mark.parametrize("imports, with_files_before_the_layers", [
     ("import triplet_keras\nimport keras", True),
     ("import keras\nimport triplet_keras", False),
@@ -149,7 +154,7 @@ def test_import_alone_registers_what_load_model_needs(saved_models, imports, wit
     folders = [str(folder)]
     if with_files_before_the_layers:
         folders.append(str(saved_before_the_layers(folder, saved, tmp_path)))
-    report = python(LOAD.format(imports=imports, folders=folders, names=sorted(saved)), {})
+    report = python(LOAD.format(imports=imports, folders=folders, names=sorted(saved)), {"KERAS_BACKEND": "jax"})
     assert sorted(report) == sorted(folders)
     for loaded in report.values():
         assert_loads_as_saved(loaded, saved)
@@ -198,11 +203,11 @@ print(json.dumps([registered, [str(w.message) for w in caught if str(w.message).
 """
 
 
-def registration(first, before=""):
-    """In a fresh interpreter: run ``before``, then ``first`` and ``import keras``; (the registered
-    names, the package's warnings, its finders left on sys.meta_path, the error of a later import of
-    triplet_keras.models.networks or None)."""
-    return python(REGISTRATION.format(before=before, first=first), {})
+def registration(first, before="", backend="jax"):
+    """In a fresh interpreter on ``backend``: run ``before``, then ``first`` and ``import keras``; (the
+    registered names, the package's warnings, its finders left on sys.meta_path, the error of a later
+    import of triplet_keras.models.networks or None)."""
+    return python(REGISTRATION.format(before=before, first=first), {"KERAS_BACKEND": backend})
 
 
 def expected_names(modules):
@@ -210,13 +215,18 @@ def expected_names(modules):
     return sorted(f"triplet_keras>{name}" for module in modules for name in found[module])
 
 
-@pytest.mark.parametrize("first", ["import triplet_keras", "import triplet_keras.core.losses",
-                                   "import triplet_keras.models.networks", "import triplet_keras.models.distribution"])
-def test_whichever_module_brings_keras_in_every_object_is_registered(first):
+@pytest.mark.backend_free  # fresh interpreters, the backend set here (see the module docstring)
+@pytest.mark.parametrize("first, backend", [
+    ("import triplet_keras", "jax"), ("import triplet_keras.core.losses", "jax"),
+    ("import triplet_keras.models.networks", "jax"), ("import triplet_keras.models.distribution", "jax"),
+    ("import triplet_keras", "tensorflow"),  # TensorFlow looks keras up while keras imports it
+])
+def test_whichever_module_brings_keras_in_every_object_is_registered(first, backend):
     """A registering module whose own import brings keras in is half-imported while the others register."""
-    assert registration(first) == [expected_names(triplet_keras.KERAS_OBJECT_MODULES), [], [], None]
+    assert registration(first, backend=backend) == [expected_names(triplet_keras.KERAS_OBJECT_MODULES), [], [], None]
 
 
+@pytest.mark.backend_free  # a fresh interpreter on JAX (see the module docstring)
 def test_a_broken_dependency_warns_and_never_fails_import_keras():
     # OpenCV (needed by models.networks through core.images) broken: importing it raises ImportError
     registered, warned, finders, later = registration("import triplet_keras", before='sys.modules["cv2"] = None')
