@@ -254,6 +254,6 @@ def test_distributed_run_over_two_devices(tmp_path):
     even = subprocess.run(command + ["--batch_size", "30"], cwd=ROOT, capture_output=True, text=True, env=env,
                           timeout=900)
     assert even.returncode == 0, even.stderr[-3000:]
-    assert "data-parallel training over 2 devices" in even.stdout and "42/42" in even.stdout  # 1,259 / 30, up
+    assert "data-parallel training over 2 devices" in even.stdout and "42/42" in even.stdout  # 1,259 triplets, 30 a step
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["scores"]["test_accuracy"] > 0.5 and metrics["transfer"] == {}
