@@ -3,11 +3,13 @@ leave-one-out (a new domain) and the search's record."""
 import numpy as np
 import pytest
 
-from triplet_keras.transfer import TransferClassifier, source_whitening
+from triplet_keras.transfer import ScoreMixture, TransferClassifier, source_whitening
 from triplet_keras.transfer.choice import (
+    NO_EVIDENCE_WEIGHTS,
     Candidate,
     EpisodeEvidence,
     LabelledVectors,
+    Mixture,
     TransferSearch,
     candidates,
     default_candidate,
@@ -154,13 +156,12 @@ def test_for_new_classes_leave_one_out_compares_the_pool_twins_and_the_best_with
     assert compared_for_new_classes(fine_pool, list(evidence), evidence) == [fine_pool, fine]
     assert compared_for_new_classes(fine, [fine, pixels], {fine: 0.9, pixels: 0.8}) == [fine]
     assert compared_for_new_classes(fine_pool, list(evidence), {}) == [fine_pool, fine]  # no evidence: the twins
-    start, start_whitened = Candidate("initial", "backbone", "center"), Candidate("initial", "backbone", "center", 0.3)
+    start = Candidate("initial", "backbone", "center")
     start_pool = Candidate(**{**start.as_dict(), "unlabeled": True})
-    found = [fine, fine_pool, start_whitened, start, start_pool]  # ... and the starting network's unwhitened form
-    assert compared_for_new_classes(fine_pool, found, {}) == [fine_pool, fine, start_pool, start]
-    assert compared_for_new_classes(fine, [fine, start_whitened, start], {}) == [fine, start]
-    scored = {**{c: 0.5 for c in found}, fine: 0.9, start: 0.8}
-    assert compared_for_new_classes(fine, found, scored) == [fine, fine_pool]  # with evidence: not added
+    mixed, mixed_pool = Mixture((fine, start), (0.8, 0.2)), Mixture((fine_pool, start_pool), (0.8, 0.2))
+    found = [fine, fine_pool, start, start_pool]
+    assert compared_for_new_classes(mixed_pool, found, {}) == [mixed_pool, mixed]  # a Mixture's twin: its members'
+    assert compared_for_new_classes(mixed, [fine, fine_pool, start], {}) == [mixed]  # a member has no twin: alone
 
 
 def test_search_without_evidence_or_shots_takes_the_documented_fallback():
@@ -188,9 +189,10 @@ def test_the_default_is_center_whitened_on_the_fine_tuned_grid_with_the_pool_whe
     assert all(c.mode == "center" and c.whiten == 0.3 for c in listed if c.network != "pixels")
 
 
-def test_without_evidence_leave_one_out_picks_the_network_that_separates_the_target():
-    """A new domain compares each space's default form; new classes the default and the starting
-    network's unwhitened form; one shot leaves the default."""
+def test_without_evidence_a_new_domain_compares_networks_and_new_classes_mix_them():
+    """A new domain: leave-one-out among each space's default form. New classes: the fixed Mixture of
+    the default form's scores and the starting network's unwhitened form's, at any K (numpy reference),
+    refitted as a ScoreMixture on the two spaces side by side."""
     rng = np.random.default_rng(5)
     spaces, source_labels, target_labels, _ = spaces_where_one_network_separates_the_target(rng, new_domain=True)
     spaces = {("fine_tuned", "grid"): spaces[("bad", "f")], ("initial", "backbone"): spaces[("good", "f")]}
@@ -200,14 +202,23 @@ def test_without_evidence_leave_one_out_picks_the_network_that_separates_the_tar
     assert search.decided_by == "leave-one-out" and search.best_candidate_ == Candidate("initial", "backbone", "center", 0.3)
     assert np.sum(~np.isnan(search.cv_results_["support_score"])) == 2  # each space's default form
     new_classes = target_labels + 6  # the same support as new classes
-    search = TransferSearch(spaces, source_labels, found).fit(support, new_classes[support])
-    assert search.decided_by == "leave-one-out" and search.best_candidate_ == Candidate("initial", "backbone", "center")
-    scored = np.flatnonzero(~np.isnan(search.cv_results_["support_score"]))
-    assert [search.cv_results_["candidate"][i] for i in scored] == ["fine_tuned grid: center whiten 0.3",
-                                                                    "initial backbone: center"]
-    one_shot = support[::3]
-    search = TransferSearch(spaces, source_labels, found).fit(one_shot, new_classes[one_shot])
-    assert search.decided_by == "fallback" and search.best_candidate_ == Candidate("fine_tuned", "grid", "center", 0.3)
+    default, start = Candidate("fine_tuned", "grid", "center", 0.3), Candidate("initial", "backbone", "center")
+    query = np.setdiff1d(np.arange(len(new_classes)), support)
+    for rows in (support, support[::3]):  # three shots a class, and one
+        search = TransferSearch(spaces, source_labels, found).fit(rows, new_classes[rows])
+        assert search.decided_by == "fallback" and search.best_candidate_ == Mixture((default, start), NO_EVIDENCE_WEIGHTS)
+        assert search.cv_results_["candidate"][search.best_index_] == search.best_candidate_.name
+        assert search.cv_results_["rank"][search.best_index_] == 1
+        scores = 0.0
+        for weight, part in zip((0.8, 0.2), (default, start)):
+            fitted = part.estimator().fit(spaces[part.space][1][rows], new_classes[rows], source_emb=spaces[part.space][0],
+                                          source_labels=source_labels)
+            scores = scores + weight * -fitted.prototype_distances(spaces[part.space][1][query])
+        expected = fitted.classes_[np.argmax(scores, axis=1)]
+        np.testing.assert_array_equal(search.predict(query), expected)
+        assert isinstance(search.best_estimator_, ScoreMixture)
+        side_by_side = np.hstack([spaces[key][1] for key in (default.space, start.space)])
+        np.testing.assert_array_equal(search.best_estimator_.predict(side_by_side[query]), expected)
 
 
 def test_fit_transfer_auto_returns_a_fitted_classifier_of_a_searched_candidate():

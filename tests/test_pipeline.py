@@ -16,6 +16,7 @@ import pytest
 
 import init
 from triplet_keras.serving.predict import Predictor
+from triplet_keras.transfer import ScoreMixture
 
 ROOT = Path(__file__).resolve().parents[1]  # where init.py is, whatever the working directory
 TINY = {
@@ -25,7 +26,8 @@ TINY = {
     "transfer_features": "grid", "transfer_shift_average": 1,
 }
 DEFAULT = "fine_tuned grid: center whiten 0.3"  # choice.default_candidate without a pool
-START = "initial backbone: center"  # choice.starting_network_form without a pool
+MIXED = "0.8 x (fine_tuned grid: center whiten 0.3) + 0.2 x (initial grid: center)"  # choice.no_evidence_form
+MIXED_POOL = "0.8 x (fine_tuned grid: center whiten 0.3 + unlabeled) + 0.2 x (initial grid: center + unlabeled)"
 
 
 def run_init(model_dir, *flags):
@@ -98,16 +100,16 @@ def test_metrics_are_useful_and_complete(experiment):
         assert choice["mode_rows_on"] == DEFAULT  # the mode rows on the default form's features and whitening
         assert sum(choice["auto_picks"].values()) == 5 and sum(choice["semi_supervised_picks"].values()) == 5
         assert not any(name.endswith("+ unlabeled") for name in choice["auto_picks"])  # auto needs no pool
-        if shots == "1-shot":  # new classes without evidence, nothing to leave out: the default form
-            assert choice["auto_picks"] == {DEFAULT: 5}
-            assert choice["semi_supervised_picks"] == {DEFAULT + " + unlabeled": 5}
-        else:  # leave-one-out between the default form and the starting network's, and on the use of the pool
-            assert set(choice["auto_picks"]) <= {DEFAULT, START}
-            assert set(choice["semi_supervised_picks"]) <= {DEFAULT, DEFAULT + " + unlabeled", START,
-                                                            START + " + unlabeled"}
+        # new classes without evidence: the default form's scores mixed with the starting network's
+        assert choice["auto_picks"] == {MIXED: 5}
+        if shots == "1-shot":  # nothing to leave out: the pool is used
+            assert choice["semi_supervised_picks"] == {MIXED_POOL: 5}
+        else:  # leave-one-out on the use of the pool
+            assert set(choice["semi_supervised_picks"]) <= {MIXED, MIXED_POOL}
     search = metrics["saved_transfer_search"]
     assert search["decided_by"] == "leave-one-out" and search["n_folds"] == 5 and search["evidence"] is None
-    assert len(search["cv_results"]["candidate"]) == 39 and search["cv_results"]["rank"].count(1) == 1
+    assert search["best_name"] in (MIXED, MIXED_POOL)
+    assert len(search["cv_results"]["candidate"]) == 39 + 2 and search["cv_results"]["rank"].count(1) == 1
     assert not (model_dir / "selection_encoder").exists()  # no fold encoder trained for no evidence
     assert len(metrics["fine_tuning_verdict"]) == 4  # auto and semi_supervised at each K
     assert all(line in result.stdout for line in metrics["fine_tuning_verdict"])
@@ -139,16 +141,18 @@ def test_saved_predictors_classify_new_images(experiment):
     best = selection["best_candidate"]
     assert predictor.features_from == selection["best_name"] and f"saved transfer predictor: {selection['best_name']}" \
         in experiment[1].stdout
-    assert (predictor.classifier.mode_, predictor.classifier.whiten_) == (best["mode"], best["whiten"] if best["mode"]
-                                                                           != "none" else None)
+    # without evidence the mixture of the default form and the starting network's (test_metrics_are_useful_and_complete)
+    assert isinstance(predictor.classifier, ScoreMixture) and best["weights"] == [0.8, 0.2]
+    for member, params in zip(predictor.classifier.members_, best["members"]):
+        assert (member.mode_, member.whiten_) == (params["mode"], params["whiten"])
     ranked = selection["cv_results"]["rank"].index(1)
     assert selection["cv_results"]["params"][ranked] == best  # the candidate its 5-shot support ranked first
     scored = [s for s in selection["cv_results"]["support_score"] if s is not None]  # JSON: NaN is null
-    assert selection["cv_results"]["support_score"][ranked] == max(scored) and 0 < len(scored) <= 6
-    if best["network"] == "pixels":
-        assert predictor.encoder.output_shape[-1] == 8 * 8 * 3
-    else:  # small_cnn's last 2 x 2 x 128 map (grid features), averaged over shifted copies
-        assert predictor.encoder.output_shape[-1] == 512 and predictor.encoder.get_layer("shifted_copies").shift == 1
+    assert selection["cv_results"]["support_score"][ranked] == max(scored) and len(scored) == 2  # the pool twins
+    # side by side: small_cnn's last 2 x 2 x 128 map (grid features, averaged over shifted copies), fine-tuned
+    # and as it started (transfer_features: grid)
+    assert predictor.encoder.output_shape[-1] == 512 + 512 and predictor.classifier.widths == [512, 512]
+    assert predictor.encoder.get_layer("fine_tuned_grid").get_layer("shifted_copies").shift == 1
     predicted = predictor.predict(images, reject_unknown=False)
     assert np.mean(np.array(predicted) == labels.astype(str)) > 0.5
     assert predictor.calibration is not None and len(predictor.gallery.ids) == 25  # the support
@@ -168,9 +172,9 @@ def test_rerun_resumes_and_restart_starts_over(experiment, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "epochs 3..3" in resumed.stdout
     assert json.loads((model_dir / "state.json").read_text())["epoch"] == 2
-    transfer = Predictor.load(str(model_dir / "predictor_transfer"))
-    width = 192 if transfer.features_from.startswith("pixels") else 16  # or the 16-d embedding, of either network
-    assert transfer.encoder.output_shape[-1] == width and transfer.classifier.whitening_.size == 0
+    transfer = Predictor.load(str(model_dir / "predictor_transfer"))  # the 16-d embeddings of both networks, mixed
+    assert transfer.encoder.output_shape[-1] == 16 + 16
+    assert all(member.whitening_.size == 0 for member in transfer.classifier.members_)
     changed = run_init(model_dir, "--embedding_dim", "8", "--margin", "0.3")
     assert changed.returncode != 0 and "embedding_dim 16 -> 8; margin 0.2 -> 0.3. Pass --restart" in changed.stderr
     # a restart takes changed model parameters; 3 source classes are too few for a fold encoder (held_out_fold)

@@ -11,7 +11,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
-from triplet_keras.transfer import NearestMeanClassifier, TransferClassifier, classifier_from_state, source_whitening
+from triplet_keras.transfer import (NearestMeanClassifier, ScoreMixture, TransferClassifier, classifier_from_state,
+                                    source_whitening)
 from triplet_keras.transfer.choice import fit_transfer
 
 pytestmark = pytest.mark.backend_free  # numpy / scikit-learn / OpenCV only: run once, not per backend
@@ -119,6 +120,59 @@ def test_state_of_version_1_loads_unwhitened(domains):
     restored = classifier_from_state(old, arrays)
     np.testing.assert_array_equal(restored.predict(xt), model.predict(xt))
     assert restored.whiten is None
+
+
+def mixture_on(domains, unlabeled=None):
+    """A ScoreMixture of a whitened ``center`` member on the raw features and a ``none`` member on a
+    second view (the features squared), fitted on a support of the target; and its inputs."""
+    (xs, ys), (xt, yt) = domains
+    views = lambda x: np.hstack([x, x ** 2])  # noqa: E731
+    members = [TransferClassifier(mode="center", whiten=0.3, transductive=unlabeled is not None),
+               TransferClassifier(mode="none")]
+    model = ScoreMixture(members, (0.8, 0.2), (DIM, DIM)).fit(
+        views(xt[::10]), yt[::10], source_emb=views(xs), source_labels=ys,
+        unlabeled=None if unlabeled is None else views(unlabeled))
+    return model, views
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_score_mixture_sums_its_members_weighted_scores(domains, pooled):
+    (xs, ys), (xt, yt) = domains
+    model, views = mixture_on(domains, xt if pooled else None)
+    first = TransferClassifier(mode="center", whiten=0.3, transductive=pooled).fit(
+        xt[::10], yt[::10], source_emb=xs, source_labels=ys, unlabeled=xt if pooled else None)
+    second = TransferClassifier(mode="none").fit(xt[::10] ** 2, yt[::10], source_emb=xs ** 2, source_labels=ys)
+    expected = 0.8 * -first.prototype_distances(xt) + 0.2 * -second.prototype_distances(xt ** 2)
+    np.testing.assert_allclose(model.class_scores(views(xt)), expected)
+    np.testing.assert_array_equal(model.predict(views(xt)), first.classes_[np.argmax(expected, axis=1)])
+    np.testing.assert_allclose(model.predict_proba(views(xt)), softmax(expected / 0.1, axis=1))
+    np.testing.assert_allclose(model.prototype_distances(views(xt)), -expected)
+    scale = np.sqrt([0.8, 0.2])
+    np.testing.assert_allclose(model.transform(views(xt)), np.hstack([scale[0] * first.transform(xt),
+                                                                      scale[1] * second.transform(xt ** 2)]))
+    assert model.score(views(xt), yt) > 0.8
+
+
+def test_score_mixture_state_round_trips_and_refuses_bad_input(domains, tmp_path):
+    (xs, ys), (xt, yt) = domains
+    model, views = mixture_on(domains, xt)
+    config, arrays = model.get_state()
+    np.savez(tmp_path / "state.npz", **arrays)
+    with np.load(tmp_path / "state.npz", allow_pickle=False) as stored:
+        restored = classifier_from_state(json.loads(json.dumps(config)), dict(stored))
+    assert isinstance(restored, ScoreMixture) and restored.n_features_in_ == 2 * DIM
+    np.testing.assert_allclose(restored.class_scores(views(xt)), model.class_scores(views(xt)))
+    with pytest.raises(ValueError, match="widths"):
+        ScoreMixture.from_state({**config, "params": {**config["params"], "widths": [DIM, DIM + 1]}}, arrays)
+    with pytest.raises(ValueError, match="features"):
+        model.predict(xt)  # one view only
+    with pytest.raises(NotFittedError):
+        ScoreMixture([TransferClassifier()], (1.0,), (DIM,)).predict(xt)
+    for members, weights, widths, match in (([TransferClassifier()], (0.5, 0.5), (DIM,), "as many"),
+                                            ([TransferClassifier()] * 2, (1.0, -0.1), (DIM, DIM), "weights"),
+                                            ([TransferClassifier()] * 2, (0.5, 0.5), (DIM, DIM + 1), "add up")):
+        with pytest.raises(ValueError, match=match):
+            ScoreMixture(members, weights, widths).fit(views(xt[::10]), yt[::10])
 
 
 def test_state_rejects_other_types():

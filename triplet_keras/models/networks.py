@@ -315,6 +315,15 @@ def pixel_features(image_shape):
     return keras.Model(images, layers.Flatten(name="pixels")(images), name="pixels")
 
 
+def joined_features(models, names):
+    """Images -> the outputs of ``models`` (on the same images) side by side: one model for a predictor
+    whose classifier scores several kinds of features (transfer.ScoreMixture). Each model is wrapped
+    under its name in ``names``, so models whose own names clash can be joined."""
+    images = keras.Input(models[0].input_shape[1:], name="images")
+    outputs = [keras.Model(model.input, model.output, name=name)(images) for model, name in zip(models, names)]
+    return keras.Model(images, layers.Concatenate(name="joined")(outputs), name="joined_features")
+
+
 @keras.saving.register_keras_serializable(package="triplet_keras")
 class RandomPadCrop(layers.Layer):
     """Training only: zero-pad each image by ``padding`` pixels, then crop a random H x W window of it."""

@@ -24,7 +24,7 @@ from triplet_keras.core.export import write_json
 from triplet_keras.core.per_class import class_counts, shuffled_rows_per_class
 from triplet_keras.core.vocabulary import TRANSFER_FEATURES
 from triplet_keras.data.pseudo_classes import N_VARIANTS, with_pseudo_classes
-from triplet_keras.models.networks import embed_images, feature_encoder, pixel_features
+from triplet_keras.models.networks import embed_images, feature_encoder, joined_features, pixel_features
 from triplet_keras.pipeline import plots
 from triplet_keras.pipeline.prepared_data import relabel, select_classes
 from triplet_keras.pipeline.source_evaluation import calibration_report, image_ids
@@ -97,6 +97,17 @@ class SpaceVectors:
     train: np.ndarray
     validation: np.ndarray
     target: np.ndarray
+
+
+def candidate_vectors(spaces, candidate):
+    """The SpaceVectors ``candidate`` classifies: its space's, or for a Mixture its members' side by side
+    under one model (joined_features)."""
+    parts = [spaces[part.space] for _, part in candidate.weighted_parts]
+    if len(parts) == 1:
+        return parts[0]
+    names = ["_".join(part.space) for _, part in candidate.weighted_parts]
+    return SpaceVectors(joined_features([v.model for v in parts], names),
+                        *(np.hstack([getattr(v, split) for v in parts]) for split in ("train", "validation", "target")))
 
 
 def embed_all(model, splits, name):
@@ -280,7 +291,7 @@ def save_transfer_predictor(transfer, seed, data, spaces, search, target_labels,
     search.fit(support, target_labels[support], unlabeled=held)
     best, classifier = search.best_candidate_, search.best_estimator_
     stage(f"saved transfer predictor: {best.name} (decided by {search.decided_by})")
-    vectors = spaces[best.space]
+    vectors = candidate_vectors(spaces, best)
     accuracy = classifier.score(vectors.target[report], target_labels[report]) if len(report) else float("nan")
     predictor = Predictor(vectors.model, [names[c] for c in classifier.classes_], classifier, features_from=best.name)
     predictor.add_gallery_embeddings(vectors.target[support], [names[c] for c in target_labels[support]],
@@ -330,10 +341,11 @@ def run_transfer(config, encoder, data, model_dir, encoder_vectors, restart=Fals
                 else validation_evidence(transfer, seed, data, spaces))
     search = TransferSearch({key: (v.train, v.target) for key, v in spaces.items()}, train_labels,
                             open_candidates(transfer, spaces), evidence)
+    mixed = ", its scores mixed with the starting network's" if new_classes else ""
     stage(f"choosing among {len(search.candidates)} candidates by "
-          + (evidence.description if evidence else "no evidence (the default)")
+          + (evidence.description if evidence else f"no evidence: the default form{mixed}")
           + " and, with 2 shots a class or more, leave-one-out on the support"
-          + ("" if not new_classes else " for the use of the pool" if evidence else " against the starting network"))
+          + (" for the use of the pool" if new_classes else ""))
     episodes, choices = evaluate_transfer(transfer, seed, spaces, search, target_labels, new_classes)
     split = transfer_split(transfer, seed, target_labels)
     accuracy, calibration, summary = save_transfer_predictor(transfer, seed, data, spaces, search, target_labels,

@@ -4,7 +4,8 @@ Small scikit-learn pieces, one module each: ``whitening`` (WithinClassWhitening,
 ``domain`` (class mapping, DomainCentering, the source prior, translated source points),
 ``prototypes`` (NearestMeanClassifier, kNN votes, transductive refinement), ``serialization``
 (get_state / from_state without pickle) and ``classifier`` (TransferClassifier composing them, with a
-fixed mode and whitening; classifier_from_state), all imported here. Above them, in modules of their
+fixed mode and whitening; ScoreMixture, the weighted sum of several TransferClassifiers' scores, each
+on its own features; classifier_from_state), all imported here. Above them, in modules of their
 own that this file does not import: ``choice``, the choice among them (fit_transfer, TransferSearch),
 ``evaluation`` (few-shot episodes, baselines) and ``metrics`` (classification, retrieval, clustering).
 
@@ -44,12 +45,13 @@ dominant class drag its neighbours' prototypes (tests/test_transfer.py measures 
 """
 from triplet_keras.core.distances import l2_normalize
 from triplet_keras.core.distances import pairwise as distances  # the name callers import from here
-from .classifier import MODES, TransferClassifier, classifier_from_state
+from .classifier import MODES, ScoreMixture, TransferClassifier, classifier_from_state
 from .domain import DomainCentering, borrow_weights, source_prior
 from .prototypes import METRICS, NearestMeanClassifier, class_means
 from .serialization import STATE_VERSION
 from .whitening import Whitening, WithinClassWhitening, source_whitening
 
-__all__ = ["DomainCentering", "METRICS", "MODES", "NearestMeanClassifier", "STATE_VERSION", "TransferClassifier",
+__all__ = ["DomainCentering", "METRICS", "MODES", "NearestMeanClassifier", "STATE_VERSION", "ScoreMixture",
+           "TransferClassifier",
            "Whitening", "WithinClassWhitening", "borrow_weights", "class_means",
            "classifier_from_state", "distances", "l2_normalize", "source_prior", "source_whitening"]

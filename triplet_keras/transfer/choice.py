@@ -26,12 +26,15 @@ GridSearchCV (``cv_results_``, ``best_candidate_``, ``best_estimator_``):
    to the evidence score, then to the candidate nearest the default.
 
 Without evidence (for new classes: too few held-out source classes to stand for the target), the
-``fallback`` takes the evidence's place: by default the default candidate (default_candidate),
-``center`` with whitening on the fine-tuned network's ``grid`` features, with the pool when there is
-one, the form that led the earlier benchmarks (new classes and a new domain, benchmarks/RESULTS.md).
-With K >= 2 the leave-one-out compares, for a new domain, each space's default form; for new classes,
-the fallback and the starting network's form (starting_network_form), each with and without the pool.
-Query labels are never used.
+``fallback`` takes the evidence's place: by default (no_evidence_form) the default candidate
+(default_candidate), ``center`` with whitening on the fine-tuned network's ``grid`` features, with the
+pool when there is one, the form that led the earlier benchmarks (new classes and a new domain,
+benchmarks/RESULTS.md); for new classes, when the starting network is a candidate, the Mixture of
+NO_EVIDENCE_WEIGHTS of the default candidate's scores and the starting network's form's
+(starting_network_form): fine-tuned on a few source classes, a network can lie new classes apart
+worse than it did before, and nothing the run sees says whether it does. With K >= 2 the leave-one-out
+compares, for a new domain, each space's default form; for new classes, the fallback with and without
+the pool. Query labels are never used.
 
 A search fits in pre-whitened spaces (fitting on vectors whitened with the source's within-class
 covariance is fitting with that ``whiten``: tests/test_transfer.py) and, for new classes, on the source
@@ -46,7 +49,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from triplet_keras.core.distances import l2_normalize, pairwise
 from triplet_keras.core.per_class import class_counts, shuffled_rows_per_class
 from triplet_keras.core.vocabulary import TRANSFER_MODES
-from .classifier import TransferClassifier
+from .classifier import ScoreMixture, TransferClassifier
 from .domain import shrink_toward, source_classes_of
 from .evaluation import sample_episodes
 from .prototypes import class_means, refine_prototypes
@@ -83,6 +86,15 @@ class Candidate:
         method = self.mode if self.whiten is None else f"{self.mode} whiten {self.whiten:g}"
         return f"{self.network} {self.features}: {method}" + (" + unlabeled" if self.unlabeled else "")
 
+    @property
+    def weighted_parts(self):
+        """((weight, Candidate), ...) whose scores it sums: itself alone."""
+        return ((1.0, self),)
+
+    def pool_twin(self):
+        """The same candidate with the other use of the pool."""
+        return replace(self, unlabeled=not self.unlabeled)
+
     def as_dict(self):
         return asdict(self)
 
@@ -90,6 +102,36 @@ class Candidate:
         """The unfitted TransferClassifier (``whitened``: for vectors already whitened)."""
         return TransferClassifier(mode=self.mode, whiten=None if whitened else self.shrinkage,
                                   transductive=self.unlabeled)
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Candidates whose scores (-cosine distances to their prototypes) are summed with ``weights``, each
+    fitted in its own space as alone; all use the pool or none does. Its estimator is a ScoreMixture."""
+    members: tuple
+    weights: tuple
+
+    @property
+    def unlabeled(self):
+        return self.members[0].unlabeled
+
+    @property
+    def weighted_parts(self):
+        return tuple(zip(self.weights, self.members))
+
+    @property
+    def name(self):
+        return " + ".join(f"{weight:g} x ({member.name})" for weight, member in self.weighted_parts)
+
+    def pool_twin(self):
+        return Mixture(tuple(member.pool_twin() for member in self.members), self.weights)
+
+    def as_dict(self):
+        return {"members": [member.as_dict() for member in self.members], "weights": list(self.weights)}
+
+    def estimator(self, widths):
+        """The unfitted ScoreMixture, its members on ``widths`` columns each."""
+        return ScoreMixture([member.estimator() for member in self.members], self.weights, widths)
 
 
 def candidates(spaces, modes=SEARCHED_MODES, shrinkages=SHRINKAGES, unlabeled=(False, True)):
@@ -154,6 +196,11 @@ class LabelledVectors:
     def predict(self, candidate, support, labels, query, pool=None, class_mapping=None):
         """Labels of the ``query`` rows of the other vectors by ``candidate`` fitted on the ``support`` rows
         labelled ``labels`` (and the ``pool`` rows when it uses a pool), as TransferClassifier would."""
+        classes, scores = self.scores(candidate, support, labels, query, pool, class_mapping)
+        return classes[np.argmax(scores, axis=1)]
+
+    def scores(self, candidate, support, labels, query, pool=None, class_mapping=None):
+        """(classes, (n_query, n_classes) scores -d) of ``predict``: TransferClassifier's class_scores."""
         _, source_labels, other, _, centred_source = self.whitened(candidate.shrinkage)
         classes, index = np.unique(labels, return_inverse=True)
         counts = np.bincount(index).astype(np.float64)
@@ -174,7 +221,7 @@ class LabelledVectors:
         if pool is not None:
             prototypes = refine_prototypes(place(pool), prototypes, weights, self.refine_steps, self.confidence,
                                            "cosine", self.temperature)
-        return classes[np.argmin(pairwise(place(other[query]), prototypes, "cosine"), axis=1)]
+        return classes, -pairwise(place(other[query]), prototypes, "cosine")
 
 
 class EpisodeEvidence:
@@ -238,9 +285,14 @@ def leave_one_out_folds(labels):
 DEFAULT_SHRINKAGE = 0.3
 
 
+NO_EVIDENCE_WEIGHTS = (0.8, 0.2)  # chosen on splits the README does not report: benchmarks/RESULTS.md
+
+
 def default_order(candidate, pooled):
     """Sort key: how far ``candidate`` is from the default form (the fine-tuned network, ``grid`` then
-    ``backbone`` features, ``center``, whitening DEFAULT_SHRINKAGE, the pool exactly when ``pooled``)."""
+    ``backbone`` features, ``center``, whitening DEFAULT_SHRINKAGE, the pool exactly when ``pooled``);
+    a Mixture as its first member."""
+    candidate = candidate.weighted_parts[0][1]
     features = {"grid": 0, "backbone": 1}.get(candidate.features, 2)
     whiten = 0 if candidate.whiten == DEFAULT_SHRINKAGE else 1 if candidate.whiten is not None else 2
     return (candidate.network != "fine_tuned", candidate.mode != "center", whiten, features,
@@ -268,18 +320,22 @@ def compared_for_new_classes(preferred, candidates, evidence):
     """The candidates the support's leave-one-out compares for new classes: ``preferred`` with and
     without the pool (pool_twins) and, when they differ from it, the evidence's best without the pool
     (``auto``'s pick): a candidate that leads the evidence only with the pool, in another space or form,
-    must beat on the support what the evidence picks without one. Without evidence, also the starting
-    network's form (starting_network_form) with and without the pool: fine-tuned on a few source
-    classes, a network can lie new classes apart worse than it did before."""
+    must beat on the support what the evidence picks without one."""
     compared = pool_twins(preferred, candidates)
     inductive = [c for c in candidates if not c.unlabeled]
     if evidence and inductive:
         best = best_by_evidence(inductive, evidence, pooled=False)
         compared += [best] if best not in compared else []
-    start = None if evidence else starting_network_form(candidates, preferred.unlabeled)
-    if start is not None and start not in compared:
-        compared += pool_twins(start, candidates)
     return compared
+
+
+def no_evidence_form(candidates, pooled, new_classes):
+    """What stands in for the evidence's best without evidence: default_candidate, or for new classes,
+    when ``candidates`` hold the starting network's form, the Mixture of NO_EVIDENCE_WEIGHTS of the
+    two (the module docstring)."""
+    preferred = default_candidate(candidates, pooled)
+    start = starting_network_form(candidates, preferred.unlabeled) if new_classes else None
+    return preferred if start is None else Mixture((preferred, start), NO_EVIDENCE_WEIGHTS)
 
 
 def starting_network_form(candidates, pooled):
@@ -296,9 +352,10 @@ def best_by_evidence(candidates, evidence, pooled):
 
 
 def pool_twins(candidate, candidates):
-    """``candidate`` and, when ``candidates`` hold it, the same candidate with the other use of the pool."""
-    twin = replace(candidate, unlabeled=not candidate.unlabeled)
-    return [candidate] + [twin for other in candidates if other == twin][:1]
+    """``candidate`` and, when ``candidates`` hold it (all its members, for a Mixture), the same candidate
+    with the other use of the pool."""
+    twin = candidate.pool_twin()
+    return [candidate] + ([twin] if all(part in candidates for _, part in twin.weighted_parts) else [])
 
 
 class TransferSearch(ClassifierMixin, BaseEstimator):
@@ -306,12 +363,13 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
 
     ``spaces``: {(network, features): (source vectors, target vectors)}, the same source rows labelled
     ``source_labels`` in each; ``evidence``: an EpisodeEvidence or None; ``fallback``: the Candidate
-    taken without evidence nor leave-one-out (default: default_candidate). ``fit(X, y, unlabeled=None)``: X the support's rows of the target, y
+    taken without evidence nor leave-one-out (default: no_evidence_form). ``fit(X, y, unlabeled=None)``: X the support's rows of the target, y
     their labels, ``unlabeled`` the pool's rows (candidates using a pool are left out without one).
     Fitted: ``cv_results_`` ({"candidate": names, "params": Candidate dicts, "evidence_score",
-    "support_score", "rank"}, nan where not scored), ``best_candidate_``, ``best_index_``,
-    ``best_estimator_`` (with ``refit``: the TransferClassifier of the best candidate, fitted on the raw
-    vectors of its space with its whitening), ``decided_by`` ("leave-one-out", "evidence" or "fallback"),
+    "support_score", "rank"}, nan where not scored; the searched candidates, then any Mixture it
+    considered), ``best_candidate_``, ``best_index_``, ``best_estimator_`` (with ``refit``: the
+    TransferClassifier of the best candidate, fitted on the raw vectors of its space with its
+    whitening; for a Mixture a ScoreMixture on its members' vectors side by side), ``decided_by`` ("leave-one-out", "evidence" or "fallback"),
     ``n_folds_`` and ``classes_``. ``predict(X)``: labels of target rows X.
     """
 
@@ -354,42 +412,62 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
         n_way, k_shot = len(self.classes_), int(class_counts(y)[1].min())
         evidence = {} if self.evidence is None else self.evidence.scores(open_, n_way, k_shot)
         preferred = (best_by_evidence(open_, evidence, pool is not None) if evidence
-                     else self.fallback or default_candidate(open_, pool is not None))
+                     else self.fallback or no_evidence_form(open_, pool is not None, new_classes))
         folds = leave_one_out_folds(y)
         compared = ((compared_for_new_classes(preferred, open_, evidence) if new_classes
                      else shortlist(open_, evidence)) if folds else [])
         support = {}
         for candidate in (compared if len(compared) > 1 else ()):
-            vectors = self.labelled_vectors(candidate.space, new_classes)
-            right = sum(np.sum(vectors.predict(candidate, rows[kept], y[kept], rows[out], pool, self.class_mapping)
-                               == y[out]) for kept, out in folds)
+            right = sum(np.sum(self._predict(candidate, rows[kept], y[kept], rows[out], pool, new_classes) == y[out])
+                        for kept, out in folds)
             support[candidate] = round(right / sum(len(out) for _, out in folds), 4)
         order = lambda c: (-support.get(c, 0.0), -evidence.get(c, 0.0), default_order(c, pool is not None))  # noqa: E731
         self.best_candidate_ = min(support, key=order) if support else preferred
-        ranking = sorted(range(len(open_)), key=lambda i: (open_[i] != self.best_candidate_, order(open_[i]), i))
+        listed = open_ + [c for c in [preferred, *compared] if c not in open_]
+        listed = list(dict.fromkeys(listed))
+        ranking = sorted(range(len(listed)), key=lambda i: (listed[i] != self.best_candidate_, order(listed[i]), i))
         self.n_folds_ = len(folds) if support else 0
         self.decided_by = "leave-one-out" if support else "evidence" if evidence else "fallback"
         rank = {i: r + 1 for r, i in enumerate(ranking)}
-        self.cv_results_ = {"candidate": [c.name for c in open_], "params": [c.as_dict() for c in open_],
-                            "evidence_score": [evidence.get(c, float("nan")) for c in open_],
-                            "support_score": [support.get(c, float("nan")) for c in open_],
-                            "rank": [rank[i] for i in range(len(open_))]}
-        self.best_index_ = open_.index(self.best_candidate_) if self.best_candidate_ in open_ else -1
+        self.cv_results_ = {"candidate": [c.name for c in listed], "params": [c.as_dict() for c in listed],
+                            "evidence_score": [evidence.get(c, float("nan")) for c in listed],
+                            "support_score": [support.get(c, float("nan")) for c in listed],
+                            "rank": [rank[i] for i in range(len(listed))]}
+        self.best_index_ = listed.index(self.best_candidate_)
         self._fitted = (rows, y, pool, new_classes)
         if self.refit:
-            best, vectors = self.best_candidate_, self.labelled_vectors(self.best_candidate_.space, new_classes)
-            source, target = self.spaces[best.space]
-            self.best_estimator_ = best.estimator().fit(
-                target[rows], y, source_emb=source, source_labels=self.source_labels, class_mapping=self.class_mapping,
-                unlabeled=target[pool] if best.unlabeled and pool is not None else None,
-                whitening=vectors.whitening(best.shrinkage))
+            self.best_estimator_ = self._refit(self.best_candidate_, rows, y, pool, new_classes)
         return self
+
+    def _predict(self, candidate, support, y, query, pool, new_classes):
+        """Labels of the target rows ``query`` by ``candidate`` fitted on the rows ``support`` labelled ``y``
+        (a Mixture sums its members' scores)."""
+        total = 0.0
+        for weight, part in candidate.weighted_parts:
+            vectors = self.labelled_vectors(part.space, new_classes)
+            classes, scores = vectors.scores(part, support, y, query, pool, self.class_mapping)
+            total = total + weight * scores
+        return classes[np.argmax(total, axis=1)]
+
+    def _refit(self, best, rows, y, pool, new_classes):
+        """The fitted estimator of ``best`` on the raw vectors of its space (a Mixture: of its members'
+        spaces side by side), with its whitening."""
+        parts = [part for _, part in best.weighted_parts]
+        sources, targets = zip(*(self.spaces[part.space] for part in parts))
+        whitening = [self.labelled_vectors(part.space, new_classes).whitening(part.shrinkage) for part in parts]
+        if isinstance(best, Mixture):
+            estimator = best.estimator([target.shape[1] for target in targets])
+            source, target = np.hstack(sources), np.hstack(targets)
+        else:
+            estimator, source, target, whitening = best.estimator(), sources[0], targets[0], whitening[0]
+        return estimator.fit(target[rows], y, source_emb=source, source_labels=self.source_labels,
+                             class_mapping=self.class_mapping, whitening=whitening,
+                             unlabeled=target[pool] if best.unlabeled and pool is not None else None)
 
     def predict(self, X):
         """Labels of the target rows X by the best candidate (the same as best_estimator_'s)."""
         rows, y, pool, new_classes = self._fitted
-        vectors = self.labelled_vectors(self.best_candidate_.space, new_classes)
-        return vectors.predict(self.best_candidate_, rows, y, np.asarray(X, dtype=np.int64), pool, self.class_mapping)
+        return self._predict(self.best_candidate_, rows, y, np.asarray(X, dtype=np.int64), pool, new_classes)
 
     def summary(self):
         """A JSON-able record of the search: the best candidate, how it was decided, every score."""

@@ -1,15 +1,19 @@
 """TransferClassifier: nearest prototype over target classes, prototypes from the support and the
-source (the modes and their math: the package docstring). Choosing the mode is triplet_keras.transfer.choice's job."""
+source (the modes and their math: the package docstring); ScoreMixture: the weighted sum of several
+TransferClassifiers' scores, each on its own features. Choosing them is triplet_keras.transfer.choice's job."""
 import numpy as np
-from sklearn.base import TransformerMixin
+from scipy.special import softmax
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_X_y
+from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
 from triplet_keras.core.distances import l2_normalize
 from triplet_keras.core.distances import pairwise as distances
 from triplet_keras.core.vocabulary import TRANSFER_MODES
+from .checks import check_queries
 from .domain import Source, centred_prototypes, shrink_toward, source_prior, translated_source_points
 from .prototypes import NearestMeanClassifier, class_means, knn_scores, refine_prototypes
+from .serialization import STATE_VERSION
 from .whitening import Whitening, source_whitening
 
 MODES = TRANSFER_MODES
@@ -148,9 +152,112 @@ class TransferClassifier(TransformerMixin, NearestMeanClassifier):
         return scores if len(self.reference_index_) else super()._proba(scores)
 
 
+class ScoreMixture(ClassifierMixin, BaseEstimator):
+    """Nearest prototype over blocks of columns: member i, a TransferClassifier, sees the ``widths[i]``
+    columns after those of the members before it, and the scores are summed with ``weights``:
+    class_scores(x) = sum_i w_i s_i(x_i), s_i = -d(T_i(x_i), p_i) member i's scores (scikit-learn's
+    VotingClassifier with soft voting, on scores rather than probabilities and on its own columns per
+    member). prototype_distances = -class_scores; predict_proba = softmax(class_scores / temperature).
+
+    ``fit(X, y, source_emb=..., source_labels=..., unlabeled=..., class_mapping=..., whitening=...)``
+    splits X, source_emb and unlabeled by columns and fits a clone of each member on its block;
+    ``whitening``: None or one (Whitening or None) per member. Fitted: members_, classes_.
+    """
+
+    def __init__(self, members=(), weights=(), widths=(), temperature=0.1):
+        self.members = members
+        self.weights = weights
+        self.widths = widths
+        self.temperature = temperature
+
+    def _check_params(self):
+        if not (len(self.members) == len(self.weights) == len(self.widths) >= 1):
+            raise ValueError(f"members, weights and widths must be as many (at least one), got "
+                             f"{len(self.members)}, {len(self.weights)} and {len(self.widths)}")
+        if any(not w >= 0 for w in self.weights) or not sum(self.weights) > 0:
+            raise ValueError(f"weights must be >= 0 with a positive sum, got {list(self.weights)}")
+        if any(int(width) < 1 for width in self.widths):
+            raise ValueError(f"widths must be positive, got {list(self.widths)}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+
+    def _blocks(self, X):
+        """X split into the members' column blocks."""
+        return np.split(np.asarray(X), np.cumsum(self.widths)[:-1], axis=1)
+
+    def fit(self, X, y, source_emb=None, source_labels=None, unlabeled=None, class_mapping=None, whitening=None):
+        X, y = check_X_y(X, y, dtype=np.float64)
+        self._check_params()
+        if X.shape[1] != sum(self.widths):
+            raise ValueError(f"X has {X.shape[1]} columns, the members' widths add up to {sum(self.widths)}")
+        parts = [self._blocks(data) if data is not None else [None] * len(self.widths)
+                 for data in (X, source_emb, unlabeled)]
+        whitening = [None] * len(self.members) if whitening is None else whitening
+        self.members_ = [clone(member).fit(x, y, source_emb=source, source_labels=source_labels, unlabeled=pool,
+                                           class_mapping=class_mapping, whitening=whiten)
+                         for member, x, source, pool, whiten in zip(self.members, *parts, whitening)]
+        self.classes_, self.n_features_in_ = self.members_[0].classes_, X.shape[1]
+        return self
+
+    def class_scores(self, X):
+        X = check_queries(self, X, ["members_"])
+        return sum(w * member.class_scores(x) for w, member, x in zip(self.weights, self.members_, self._blocks(X)))
+
+    def prototype_distances(self, X):
+        return -self.class_scores(X)
+
+    def predict_proba(self, X):
+        return softmax(self.class_scores(X) / self.temperature, axis=1)
+
+    def predict(self, X):
+        best = np.argmax(self.class_scores(X), axis=1)
+        return self.classes_[best]
+
+    def _side_by_side(self, X, method):
+        """The members' maps ``method`` of their blocks, side by side, each scaled by sqrt(weight / sum)."""
+        X = check_queries(self, X, ["members_"])
+        scale = np.sqrt(np.asarray(self.weights, np.float64) / sum(self.weights))
+        return np.hstack([s * getattr(member, method)(x) for s, member, x in zip(scale, self.members_, self._blocks(X))])
+
+    def transform(self, X):
+        """The members' query maps side by side (for drawing the target in the classifier's space)."""
+        return self._side_by_side(X, "transform")
+
+    def transform_source(self, X):
+        """The members' source maps side by side."""
+        return self._side_by_side(X, "transform_source")
+
+    def get_state(self):
+        """(config, arrays) as Serializable's, the members' arrays under "member<i>_"."""
+        check_is_fitted(self, "members_")
+        config = {"type": type(self).__name__, "version": STATE_VERSION,
+                  "params": {"weights": [float(w) for w in self.weights], "widths": [int(w) for w in self.widths],
+                             "temperature": self.temperature}, "members": []}
+        arrays = {"classes_": np.asarray(self.classes_)}
+        for i, member in enumerate(self.members_):
+            member_config, member_arrays = member.get_state()
+            config["members"].append(member_config)
+            arrays.update({f"member{i}_{name}": array for name, array in member_arrays.items()})
+        return config, arrays
+
+    @classmethod
+    def from_state(cls, config, arrays):
+        """Inverse of get_state."""
+        members = [TransferClassifier.from_state(member_config, {name[len(f"member{i}_"):]: array
+                                                                  for name, array in arrays.items()
+                                                                  if name.startswith(f"member{i}_")})
+                   for i, member_config in enumerate(config.get("members", []))]
+        model = cls(members=members, **config["params"])
+        model._check_params()
+        if [member.n_features_in_ for member in members] != list(model.widths):
+            raise ValueError(f"the members' widths {[m.n_features_in_ for m in members]} differ from {model.widths}")
+        model.members_, model.classes_, model.n_features_in_ = members, members[0].classes_, sum(model.widths)
+        return model
+
+
 def classifier_from_state(config, arrays):
-    """Rebuild a NearestMeanClassifier or TransferClassifier from get_state() output."""
-    classifiers = {cls.__name__: cls for cls in (NearestMeanClassifier, TransferClassifier)}
+    """Rebuild a NearestMeanClassifier, TransferClassifier or ScoreMixture from get_state() output."""
+    classifiers = {cls.__name__: cls for cls in (NearestMeanClassifier, TransferClassifier, ScoreMixture)}
     kind = config.get("type")
     if kind not in classifiers:
         raise ValueError(f"unknown classifier type {kind!r}; expected one of {sorted(classifiers)}")
