@@ -17,6 +17,7 @@ from triplet_keras.transfer.choice import (
     held_out_fold,
     compared_for_new_classes,
     leave_one_out_folds,
+    no_evidence_form,
     shortlist,
 )
 
@@ -162,6 +163,9 @@ def test_for_new_classes_leave_one_out_compares_the_pool_twins_and_the_best_with
     found = [fine, fine_pool, start, start_pool]
     assert compared_for_new_classes(mixed_pool, found, {}) == [mixed_pool, mixed]  # a Mixture's twin: its members'
     assert compared_for_new_classes(mixed, [fine, fine_pool, start], {}) == [mixed]  # a member has no twin: alone
+    assert no_evidence_form(found, pooled=True, new_classes=True) == mixed_pool
+    assert no_evidence_form(found, pooled=True, new_classes=False) == fine_pool  # a new domain: the default alone
+    assert no_evidence_form([fine_pool, start], pooled=True, new_classes=True) == fine_pool  # members must agree on the pool
 
 
 def test_search_without_evidence_or_shots_takes_the_documented_fallback():

@@ -331,11 +331,13 @@ def compared_for_new_classes(preferred, candidates, evidence):
 
 def no_evidence_form(candidates, pooled, new_classes):
     """What stands in for the evidence's best without evidence: default_candidate, or for new classes,
-    when ``candidates`` hold the starting network's form, the Mixture of NO_EVIDENCE_WEIGHTS of the
-    two (the module docstring)."""
+    when ``candidates`` hold the starting network's form with the same use of the pool, the Mixture of
+    NO_EVIDENCE_WEIGHTS of the two (the module docstring)."""
     preferred = default_candidate(candidates, pooled)
     start = starting_network_form(candidates, preferred.unlabeled) if new_classes else None
-    return preferred if start is None else Mixture((preferred, start), NO_EVIDENCE_WEIGHTS)
+    if start is None or start.unlabeled != preferred.unlabeled:
+        return preferred
+    return Mixture((preferred, start), NO_EVIDENCE_WEIGHTS)
 
 
 def starting_network_form(candidates, pooled):
