@@ -165,7 +165,8 @@ def test_for_new_classes_leave_one_out_compares_the_pool_twins_and_the_best_with
     assert compared_for_new_classes(mixed, [fine, fine_pool, start], {}) == [mixed]  # a member has no twin: alone
     assert no_evidence_form(found, pooled=True, new_classes=True) == mixed_pool
     assert no_evidence_form(found, pooled=True, new_classes=False) == fine_pool  # a new domain: the default alone
-    assert no_evidence_form([fine_pool, start], pooled=True, new_classes=True) == fine_pool  # members must agree on the pool
+    # the members must use the pool alike
+    assert no_evidence_form([fine_pool, start], pooled=True, new_classes=True) == fine_pool
 
 
 def test_search_without_evidence_or_shots_takes_the_documented_fallback():

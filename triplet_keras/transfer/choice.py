@@ -371,7 +371,8 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
     "support_score", "rank"}, nan where not scored; the searched candidates, then any Mixture it
     considered), ``best_candidate_``, ``best_index_``, ``best_estimator_`` (with ``refit``: the
     TransferClassifier of the best candidate, fitted on the raw vectors of its space with its
-    whitening; for a Mixture a ScoreMixture on its members' vectors side by side), ``decided_by`` ("leave-one-out", "evidence" or "fallback"),
+    whitening; for a Mixture a ScoreMixture on its members' vectors side by side), ``decided_by``
+    ("leave-one-out", "evidence" or "fallback"),
     ``n_folds_`` and ``classes_``. ``predict(X)``: labels of target rows X.
     """
 
@@ -425,8 +426,7 @@ class TransferSearch(ClassifierMixin, BaseEstimator):
             support[candidate] = round(right / sum(len(out) for _, out in folds), 4)
         order = lambda c: (-support.get(c, 0.0), -evidence.get(c, 0.0), default_order(c, pool is not None))  # noqa: E731
         self.best_candidate_ = min(support, key=order) if support else preferred
-        listed = open_ + [c for c in [preferred, *compared] if c not in open_]
-        listed = list(dict.fromkeys(listed))
+        listed = list(dict.fromkeys(open_ + [preferred, *compared]))  # the searched ones, then any Mixture
         ranking = sorted(range(len(listed)), key=lambda i: (listed[i] != self.best_candidate_, order(listed[i]), i))
         self.n_folds_ = len(folds) if support else 0
         self.decided_by = "leave-one-out" if support else "evidence" if evidence else "fallback"

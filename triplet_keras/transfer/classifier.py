@@ -217,7 +217,8 @@ class ScoreMixture(ClassifierMixin, BaseEstimator):
         """The members' maps ``method`` of their blocks, side by side, each scaled by sqrt(weight / sum)."""
         X = check_queries(self, X, ["members_"])
         scale = np.sqrt(np.asarray(self.weights, np.float64) / sum(self.weights))
-        return np.hstack([s * getattr(member, method)(x) for s, member, x in zip(scale, self.members_, self._blocks(X))])
+        parts = zip(scale, self.members_, self._blocks(X))
+        return np.hstack([s * getattr(member, method)(x) for s, member, x in parts])
 
     def transform(self, X):
         """The members' query maps side by side (for drawing the target in the classifier's space)."""
